@@ -1,0 +1,49 @@
+"""Image clustering for FiftyOne with generalized loss-based k-means.
+
+The engine (:class:`GeneralizedKMeans` and the loss registry) depends only on
+numpy and torch, so it runs where FiftyOne is not installed. The FiftyOne-facing
+functions (``compute_clusters``, run management, embeddings, ...) are imported
+lazily on first use.
+"""
+
+import importlib
+
+from .losses import Loss, available_losses, get_loss, register_loss
+from .kmeans import GeneralizedKMeans
+
+# public name -> submodule that defines it (imported on first access)
+_LAZY = {
+    "compute_clusters": "api",
+    "get_run_info": "api",
+    "load_run_view": "api",
+    "rename_run": "api",
+    "delete_run": "api",
+    "load_clustering_results": "api",
+    "available_methods": "methods",
+    "compute_embeddings": "embeddings",
+    "available_models": "embeddings",
+    "label_clusters": "labeling",
+    "choose_k": "evaluation",
+    "evaluate_run": "evaluation",
+    "compare_runs": "evaluation",
+    "silhouette_analysis": "evaluation",
+    "plot_silhouette": "evaluation",
+    "visualize_run": "evaluation",
+    "run_summary": "evaluation",
+}
+
+__all__ = [
+    "GeneralizedKMeans",
+    "Loss",
+    "available_losses",
+    "get_loss",
+    "register_loss",
+    *_LAZY,
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

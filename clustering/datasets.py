@@ -1,0 +1,84 @@
+"""Small labelled image sets that ship inside installed packages (no download).
+
+``write_demo_images`` writes scikit-image's faces / non-faces (LFW subset) and
+crops of its brick, grass and gravel textures as PNG files; ``load_demo_dataset``
+wraps them in a FiftyOne dataset with the known class in ``ground_truth``.
+"""
+
+import os
+
+import numpy as np
+
+DEMO_DATASET_NAME = "imgclust-demo"
+DEMO_CLASSES = ("face", "non-face", "brick", "grass", "gravel")
+
+
+def _uint8(image):
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(np.round(255 * image), 0, 255).astype(np.uint8)
+    return image
+
+
+def demo_images(texture_crop=64, face_size=96):
+    """Yields ``(name, uint8 image, class)`` for the demo set (392 images)."""
+    import skimage.data
+    from PIL import Image
+
+    faces = skimage.data.lfw_subset()  # 100 faces, then 100 non-faces
+    for i, image in enumerate(faces):
+        label = "face" if i < 100 else "non-face"
+        pil = Image.fromarray(_uint8(image)).resize(
+            (face_size, face_size), Image.BICUBIC
+        )
+        yield f"{label}-{i % 100:03d}", np.asarray(pil), label
+
+    for texture in ("brick", "grass", "gravel"):
+        image = getattr(skimage.data, texture)()
+        h, w = image.shape[:2]
+        n = 0
+        for top in range(0, h - texture_crop + 1, texture_crop):
+            for left in range(0, w - texture_crop + 1, texture_crop):
+                crop = image[top : top + texture_crop, left : left + texture_crop]
+                yield f"{texture}-{n:03d}", crop, texture
+                n += 1
+
+
+def write_demo_images(images_dir, **kwargs):
+    """Writes the demo images as PNG files (skipping existing ones) and returns
+    a list of ``(filepath, class)``."""
+    from PIL import Image
+
+    os.makedirs(images_dir, exist_ok=True)
+    items = []
+    for name, image, label in demo_images(**kwargs):
+        path = os.path.join(images_dir, name + ".png")
+        if not os.path.exists(path):
+            Image.fromarray(image).convert("RGB").save(path)
+        items.append((path, label))
+    return items
+
+
+def load_demo_dataset(name=DEMO_DATASET_NAME, images_dir=None, persistent=True, overwrite=False):
+    """Returns the demo FiftyOne dataset, creating it if needed (idempotent)."""
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        if not overwrite:
+            return fo.load_dataset(name)
+        fo.delete_dataset(name)
+
+    if images_dir is None:
+        images_dir = os.path.join(fo.config.default_dataset_dir, name)
+    items = write_demo_images(images_dir)
+
+    dataset = fo.Dataset(name)
+    dataset.persistent = persistent
+    dataset.add_samples(
+        [
+            fo.Sample(filepath=path, ground_truth=fo.Classification(label=label))
+            for path, label in items
+        ]
+    )
+    dataset.compute_metadata()
+    return dataset

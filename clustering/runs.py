@@ -1,0 +1,142 @@
+"""Clustering runs stored as FiftyOne custom runs.
+
+A run's config (:class:`ClusteringRunConfig`) records every parameter actually
+used; its results (:class:`ClusteringResults`) hold centers, labels, losses,
+representatives and timings, with arrays stored as compact numpy bytes. Deleting
+or renaming the run through FiftyOne (``dataset.delete_run``/``rename_run``)
+also deletes or renames its sample fields.
+"""
+
+import fiftyone.core.runs as fors
+import fiftyone.core.utils as fou
+import numpy as np
+
+PLUGIN = "@imgclust/clustering"
+FIELD_KEYS = ("label_field", "loss_field", "rep_field", "name_field")
+
+
+def default_fields(run_key):
+    """Default output field names of a run."""
+    return {
+        "label_field": f"{run_key}_cluster",
+        "loss_field": f"{run_key}_loss",
+        "rep_field": f"{run_key}_rep",
+    }
+
+
+class ClusteringRunConfig(fors.RunConfig):
+    """Config of a clustering run (any JSON-serializable parameters)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("plugin", PLUGIN)
+        super().__init__(**kwargs)
+
+
+class ClusteringRun(fors.Run):
+    """Run backend: knows its fields, so FiftyOne's delete/rename keep them in sync."""
+
+    @classmethod
+    def config_cls(cls):
+        return ClusteringRunConfig
+
+    def get_fields(self, samples, key):
+        return [
+            getattr(self.config, k)
+            for k in FIELD_KEYS
+            if getattr(self.config, k, None)
+        ]
+
+    def cleanup(self, samples, key):
+        dataset = samples._root_dataset
+        existing = [f for f in self.get_fields(samples, key) if dataset.has_field(f)]
+        if existing:
+            dataset.delete_sample_fields(existing)
+
+    def rename(self, samples, key, new_key):
+        dataset = samples._root_dataset
+        renames = {}
+        for k in FIELD_KEYS:
+            name = getattr(self.config, k, None)
+            if name and name.startswith(key + "_") and dataset.has_field(name):
+                renames[name] = new_key + name[len(key) :]
+                setattr(self.config, k, renames[name])
+        conflicts = [n for n in renames.values() if dataset.has_field(n)]
+        if conflicts:
+            raise ValueError(f"Cannot rename: fields {conflicts} already exist")
+        if renames:
+            dataset.rename_sample_fields(renames)
+        self.update_run_config(samples, key, self.config)
+
+
+_ARRAYS = ("labels", "centers", "sample_losses", "cluster_sizes", "objective_history")
+
+
+class ClusteringResults(fors.RunResults):
+    """Results of a clustering run.
+
+    Attributes: ``sample_ids`` (clustered samples, in order), ``labels``,
+    ``sample_losses``, ``centers`` (k, d in the clustered feature space),
+    ``cluster_sizes``, ``objective``, ``objective_history``,
+    ``representatives`` ({cluster id (str): [sample ids, best first]}),
+    ``timings`` (seconds per stage), ``names`` ({cluster id (str): name}).
+    """
+
+    def serialize(self, reflective=False):
+        d = {"cls": self.cls}
+        for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if name in _ARRAYS and value is not None:
+                value = fou.serialize_numpy_array(np.asarray(value), ascii=True)
+            d[name] = value
+        return d
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, key):
+        d = dict(d)
+        for name in _ARRAYS:
+            if isinstance(d.get(name), str):
+                d[name] = fou.deserialize_numpy_array(d[name], ascii=True)
+        return cls(samples, config, key, **d)
+
+    def cluster_ids(self):
+        """Sorted cluster ids, noise (-1) excluded."""
+        return sorted(int(c) for c in np.unique(self.labels) if c >= 0)
+
+    def summary(self):
+        """Small JSON-friendly summary: sizes, objective, representatives, names."""
+        names = getattr(self, "names", None) or {}
+        return {
+            "num_clusters": len(self.cluster_ids()),
+            "num_clustered": int(len(self.labels)),
+            "num_noise": int((np.asarray(self.labels) < 0).sum()),
+            "objective": float(self.objective),
+            "clusters": [
+                {
+                    "cluster": c,
+                    "size": int(self.cluster_sizes[c]),
+                    "representative": (self.representatives.get(str(c)) or [None])[0],
+                    "name": names.get(str(c)),
+                }
+                for c in self.cluster_ids()
+            ],
+        }
+
+
+def list_clustering_runs(samples, method=None):
+    """Keys of this plugin's clustering runs on ``samples``."""
+    kwargs = {"method": method} if method else {}
+    return samples.list_runs(type=ClusteringRun, **kwargs)
+
+
+def get_clustering_run_config(samples, run_key):
+    """The run's config, with a clear error when the key is not a clustering run."""
+    if run_key not in samples.list_runs():
+        raise ValueError(
+            f"No run with key '{run_key}' on dataset '{samples._root_dataset.name}'; "
+            f"clustering runs: {list_clustering_runs(samples)}"
+        )
+    config = samples.get_run_info(run_key).config
+    if getattr(config, "plugin", None) != PLUGIN:
+        raise ValueError(f"Run '{run_key}' is not a clustering run of {PLUGIN}")
+    return config

@@ -1,0 +1,279 @@
+"""``compute_clusters``: the App form, delegation and SDK entry point for
+:func:`clustering.compute_clusters`."""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+import clustering
+from clustering.methods import available_methods, get_method
+
+from .common import (
+    add_delegate_input,
+    execute_from_sdk,
+    run_with_progress,
+    show_output,
+    vector_fields,
+)
+
+LOSS_HELP = {
+    "squared": ("Squared L2 (k-means)", "center = mean; classic k-means"),
+    "absolute": ("L1 / absolute", "center = coordinate-wise median; robust to outlying coordinates"),
+    "huber": ("Huber (delta)", "quadratic near the center, linear beyond delta, per coordinate"),
+    "pseudo_huber": ("Pseudo-Huber (delta)", "smooth Huber, per coordinate"),
+    "correntropy": ("Correntropy (sigma)", "1 - exp(-d^2 / 2 sigma^2): ignores far outliers"),
+    "epsilon_insensitive": ("Epsilon-insensitive (epsilon)", "max(0, d - epsilon): no loss inside an epsilon-ball"),
+    "geometric_median": ("Geometric median", "Euclidean distance, center = geometric median"),
+    "cosine": ("Cosine (spherical k-means)", "1 - cos: for normalized / CLIP-like embeddings"),
+}
+LOSS_PARAM_NAME = {
+    "huber": "delta",
+    "pseudo_huber": "delta",
+    "correntropy": "sigma",
+    "epsilon_insensitive": "epsilon",
+}
+FORM_ONLY = ("features", "delegate")
+
+
+def _loss_choices():
+    view = types.DropdownView()
+    for name in clustering.available_losses():
+        label, description = LOSS_HELP.get(name, (name, ""))
+        view.add_choice(name, label=label, description=description)
+    return view
+
+
+def _method_choices():
+    view = types.DropdownView()
+    for name in available_methods():
+        view.add_choice(name, label=get_method(name).label)
+    return view
+
+
+def _features_inputs(ctx, inputs, target_view):
+    """Embeddings source; returns (field, number of samples with embeddings or None)."""
+    fields = vector_fields(ctx.dataset)
+    source_view = types.RadioGroup(orientation="horizontal")
+    source_view.add_choice("field", label="Existing embeddings field")
+    source_view.add_choice("model", label="Compute with a model")
+    source = ctx.params.get("features") or ("field" if fields else "model")
+    inputs.enum("features", source_view.values(), default=source, label="Features", view=source_view)
+
+    if source == "field":
+        if not fields:
+            inputs.view(
+                "no_fields",
+                types.Error(
+                    label="No embeddings field",
+                    description="This dataset has no vector field; choose 'Compute with a model'",
+                ),
+            )
+            return None, 0
+        inputs.enum("embeddings", fields, default=fields[0], required=True, label="Embeddings field", view=types.DropdownView())
+        field = ctx.params.get("embeddings") or fields[0]
+        return field, target_view.exists(field).count()
+
+    from clustering.embeddings import available_models, default_embeddings_field
+
+    models = available_models()
+    inputs.enum("model", models, default=models[0], required=True, label="Model", view=types.DropdownView())
+    model = ctx.params.get("model") or models[0]
+    inputs.str(
+        "embeddings",
+        default=default_embeddings_field(model),
+        label="Store embeddings in field",
+        description="Samples that already have this field are not recomputed",
+    )
+    return None, len(target_view)
+
+
+def _preprocessing_inputs(ctx, inputs):
+    inputs.bool("normalize", default=False, label="L2-normalize embeddings")
+    reductions = types.RadioGroup(orientation="horizontal")
+    for value, label in (("none", "None"), ("pca", "PCA"), ("umap", "UMAP")):
+        reductions.add_choice(value, label=label)
+    inputs.enum("reduction", reductions.values(), default="none", label="Reduce dimension before clustering", view=reductions)
+    if ctx.params.get("reduction", "none") != "none":
+        inputs.int("n_components", default=10, required=True, min=1, label="Dimensions after reduction")
+
+
+def _method_inputs(ctx, inputs, n_available):
+    inputs.enum("method", available_methods(), default="generalized_kmeans", label="Method", view=_method_choices())
+    method = get_method(ctx.params.get("method") or "generalized_kmeans")
+
+    if method.needs_k:
+        prop = inputs.int("k", default=5, required=True, min=1, label="Number of clusters (k)")
+        k = ctx.params.get("k")
+        if k is not None and n_available is not None and k > n_available:
+            prop.invalid = True
+            prop.error_message = f"k={k} is larger than the {n_available} samples with embeddings"
+
+    if method.name == "generalized_kmeans":
+        inputs.enum("loss", clustering.available_losses(), default="squared", label="Loss", view=_loss_choices())
+        loss = ctx.params.get("loss") or "squared"
+        if loss in LOSS_PARAM_NAME:
+            pname = LOSS_PARAM_NAME[loss]
+            prop = inputs.float(
+                "loss_param",
+                label=f"{pname} (optional)",
+                description=(
+                    f"Leave empty for a data-driven {pname} computed from the typical "
+                    "distance to the nearest center after seeding (the value used is "
+                    "stored in the run's config). The source documents' 1.0 is "
+                    "meaningless at embedding scale."
+                ),
+            )
+            value = ctx.params.get("loss_param")
+            if value is not None and value <= 0:
+                prop.invalid = True
+                prop.error_message = f"{pname} must be > 0"
+        inputs.int("n_init", default=3, min=1, label="Restarts (best objective kept)")
+        inputs.int("max_iter", default=100, min=1, label="Max iterations")
+        devices = types.RadioGroup(orientation="horizontal")
+        for value in ("auto", "cpu", "cuda"):
+            devices.add_choice(value, label=value)
+        inputs.enum("device", devices.values(), default="auto", label="Device", view=devices)
+    elif method.name in ("kmeans", "minibatch_kmeans"):
+        inputs.int("n_init", default=3, min=1, label="Restarts")
+        inputs.int("max_iter", default=method.defaults["max_iter"], min=1, label="Max iterations")
+        if method.name == "minibatch_kmeans":
+            inputs.int("batch_size", default=1024, min=1, label="Batch size")
+    elif method.name == "birch":
+        inputs.float("threshold", default=0.5, label="Threshold (subcluster radius)")
+        inputs.int("branching_factor", default=50, min=2, label="Branching factor")
+    elif method.name == "agglomerative":
+        inputs.enum("linkage", ["ward", "complete", "average", "single"], default="ward", label="Linkage", view=types.DropdownView())
+    elif method.name == "hdbscan":
+        inputs.int("min_cluster_size", default=5, min=2, label="Min cluster size")
+        inputs.int("min_samples", label="Min samples (optional)")
+    if "random_state" in method.defaults:
+        inputs.int("random_state", default=51, label="Seed")
+
+
+def _output_inputs(ctx, inputs):
+    prop = inputs.str(
+        "run_key",
+        default="clusters",
+        required=True,
+        label="Run key",
+        description="Name of this run; output fields are derived from it",
+    )
+    run_key = ctx.params.get("run_key") or "clusters"
+    if not run_key.isidentifier():
+        prop.invalid = True
+        prop.error_message = "Use letters, digits and underscores, not starting with a digit"
+        return
+    exists = run_key in ctx.dataset.list_runs()
+    overwrite_prop = inputs.bool("overwrite", default=False, label="Overwrite an existing run with this key")
+    if exists and not ctx.params.get("overwrite", False):
+        prop.invalid = True
+        prop.error_message = f"Run '{run_key}' exists; choose another key or check 'Overwrite'"
+        overwrite_prop.description = f"Run '{run_key}' exists: overwriting deletes its fields first"
+    for name, suffix, what in (
+        ("label_field", "cluster", "cluster label (int)"),
+        ("loss_field", "loss", "loss to its center (float)"),
+        ("rep_field", "rep", "representative rank (1 = most representative)"),
+    ):
+        inputs.str(name, label=f"Field for {what} (optional)", description=f"Default: {run_key}_{suffix}")
+    inputs.int("num_representatives", default=5, min=1, label="Representatives ranked per cluster")
+
+
+def _summary_outputs():
+    outputs = types.Object()
+    outputs.str("run_key", label="Run key")
+    outputs.str("summary", label="Summary", view=types.MarkdownView())
+    outputs.obj("sizes", label="Cluster sizes", view=types.PlotlyView())
+    return outputs
+
+
+def summarize(results):
+    """Markdown summary and a Plotly bar chart of a run's clusters."""
+    config = results.config
+    summary = results.summary()
+    loss = getattr(config, "loss", None)
+    lines = [
+        f"**{summary['num_clusters']} clusters** of {summary['num_clustered']} samples "
+        f"({config.method}{', loss ' + loss if loss else ''}"
+        f"{', ' + format(config.loss_param, '.4g') if getattr(config, 'loss_param', None) else ''})",
+        f"objective {summary['objective']:.6g}, {results.timings['total_s']:.1f} s",
+        "",
+        "| cluster | size | representative |",
+        "|---|---|---|",
+    ]
+    for c in summary["clusters"]:
+        lines.append(f"| {c['cluster']} | {c['size']} | {c['representative']} |")
+    clusters = [str(c["cluster"]) for c in summary["clusters"]]
+    sizes = [c["size"] for c in summary["clusters"]]
+    return {
+        "run_key": results.key,
+        "summary": "\n".join(lines),
+        "sizes": {"data": [{"type": "bar", "x": clusters, "y": sizes}], "layout": {"xaxis": {"title": "cluster"}, "yaxis": {"title": "samples"}}},
+    }
+
+
+class ComputeClusters(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_clusters",
+            label="Compute clusters",
+            description="Cluster samples with generalized loss-based k-means or scikit-learn",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def __call__(self, sample_collection, run_key, delegate=False, **params):
+        """SDK entry: same parameters as :func:`clustering.compute_clusters`;
+        returns its results (or the delegated operation when ``delegate``)."""
+        embeddings = params.get("embeddings")
+        if embeddings is not None and not isinstance(embeddings, str):
+            raise ValueError("The operator takes an embeddings field name; pass arrays to clustering.compute_clusters")
+        result = execute_from_sdk(self, sample_collection, dict(params, run_key=run_key), delegate=delegate)
+        if delegate:
+            return result
+        return clustering.load_clustering_results(sample_collection, run_key)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        target_view = ctx.target_view()
+        _, n_available = _features_inputs(ctx, inputs, target_view)
+        _preprocessing_inputs(ctx, inputs)
+        _method_inputs(ctx, inputs, n_available)
+        _output_inputs(ctx, inputs)
+        add_delegate_input(inputs)
+        return types.Property(inputs, view=types.View(label="Compute clusters"))
+
+    def resolve_delegation(self, ctx):
+        return ctx.params.get("delegate", False)
+
+    def execute(self, ctx):
+        kwargs = self._clustering_kwargs(ctx.params)
+        samples = ctx.target_view()
+
+        def work(progress):
+            return clustering.compute_clusters(samples, progress=progress, **kwargs)
+
+        results = yield from run_with_progress(ctx, "Clustering", work)
+        if not ctx.delegated:
+            yield ctx.ops.reload_dataset()
+            yield show_output(ctx, _summary_outputs(), summarize(results))
+
+    @staticmethod
+    def _clustering_kwargs(params):
+        """The form's parameters that apply to the chosen method and source."""
+        method = get_method(params.get("method") or "generalized_kmeans")
+        names = {
+            "run_key", "embeddings", "model", "method", "k", "normalize", "reduction",
+            "n_components", "num_representatives", "label_field", "loss_field",
+            "rep_field", "overwrite", *method.defaults,
+        }
+        kwargs = {n: params[n] for n in names if params.get(n) not in (None, "")}
+        if params.get("features") == "field":
+            kwargs.pop("model", None)
+        if kwargs.get("reduction") in (None, "none"):
+            kwargs.pop("n_components", None)
+        if not method.needs_k:
+            kwargs.pop("k", None)
+        return kwargs

@@ -1,0 +1,241 @@
+"""compute_clusters through FiftyOne's operator machinery and the plain function,
+on real images, against a real MongoDB."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import clustering
+from conftest import REPO_ROOT
+
+RUN_FIELDS = ("c_cluster", "c_loss", "c_rep")
+
+
+def _snapshot(dataset, exclude=()):
+    """Every sample's fields (but ``exclude``), as comparable JSON."""
+    docs = {}
+    for sample in dataset.iter_samples():
+        d = sample.to_dict()
+        for name in list(d):
+            if name in exclude or name in ("last_modified_at",):
+                d.pop(name)
+        docs[sample.id] = json.dumps(d, sort_keys=True, default=str)
+    return docs
+
+
+def test_operator_stores_labels_losses_representatives_and_run(pixel_dataset, plugin_operator, fo):
+    op = plugin_operator("compute_clusters")
+    results = op(pixel_dataset, run_key="c", embeddings="pixels", k=5, loss="huber", n_init=2)
+
+    assert "c" in pixel_dataset.list_runs()
+    schema = pixel_dataset.get_field_schema()
+    assert isinstance(schema["c_cluster"], fo.IntField)
+    assert isinstance(schema["c_loss"], fo.FloatField)
+    assert isinstance(schema["c_rep"], fo.IntField)
+
+    config = pixel_dataset.get_run_info("c").config
+    assert config.method == "generalized_kmeans" and config.loss == "huber"
+    assert config.loss_param > 0  # data-driven delta recorded
+    assert config.embeddings_field == "pixels" and config.k == 5
+
+    labels, losses, ranks, ids = pixel_dataset.values(["c_cluster", "c_loss", "c_rep", "id"])
+    labels, losses = np.array(labels), np.array(losses)
+    assert set(labels) == set(range(5)) and len(labels) == len(pixel_dataset)
+    assert np.bincount(labels).tolist() == results.cluster_sizes.tolist()
+    for c in range(5):
+        members = np.flatnonzero(labels == c)
+        best = members[np.argmin(losses[members])]
+        assert ranks[best] == 1
+        assert results.representatives[str(c)][0] == ids[best]
+        member_ranks = sorted(r for r in np.array(ranks, dtype=object)[members] if r is not None)
+        assert member_ranks == list(range(1, min(5, len(members)) + 1))
+    assert np.isclose(results.objective, losses.sum(), rtol=1e-4)
+
+
+def test_results_load_in_a_new_process(pixel_dataset):
+    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3, loss="squared")
+    pixel_dataset.persistent = True
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import fiftyone as fo\n"
+        "ds = fo.load_dataset(%r)\n"
+        "r = ds.load_run_results('c')\n"
+        "print(type(r).__name__, r.centers.shape, len(r.labels), r.labels.max())\n"
+    ) % (REPO_ROOT, pixel_dataset.name)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=180)
+    finally:
+        pixel_dataset.persistent = False
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ClusteringResults", "(3,", "256)", str(len(pixel_dataset)), "2"]
+
+
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("kmeans", {"k": 4}),
+        ("minibatch_kmeans", {"k": 4, "batch_size": 128}),
+        ("birch", {"k": 4, "threshold": 0.1}),
+        ("agglomerative", {"k": 4, "linkage": "average"}),
+        ("hdbscan", {"min_cluster_size": 10}),
+    ],
+)
+def test_scikit_learn_methods(pixel_dataset, plugin_operator, method, params):
+    plugin_operator("compute_clusters")(pixel_dataset, run_key="c", embeddings="pixels", method=method, **params)
+    labels = np.array(pixel_dataset.values("c_cluster"))
+    assert labels.min() >= -1 and len(set(labels) - {-1}) >= 2
+    losses = pixel_dataset.values("c_loss")
+    for label, loss in zip(labels, losses):
+        assert (loss is None) == (label == -1)  # noise has no center, so no loss
+    assert pixel_dataset.get_run_info("c").config.method == method
+
+
+def test_numpy_array_embeddings(pixel_dataset):
+    X = np.array(pixel_dataset.values("pixels"))
+    results = clustering.compute_clusters(pixel_dataset, "arr", embeddings=X, k=3, loss="absolute")
+    assert results.config.source == "array"
+    assert len(set(pixel_dataset.values("arr_cluster"))) == 3
+
+
+def test_view_with_excluded_fields_and_filtered_labels_changes_nothing_else(pixel_dataset, plugin_operator):
+    from fiftyone import ViewField as F
+
+    before = _snapshot(pixel_dataset)
+    view = (
+        pixel_dataset.exclude_fields("metadata")
+        .filter_labels("ground_truth", F("label") != "face", only_matches=False)
+        .limit(300)
+    )
+    plugin_operator("compute_clusters")(view, run_key="c", embeddings="pixels", k=4)
+    after = _snapshot(pixel_dataset, exclude=RUN_FIELDS)
+    assert after == before
+    labelled = pixel_dataset.exists("c_cluster")
+    assert len(labelled) == 300
+    assert pixel_dataset.get_run_info("c").config.num_clustered == 300
+
+
+def test_samples_without_embeddings_get_no_label_and_others_do_not_shift(pixel_dataset):
+    ids = pixel_dataset.values("id")
+    without = ids[::7]
+    with_emb = pixel_dataset.exclude(without)
+    reference = clustering.compute_clusters(with_emb, "ref", embeddings="pixels", k=4, random_state=3)
+    pixel_dataset.select(without).set_field("pixels", None).save()
+    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=4, random_state=3)
+    labels = dict(zip(ids, pixel_dataset.values("c_cluster")))
+    ref_labels = dict(zip(ids, pixel_dataset.values("ref_cluster")))
+    assert all(labels[i] is None for i in without)
+    assert all(labels[i] == ref_labels[i] for i in ids if i not in set(without))
+    assert pixel_dataset.get_run_info("c").config.num_missing_embeddings == len(without)
+    assert reference.config.num_clustered == len(ids) - len(without)
+
+
+def _assert_nothing_written(dataset, before_fields, run_key="c"):
+    assert set(dataset.get_field_schema()) == before_fields
+    assert run_key not in dataset.list_runs()
+
+
+def test_nan_embeddings_are_refused_with_their_count(pixel_dataset):
+    ids = pixel_dataset.values("id")
+    bad = np.full(256, np.nan, dtype=np.float32)
+    pixel_dataset.set_values("pixels", {ids[0]: bad, ids[1]: bad, ids[2]: np.full(256, np.inf, dtype=np.float32)}, key_field="id")
+    fields = set(pixel_dataset.get_field_schema())
+    with pytest.raises(ValueError, match=r"3 of \d+ rows .* NaN or infinite"):
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+    _assert_nothing_written(pixel_dataset, fields)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"k": 0}, "k must be >= 1"),
+        ({"k": 100000}, "larger than the"),
+        ({"k": 3, "loss": "banana"}, "Unknown loss"),
+        ({"k": 3, "loss": "huber", "loss_param": -1.0}, "must be > 0"),
+        ({"k": 3, "embeddings": "nope"}, "does not exist"),
+        ({"k": 3, "embeddings": "filepath"}, "expected a vector field"),
+        ({"k": 3, "method": "spectral"}, "Unknown method"),
+        ({"k": 3, "method": "kmeans", "loss": "huber"}, "do not apply"),
+        ({"k": 3, "run_key": "1bad"}, "Invalid run key"),
+        ({"k": 3, "label_field": "ground_truth"}, "already exists"),
+        ({"k": 3, "reduction": "pca", "n_components": 100000}, "n_components"),
+    ],
+)
+def test_bad_parameters_fail_before_any_write(pixel_dataset, kwargs, message):
+    kwargs = dict(kwargs)
+    run_key = kwargs.pop("run_key", "c")
+    kwargs.setdefault("embeddings", "pixels")
+    fields = set(pixel_dataset.get_field_schema())
+    with pytest.raises(ValueError, match=message):
+        clustering.compute_clusters(pixel_dataset, run_key, **kwargs)
+    _assert_nothing_written(pixel_dataset, fields, run_key)
+
+
+def test_mismatched_dimensions_are_refused(pixel_dataset):
+    ids = pixel_dataset.values("id")
+    pixel_dataset.set_values("pixels", {ids[0]: np.zeros(10, dtype=np.float32)}, key_field="id")
+    with pytest.raises(ValueError, match="mismatched dimensions"):
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+
+
+def test_existing_key_needs_overwrite(pixel_dataset, plugin_operator):
+    op = plugin_operator("compute_clusters")
+    op(pixel_dataset, run_key="c", embeddings="pixels", k=3)
+    with pytest.raises(Exception, match="already exists"):
+        op(pixel_dataset, run_key="c", embeddings="pixels", k=4)
+    op(pixel_dataset, run_key="c", embeddings="pixels", k=4, overwrite=True)
+    assert len(set(pixel_dataset.values("c_cluster"))) == 4
+
+
+def test_failed_write_leaves_no_fields_or_run(pixel_dataset, monkeypatch, fo):
+    fields = set(pixel_dataset.get_field_schema())
+    original = fo.Dataset.set_values
+
+    def failing_set_values(self, field, *args, **kwargs):
+        if field == "c_loss":
+            raise RuntimeError("disk full")
+        return original(self, field, *args, **kwargs)
+
+    monkeypatch.setattr(fo.Dataset, "set_values", failing_set_values)
+    with pytest.raises(RuntimeError, match="disk full"):
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+    _assert_nothing_written(pixel_dataset, fields)
+
+
+def test_run_management_operators(pixel_dataset, plugin_operator):
+    plugin_operator("compute_clusters")(pixel_dataset, run_key="c", embeddings="pixels", k=3, num_representatives=2)
+
+    info = plugin_operator("get_run_info")(pixel_dataset, run_key="c")
+    assert info["config"]["k"] == 3 and info["summary"]["num_clusters"] == 3
+
+    reps = clustering.load_run_view(pixel_dataset, "c", representatives=True)
+    assert len(reps) == 6 and reps.values("c_rep") == [1, 2] * 3
+    cluster0 = clustering.load_run_view(pixel_dataset, "c", cluster=0)
+    losses = cluster0.values("c_loss")
+    assert losses == sorted(losses) and set(cluster0.values("c_cluster")) == {0}
+    outliers = clustering.load_run_view(pixel_dataset, "c", outliers=5)
+    assert outliers.values("c_loss") == sorted(pixel_dataset.values("c_loss"), reverse=True)[:5]
+    assert plugin_operator("load_run_view")(pixel_dataset, run_key="c", mode="representatives")["num_samples"] == 6
+
+    labels = pixel_dataset.values("c_cluster")
+    plugin_operator("rename_run")(pixel_dataset, run_key="c", new_run_key="d")
+    assert pixel_dataset.list_runs() == ["d"]
+    assert not pixel_dataset.has_field("c_cluster") and pixel_dataset.values("d_cluster") == labels
+    assert clustering.load_clustering_results(pixel_dataset, "d").config.label_field == "d_cluster"
+
+    plugin_operator("delete_run")(pixel_dataset, run_key="d")
+    assert pixel_dataset.list_runs() == []
+    assert not any(pixel_dataset.has_field(f) for f in ("d_cluster", "d_loss", "d_rep"))
+
+
+def test_pca_and_normalization_are_recorded(pixel_dataset):
+    results = clustering.compute_clusters(
+        pixel_dataset, "c", embeddings="pixels", k=3, normalize=True, reduction="pca", n_components=10
+    )
+    config = results.config
+    assert config.normalize and config.reduction == "pca" and config.dim == 10
+    assert 0 < config.explained_variance_ratio <= 1
+    assert results.centers.shape == (3, 10)
