@@ -66,6 +66,9 @@ class ClusteringRun(fors.Run):
         if renames:
             dataset.rename_sample_fields(renames)
         self.update_run_config(samples, key, self.config)
+        cached = getattr(dataset, self._results_cache_field()).get(key)
+        if cached is not None:  # FiftyOne moves cached results to the new key
+            cached._config = self.config
 
 
 _ARRAYS = ("labels", "centers", "sample_losses", "cluster_sizes", "objective_history")

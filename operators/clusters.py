@@ -55,7 +55,9 @@ def _features_inputs(ctx, inputs, target_view):
     source_view = types.RadioGroup(orientation="horizontal")
     source_view.add_choice("field", label="Existing embeddings field")
     source_view.add_choice("model", label="Compute with a model")
-    source = ctx.params.get("features") or ("field" if fields else "model")
+    source = ctx.params.get("features") or (
+        "model" if ctx.params.get("model") or not fields else "field"
+    )
     inputs.enum("features", source_view.values(), default=source, label="Features", view=source_view)
 
     if source == "field":

@@ -49,9 +49,7 @@ def progress_callback(ctx, label):
 
 def vector_fields(samples):
     """Names of the sample fields that can hold embeddings (vector/array fields)."""
-    schema = samples.get_field_schema(
-        ftype=(fo.VectorField, fo.ArrayField), flat=True
-    )
+    schema = samples.get_field_schema(ftype=(fo.VectorField, fo.ArrayField))
     return sorted(schema)
 
 

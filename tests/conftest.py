@@ -1,13 +1,19 @@
 """Test harness: a throwaway MongoDB and plugins directory for the whole session.
 
-The environment is set before anything imports ``fiftyone``, so the user's
-``~/.fiftyone`` database is never touched. Engine tests never import FiftyOne.
+The environment is set before anything imports ``fiftyone``: the session starts
+its own mongod in a temporary directory and points ``FIFTYONE_DATABASE_URI`` at
+it, so the user's database (or a running App) is never touched. Engine tests never import FiftyOne.
 """
 
+import atexit
+import importlib.util
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -15,12 +21,48 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_NAME = "@imgclust/clustering"
 
 _SESSION_DIR = tempfile.mkdtemp(prefix="imgclust-tests-")
+# atexit runs last-registered first: this runs after mongod has stopped
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 _PLUGINS_DIR = os.path.join(_SESSION_DIR, "plugins")
 os.makedirs(os.path.join(_PLUGINS_DIR, "imgclust"))
 os.symlink(REPO_ROOT, os.path.join(_PLUGINS_DIR, "imgclust", "clustering"))
 
-os.environ.pop("FIFTYONE_DATABASE_URI", None)
+
+
+def _start_mongod(db_dir):
+    """Starts FiftyOne's bundled mongod on a free loopback port, private to this
+    test session (so no other FiftyOne process on the machine, such as a
+    running App, is ever attached to), and returns its URI."""
+    spec = importlib.util.find_spec("fiftyone")
+    mongod = os.path.join(os.path.dirname(spec.origin), "db", "bin", "mongod")
+    if not os.access(mongod, os.X_OK):
+        raise RuntimeError(f"FiftyOne's bundled mongod is missing ({mongod}); run `make venv`")
+    os.makedirs(db_dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [mongod, "--dbpath", db_dir, "--port", str(port), "--bind_ip", "127.0.0.1",
+         "--nounixsocket", "--logpath", os.path.join(db_dir, "mongod.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(process.wait, 30)
+    atexit.register(process.terminate)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"mongodb://127.0.0.1:{port}"
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"mongod exited with {process.returncode}; see {db_dir}/mongod.log")
+            time.sleep(0.2)
+    raise RuntimeError("mongod did not start within 60 s")
+
+
 os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(_SESSION_DIR, "db")
+os.environ["FIFTYONE_DATABASE_URI"] = _start_mongod(os.environ["FIFTYONE_DATABASE_DIR"])
 os.environ["FIFTYONE_PLUGINS_DIR"] = _PLUGINS_DIR
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
@@ -32,15 +74,6 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    if "fiftyone" in sys.modules:
-        try:
-            import fiftyone.core.odm.database as food
-
-            food._disconnect()
-        except Exception:
-            pass
-    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -104,9 +104,10 @@ def test_numpy_array_embeddings(pixel_dataset):
 def test_view_with_excluded_fields_and_filtered_labels_changes_nothing_else(pixel_dataset, plugin_operator):
     from fiftyone import ViewField as F
 
+    pixel_dataset.set_values("notes", [f"note {i}" for i in range(len(pixel_dataset))])
     before = _snapshot(pixel_dataset)
     view = (
-        pixel_dataset.exclude_fields("metadata")
+        pixel_dataset.exclude_fields("notes")
         .filter_labels("ground_truth", F("label") != "face", only_matches=False)
         .limit(300)
     )
@@ -184,7 +185,7 @@ def test_mismatched_dimensions_are_refused(pixel_dataset):
 def test_existing_key_needs_overwrite(pixel_dataset, plugin_operator):
     op = plugin_operator("compute_clusters")
     op(pixel_dataset, run_key="c", embeddings="pixels", k=3)
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(Exception, match="Run 'c' exists"):
         op(pixel_dataset, run_key="c", embeddings="pixels", k=4)
     op(pixel_dataset, run_key="c", embeddings="pixels", k=4, overwrite=True)
     assert len(set(pixel_dataset.values("c_cluster"))) == 4
