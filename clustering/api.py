@@ -211,7 +211,9 @@ def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, t
     if overwrite and run_key in dataset.list_runs():
         dataset.delete_run(run_key)  # also deletes its fields
 
-    run_config = cr.ClusteringRunConfig(**config)
+    # registered first with status "writing" so that a run killed while writing
+    # its fields is visible as incomplete and can be deleted with its fields
+    run_config = cr.ClusteringRunConfig(status="writing", **config)
     samples.register_run(run_key, run_config, overwrite=overwrite)
     try:
         dataset.add_sample_field(fields["label_field"], fo.IntField)
@@ -248,6 +250,8 @@ def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, t
             names={},
         )
         samples.save_run_results(run_key, results)
+        run_config.status = "completed"
+        dataset.update_run_config(run_key, run_config)
     except BaseException:
         dataset.delete_run(run_key)
         raise
@@ -272,16 +276,18 @@ def get_run_info(samples, run_key):
     """Config, timestamp and result summary of a clustering run, as a dict."""
     cr.get_clustering_run_config(samples, run_key)
     info = samples.get_run_info(run_key)
-    results = load_clustering_results(samples, run_key)
     config = info.config.serialize()
     config.pop("cls", None)
+    complete = config.get("status") == "completed"
+    results = load_clustering_results(samples, run_key) if complete else None
     return {
         "run_key": run_key,
+        "status": "completed" if complete else "incomplete (interrupted while writing; delete it)",
         "timestamp": str(info.timestamp),
         "version": info.version,
         "config": config,
-        "summary": results.summary(),
-        "timings": results.timings,
+        "summary": results.summary() if results else None,
+        "timings": results.timings if results else None,
     }
 
 

@@ -41,6 +41,7 @@ class GetRunInfo(foo.Operator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("run_key", label="Run key")
+        outputs.str("status", label="Status")
         outputs.str("timestamp", label="Created")
         outputs.obj("config", label="Config", view=types.JSONView())
         outputs.obj("summary", label="Summary", view=types.JSONView())

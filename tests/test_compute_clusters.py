@@ -240,3 +240,27 @@ def test_pca_and_normalization_are_recorded(pixel_dataset):
     assert config.normalize and config.reduction == "pca" and config.dim == 10
     assert 0 < config.explained_variance_ratio <= 1
     assert results.centers.shape == (3, 10)
+
+
+def test_run_killed_while_writing_is_marked_incomplete_and_deletable(pixel_dataset, monkeypatch, fo):
+    """A hard kill cannot run cleanup: the run is then registered as incomplete
+    and delete_run removes it with its fields."""
+    original = fo.Dataset.set_values
+
+    def killed(self, field, *args, **kwargs):
+        if field == "c_rep":
+            raise KeyboardInterrupt  # stands for a kill: we skip the cleanup below
+        return original(self, field, *args, **kwargs)
+
+    monkeypatch.setattr(fo.Dataset, "set_values", killed)
+    monkeypatch.setattr(fo.Dataset, "delete_run", lambda self, key: None)
+    with pytest.raises(KeyboardInterrupt):
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+    monkeypatch.undo()
+
+    info = clustering.get_run_info(pixel_dataset, "c")
+    assert info["status"].startswith("incomplete") and info["summary"] is None
+    assert pixel_dataset.has_field("c_cluster")
+    clustering.delete_run(pixel_dataset, "c")
+    assert "c" not in pixel_dataset.list_runs()
+    assert not any(pixel_dataset.has_field(f) for f in RUN_FIELDS)
