@@ -9,6 +9,7 @@ from clustering.methods import available_methods, get_method
 
 from .common import (
     add_delegate_input,
+    add_plot,
     execute_from_sdk,
     run_with_progress,
     show_output,
@@ -179,23 +180,15 @@ def _output_inputs(ctx, inputs):
     inputs.int("num_representatives", default=5, min=1, label="Representatives ranked per cluster")
 
 
-def _summary_outputs():
-    outputs = types.Object()
-    outputs.str("run_key", label="Run key")
-    outputs.str("summary", label="Summary", view=types.MarkdownView())
-    outputs.obj("sizes", label="Cluster sizes", view=types.PlotlyView())
-    return outputs
-
-
 def summarize(results):
-    """Markdown summary and a Plotly bar chart of a run's clusters."""
+    """Output form and values for a run's summary: markdown and a bar chart of sizes."""
     config = results.config
     summary = results.summary()
     loss = getattr(config, "loss", None)
+    param = getattr(config, "loss_param", None)
     lines = [
         f"**{summary['num_clusters']} clusters** of {summary['num_clustered']} samples "
-        f"({config.method}{', loss ' + loss if loss else ''}"
-        f"{', ' + format(config.loss_param, '.4g') if getattr(config, 'loss_param', None) else ''})",
+        f"({config.method}{', loss ' + loss if loss else ''}{', ' + format(param, '.4g') if param else ''})",
         f"objective {summary['objective']:.6g}, {results.timings['total_s']:.1f} s",
         "",
         "| cluster | size | representative |",
@@ -203,13 +196,25 @@ def summarize(results):
     ]
     for c in summary["clusters"]:
         lines.append(f"| {c['cluster']} | {c['size']} | {c['representative']} |")
-    clusters = [str(c["cluster"]) for c in summary["clusters"]]
-    sizes = [c["size"] for c in summary["clusters"]]
-    return {
+    outputs = types.Object()
+    outputs.str("run_key", label="Run key")
+    outputs.str("summary", label="Summary", view=types.MarkdownView())
+    figure = {
+        "data": [
+            {
+                "type": "bar",
+                "x": [str(c["cluster"]) for c in summary["clusters"]],
+                "y": [c["size"] for c in summary["clusters"]],
+            }
+        ],
+        "layout": {"xaxis": {"title": "cluster"}, "yaxis": {"title": "samples"}, "height": 300},
+    }
+    values = {
         "run_key": results.key,
         "summary": "\n".join(lines),
-        "sizes": {"data": [{"type": "bar", "x": clusters, "y": sizes}], "layout": {"xaxis": {"title": "cluster"}, "yaxis": {"title": "samples"}}},
+        "sizes": add_plot(outputs, "sizes", "Cluster sizes", figure),
     }
+    return outputs, values
 
 
 class ComputeClusters(foo.Operator):
@@ -260,7 +265,7 @@ class ComputeClusters(foo.Operator):
         results = yield from run_with_progress(ctx, "Clustering", work)
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
-            yield show_output(ctx, _summary_outputs(), summarize(results))
+            yield show_output(ctx, *summarize(results))
 
     @staticmethod
     def _clustering_kwargs(params):

@@ -134,3 +134,21 @@ def run_key_input(ctx, inputs, name="run_key", label="Clustering run", descripti
         view=choices,
     )
     return ctx.params.get(name) or keys[-1]
+
+
+def add_plot(outputs, name, label, fig):
+    """Adds a Plotly chart to ``outputs`` and returns the value to show. The
+    App's PlotlyView takes the layout (and height) from the view and the list
+    of traces as the property's value."""
+    layout = dict(fig["layout"])
+    outputs.list(
+        name,
+        types.Object(),
+        label=label,
+        view=types.PlotlyView(
+            layout=layout,
+            config={"displaylogo": False, "scrollZoom": False},
+            height=layout.get("height", 340),
+        ),
+    )
+    return fig["data"]

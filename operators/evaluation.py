@@ -18,6 +18,7 @@ from clustering.methods import available_methods, get_method
 from .clusters import LOSS_PARAM_NAME, _loss_choices
 from .common import (
     add_delegate_input,
+    add_plot,
     execute_from_sdk,
     progress_callback,
     run_key_input,
@@ -125,6 +126,7 @@ class ChooseK(foo.Operator):
             inputs.view("no_fields", types.Error(label="No embeddings field", description="Compute embeddings first (compute_embeddings)"))
             return types.Property(inputs)
         inputs.enum("embeddings", fields, default=fields[0], required=True, label="Embeddings field", view=types.DropdownView())
+        inputs.view_target(ctx, action_description="Cluster")
         methods = types.DropdownView()
         for name in available_methods():
             if get_method(name).needs_k:
@@ -186,8 +188,14 @@ class ChooseK(foo.Operator):
 def _render_choose_k(ctx, r):
     outputs = types.Object()
     outputs.str("recommendation", label="Recommendation", view=types.MarkdownView())
-    for name, label in (("elbow", "Elbow"), ("silhouette", "Silhouette"), ("davies_bouldin", "Davies-Bouldin"), ("calinski_harabasz", "Calinski-Harabasz")):
-        outputs.obj(name, label=label, view=types.PlotlyView())
+    values = {}
+    for name, label, figure in (
+        ("elbow", "Elbow", plots.elbow_figure),
+        ("silhouette", "Silhouette", plots.silhouette_vs_k_figure),
+        ("davies_bouldin", "Davies-Bouldin", plots.davies_bouldin_figure),
+        ("calinski_harabasz", "Calinski-Harabasz", plots.calinski_harabasz_figure),
+    ):
+        values[name] = add_plot(outputs, name, label, figure(r))
     outputs.list(
         "per_k", types.Object(), label="Per k",
         view=_table([("k", "k"), ("objective", "objective"), ("silhouette", "silhouette"), ("davies_bouldin", "Davies-Bouldin"), ("calinski_harabasz", "Calinski-Harabasz"), ("sizes", "cluster sizes")]),
@@ -209,18 +217,11 @@ def _render_choose_k(ctx, r):
         else f"silhouette of {r['silhouette_sample_size']} random points, each against all {r['num_samples']}"
     )
     text = (
-        f"### Recommended k = {r['recommended_k']}\n\n{r['reason']}\n\n"
+        f"#### Recommended k = {r['recommended_k']}\n\n{r['reason']}\n\n"
         f"{r['num_samples']} samples of `{r['embeddings_field']}` ({r['method']}{loss}); {sil} ({r['silhouette_metric']}). "
         f"Run `compute_clusters` with k={r['recommended_k']} to keep it."
     )
-    yield show_output(ctx, outputs, {
-        "recommendation": text,
-        "elbow": plots.elbow_figure(r),
-        "silhouette": plots.silhouette_vs_k_figure(r),
-        "davies_bouldin": plots.davies_bouldin_figure(r),
-        "calinski_harabasz": plots.calinski_harabasz_figure(r),
-        "per_k": rows,
-    })
+    yield show_output(ctx, outputs, dict(values, recommendation=text, per_k=rows))
 
 
 # ---------------------------------------------------------------------------
@@ -240,6 +241,7 @@ class EvaluateRun(foo.Operator):
         if run_key_input(ctx, inputs) is None:
             return types.Property(inputs)
         _gt_input(ctx, inputs, required=True)
+        inputs.view_target(ctx, action_description="Evaluate")
         return types.Property(inputs, view=types.View(label="Evaluate clustering"))
 
     def execute(self, ctx):
@@ -251,12 +253,12 @@ class EvaluateRun(foo.Operator):
 def _render_evaluation(ctx, r):
     outputs = types.Object()
     outputs.str("metrics", label="Metrics", view=types.MarkdownView())
-    outputs.obj("purity_plot", label="Purity", view=types.PlotlyView())
+    purity = add_plot(outputs, "purity_plot", "Purity", plots.purity_figure(r))
     outputs.list(
         "per_cluster", types.Object(), label="Per cluster",
         view=_table([("cluster", "cluster"), ("name", "name"), ("size", "size"), ("majority_class", "majority class"), ("purity", "purity"), ("matched_class", "matched class")]),
     )
-    outputs.obj("contingency", label="Clusters x classes", view=types.PlotlyView())
+    heat = add_plot(outputs, "contingency", "Clusters x classes", plots.heatmap_figure(r["contingency"], f"Run '{r['run_key']}' vs '{r['gt_field']}'", "class", "cluster"))
     text = (
         f"**NMI** {r['nmi']:.3f} · **ARI** {r['ari']:.3f} · **accuracy** {r['accuracy']:.3f} "
         f"(Hungarian matching) · **purity** {r['purity']:.3f}\n\n"
@@ -268,9 +270,9 @@ def _render_evaluation(ctx, r):
     ]
     yield show_output(ctx, outputs, {
         "metrics": text,
-        "purity_plot": plots.purity_figure(r),
+        "purity_plot": purity,
         "per_cluster": rows,
-        "contingency": plots.heatmap_figure(r["contingency"], f"Run '{r['run_key']}' vs '{r['gt_field']}'", "class", "cluster"),
+        "contingency": heat,
     })
 
 
@@ -297,6 +299,7 @@ class CompareRuns(foo.Operator):
         b = _run_dropdown(ctx, inputs, "run_key_b", "Run B", b_default)
         if a == b:
             inputs.view("same", types.Warning(label="Choose two different runs"))
+        inputs.view_target(ctx, action_description="Compare")
         inputs.bool("show_changed", default=True, label="Show the samples that changed cluster", description="After optimally matching A's clusters to B's")
         return types.Property(inputs, view=types.View(label="Compare clustering runs"))
 
@@ -309,7 +312,7 @@ class CompareRuns(foo.Operator):
 def _render_comparison(ctx, r):
     outputs = types.Object()
     outputs.str("metrics", label="Agreement", view=types.MarkdownView())
-    outputs.obj("contingency", label="Contingency table", view=types.PlotlyView())
+    heat = add_plot(outputs, "contingency", "Contingency table", plots.heatmap_figure(r["contingency"], f"'{r['run_key_a']}' (rows) vs '{r['run_key_b']}' (columns)", r["run_key_b"], r["run_key_a"]))
     mapping = ", ".join(f"{k}→{v}" for k, v in r["mapping"].items())
     text = (
         f"**ARI** {r['ari']:.3f} · **NMI** {r['nmi']:.3f} · **{r['num_changed']}** of {r['num_compared']} "
@@ -328,7 +331,7 @@ def _render_comparison(ctx, r):
         text += f" The grid now shows them, sorted by `{label_a}` then `{label_b}`."
     yield show_output(ctx, outputs, {
         "metrics": text,
-        "contingency": plots.heatmap_figure(r["contingency"], f"'{r['run_key_a']}' (rows) vs '{r['run_key_b']}' (columns)", r["run_key_b"], r["run_key_a"]),
+        "contingency": heat,
     })
 
 
@@ -352,6 +355,7 @@ class PlotSilhouette(foo.Operator):
         metrics = types.RadioGroup(orientation="horizontal")
         for m in ("auto", "euclidean", "cosine"):
             metrics.add_choice(m, label=m)
+        inputs.view_target(ctx, action_description="Score")
         inputs.enum("metric", metrics.values(), default="auto", label="Distance", description="auto: cosine for the cosine loss, else euclidean", view=metrics)
         return types.Property(inputs, view=types.View(label="Silhouette plot"))
 
@@ -367,10 +371,10 @@ class PlotSilhouette(foo.Operator):
 def _render_silhouette(ctx, r):
     outputs = types.Object()
     outputs.str("summary", label="Silhouette", view=types.MarkdownView())
-    outputs.obj("figure", label="Per-cluster silhouette", view=types.PlotlyView())
+    knife = add_plot(outputs, "figure", "Per-cluster silhouette", r["figure"])
     outputs.list(
         "clusters", types.Object(), label="Per cluster",
-        view=_table([("cluster", "cluster"), ("name", "name"), ("size", "size"), ("mean", "mean"), ("min", "min"), ("num_negative", "negative (scored)")]),
+        view=_table([("cluster", "cluster"), ("name", "name"), ("size", "size"), ("num_points", "points scored from"), ("mean", "mean"), ("min", "min"), ("num_negative", "negative (scored)")]),
     )
     below = r["below_average"]
     text = (
@@ -381,10 +385,10 @@ def _render_silhouette(ctx, r):
         + f". {r['note']}."
     )
     rows = [
-        {"cluster": c["cluster"], "name": c.get("name") or "", "size": c["size"], "mean": f"{c['mean']:.3f}", "min": f"{c['min']:.3f}", "num_negative": c["num_negative"]}
+        {"cluster": c["cluster"], "name": c.get("name") or "", "size": c["size"], "num_points": c["num_points"], "mean": f"{c['mean']:.3f}", "min": f"{c['min']:.3f}", "num_negative": c["num_negative"]}
         for c in r["clusters"]
     ]
-    yield show_output(ctx, outputs, {"summary": text, "figure": r["figure"], "clusters": rows})
+    yield show_output(ctx, outputs, {"summary": text, "figure": knife, "clusters": rows})
 
 
 # ---------------------------------------------------------------------------
@@ -421,6 +425,7 @@ class VisualizeRun(foo.Operator):
         feats.add_choice("embeddings", label=f"Embeddings field '{config.embeddings_field}'", description="Linked to the field (the panel can add new samples later)")
         feats.add_choice("run", label="The run's features", description="After the run's normalization / reduction, exactly what was clustered")
         inputs.enum("features", feats.values(), default="embeddings", label="Map", view=feats)
+        inputs.view_target(ctx, action_description="Map")
         prop = inputs.str("brain_key", default=f"{run_key}_{method}", label="Brain key", description=f"Default: {run_key}_{method}")
         brain_key = ctx.params.get("brain_key") or f"{run_key}_{method}"
         exists = brain_key in ctx.dataset.list_brain_runs()
@@ -457,14 +462,14 @@ def _render_visualization(ctx, out):
     names = getattr(clustering.load_clustering_results(ctx.dataset, r["run_key"]), "names", None) or {}
     outputs = types.Object()
     outputs.str("how_to", label="Open it", view=types.MarkdownView())
-    outputs.obj("preview", label="Preview", view=types.PlotlyView())
+    preview = add_plot(outputs, "preview", "Preview", plots.scatter_figure(np.asarray(results.points)[:, :2], labels, f"{r['method'].upper()} of run '{r['run_key']}', colored by cluster", names=names))
     text = f"**{r['method'].upper()}** map of {r['num_points']} samples saved as brain key `{r['brain_key']}` ({r['note']}).\n\n{r['how_to']}."
     if "explained_variance_ratio" in r:
         text += " Per component: " + ", ".join(f"{100 * v:.1f}%" for v in r["explained_variance_ratio"]) + "."
     yield ctx.ops.reload_dataset()
     yield show_output(ctx, outputs, {
         "how_to": text,
-        "preview": plots.scatter_figure(np.asarray(results.points)[:, :2], labels, f"{r['method'].upper()} of run '{r['run_key']}', colored by cluster", names=names),
+        "preview": preview,
     })
 
 
@@ -486,6 +491,7 @@ class RunSummary(foo.Operator):
         if run_key_input(ctx, inputs) is None:
             return types.Property(inputs)
         _gt_input(ctx, inputs, required=False)
+        inputs.view_target(ctx, action_description="Summarize")
         inputs.bool("silhouette", default=False, label="Compute silhouettes (sampled)")
         inputs.int("num_thumbnails", default=3, min=1, max=10, label="Thumbnails per cluster")
         inputs.bool("show_representatives", default=False, label="Show every cluster's representatives in the grid")
@@ -506,7 +512,7 @@ def _render_summary(ctx, r):
     m = r["metrics"]
     cfg = r["config"]
     head = (
-        f"### Run `{r['run_key']}`: {m['num_clusters']} clusters of {m['num_clustered']} samples\n\n"
+        f"#### Run `{r['run_key']}`: {m['num_clusters']} clusters of {m['num_clustered']} samples\n\n"
         f"{cfg.get('method')}" + (f", loss {cfg['loss']}" if cfg.get("loss") else "")
         + (f" ({cfg['loss_param']:.4g})" if cfg.get("loss_param") else "")
         + f", embeddings `{cfg.get('embeddings_field') or 'array'}`; objective {_fmt(m['objective'], '.5g')}; "
@@ -523,8 +529,7 @@ def _render_summary(ctx, r):
     head += f"\n\n**Galleries:** {r['galleries']}"
     outputs = types.Object()
     outputs.str("header", label="Summary", view=types.MarkdownView())
-    outputs.obj("sizes", label="Sizes", view=types.PlotlyView())
-    values = {"header": head, "sizes": plots.sizes_figure(r)}
+    values = {"header": head, "sizes": add_plot(outputs, "sizes", "Sizes", plots.sizes_figure(r))}
     for c in r["clusters"]:
         obj = types.Object()
         obj.str("title", view=types.MarkdownView())

@@ -1,0 +1,823 @@
+"""Evaluating, comparing and visualizing clustering runs on FiftyOne collections.
+
+Every function returns a plain JSON-serializable dict (so results pass through
+operators unchanged); :mod:`clustering.plots` turns them into Plotly figures.
+The math lives in :mod:`clustering.metrics`.
+
+* :func:`choose_k`: sweep k; objective (elbow + knee), silhouette,
+  Davies-Bouldin, Calinski-Harabasz, and a recommended k with its reason
+* :func:`evaluate_run`: NMI, ARI, Hungarian accuracy and purity vs ground truth
+* :func:`compare_runs`: ARI, NMI, contingency table and changed samples of two runs
+* :func:`silhouette_analysis` / :func:`plot_silhouette`: per-cluster silhouettes
+* :func:`visualize_run`: a FiftyOne Brain 2-d map (UMAP / t-SNE / PCA) of a
+  run's features, for the App's Embeddings panel colored by the run's cluster field
+* :func:`run_summary`: sizes, names, representatives (thumbnails) and metrics
+"""
+
+import time
+from urllib.parse import quote
+
+import numpy as np
+
+from . import features as cf
+from . import metrics as cm
+from . import runs as cr
+from .methods import get_method
+from .progress import progress_or_bar, scaled
+
+DEFAULT_SAMPLE_SIZE = 2000
+VISUALIZATION_METHODS = ("umap", "tsne", "pca")
+KNEE_MIN_STRENGTH = 0.05
+WEAK_SILHOUETTE = 0.25
+
+
+def _results(samples, run_key):
+    from .api import load_clustering_results
+
+    return load_clustering_results(samples._root_dataset, run_key)
+
+
+def _run_labels(samples, run_key):
+    """(results, ids, labels): the run's clustered samples that are in
+    ``samples``, in the run's order, and their labels (-1 = noise)."""
+    results = _results(samples, run_key)
+    ids = list(results.sample_ids)
+    labels = np.asarray(results.labels, dtype=np.int64)
+    if samples is not samples._root_dataset:
+        present = set(samples.values("id"))
+        keep = np.fromiter((i in present for i in ids), dtype=bool, count=len(ids))
+        ids = [i for i, k in zip(ids, keep) if k]
+        labels = labels[keep]
+    return results, ids, labels
+
+
+def _float(v):
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def _silhouette_metric(loss, metric):
+    if metric is not None:
+        cm._check_metric(metric)
+        return metric
+    return "cosine" if loss == "cosine" else "euclidean"
+
+
+# ---------------------------------------------------------------------------
+# run features
+
+
+def run_features(samples, run_key, embeddings=None):
+    """The feature matrix a run clustered (its embeddings, normalized / reduced
+    as the run did), for the run's samples that are in ``samples``.
+
+    Args:
+        embeddings: for a run computed from an array (not a field), the same
+            (n, d) array, aligned with the run's ``sample_ids``
+
+    Returns:
+        ``(ids, X, labels, note)``
+    """
+    results = _results(samples, run_key)
+    config = results.config
+    run_ids = list(results.sample_ids)
+    if embeddings is not None:
+        X = np.asarray(embeddings, dtype=np.float32)
+        if X.ndim != 2 or len(X) != len(run_ids):
+            raise ValueError(
+                f"embeddings must be an (n, d) array aligned with the run's {len(run_ids)} "
+                f"sample_ids; got shape {X.shape}"
+            )
+        source = "the given array"
+    else:
+        field = getattr(config, "embeddings_field", None)
+        if not field:
+            raise ValueError(
+                f"Run '{run_key}' was clustered on an embeddings array passed in Python, "
+                "not on a sample field, so its features cannot be reloaded: pass the same "
+                "array as embeddings=, or store it in a vector field and recompute the run "
+                "with embeddings=<field>"
+            )
+        dataset = samples._root_dataset
+        cf.validate_embeddings_field(dataset, field)
+        all_ids, values = dataset.values(["id", field])
+        lookup = dict(zip(all_ids, values))
+        missing = [i for i in run_ids if lookup.get(i) is None]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} samples of run '{run_key}' no longer have embeddings in "
+                f"'{field}'; recompute the run"
+            )
+        X = cf.as_matrix([lookup[i] for i in run_ids], source=f"embeddings in '{field}'")
+        source = f"field '{field}'"
+    reduction = getattr(config, "reduction", "none") or "none"
+    X, _ = cf.prepare_features(
+        X,
+        bool(getattr(config, "normalize", False)),
+        reduction,
+        getattr(config, "n_components", None),
+        random_state=getattr(config, "random_state", None),
+    )
+    steps = (["L2-normalized"] if getattr(config, "normalize", False) else []) + (
+        [f"{reduction.upper()} to {X.shape[1]} dims"] if reduction != "none" else []
+    )
+    note = f"features: {source}" + (f", {', '.join(steps)} as in the run" if steps else "")
+    if reduction == "umap":
+        note += " (UMAP re-fitted with the run's seed; may differ slightly from the run's)"
+    labels = np.asarray(results.labels, dtype=np.int64)
+    if samples is not samples._root_dataset:
+        present = set(samples.values("id"))
+        keep = np.fromiter((i in present for i in run_ids), dtype=bool, count=len(run_ids))
+        run_ids = [i for i, k in zip(run_ids, keep) if k]
+        X, labels = X[keep], labels[keep]
+    return run_ids, X, labels, note
+
+
+# ---------------------------------------------------------------------------
+# choose k
+
+
+def _sweep_params(method_obj, loss, loss_param, random_state, method_params):
+    params = dict(method_params)
+    if "loss" in method_obj.defaults:
+        params["loss"] = loss or "squared"
+        if loss_param is not None:
+            params["loss_param"] = loss_param
+    elif loss not in (None, "squared"):
+        raise ValueError(
+            f"Method '{method_obj.name}' has no loss option (it minimizes squared distances); "
+            "use method='generalized_kmeans' to sweep k with another loss"
+        )
+    if random_state is not None and "random_state" in method_obj.defaults:
+        params["random_state"] = random_state
+    return method_obj.resolve_params({k: v for k, v in params.items() if v is not None})
+
+
+def _argbest(ks, values, mode):
+    pts = [(k, v) for k, v in zip(ks, values) if v is not None]
+    if not pts:
+        return None
+    return (max if mode == "max" else min)(pts, key=lambda p: p[1])[0]
+
+
+def _recommend(ks, metrics, best, knee_strength):
+    sil = metrics["silhouette"]
+    others = []
+    if best["elbow"] is not None:
+        others.append(f"the elbow (knee) of the objective is at k={best['elbow']}")
+    else:
+        others.append("the objective curve has no clear elbow")
+    if best["davies_bouldin"] is not None:
+        others.append(f"Davies-Bouldin is lowest at k={best['davies_bouldin']}")
+    if best["calinski_harabasz"] is not None:
+        others.append(f"Calinski-Harabasz is highest at k={best['calinski_harabasz']}")
+
+    if best["silhouette"] is not None:
+        k = best["silhouette"]
+        s = sil[ks.index(k)]
+        ranked = sorted((v, kk) for kk, v in zip(ks, sil) if v is not None and kk != k)
+        runner = f"; next best k={ranked[-1][1]} ({ranked[-1][0]:.3f})" if ranked else ""
+        reason = f"k={k} has the highest mean silhouette ({s:.3f}{runner})"
+        if s < WEAK_SILHOUETTE:
+            reason += (
+                f"; all silhouettes are below {WEAK_SILHOUETTE}, so the cluster structure is "
+                "weak and k is a choice rather than a discovery"
+            )
+    elif best["elbow"] is not None:
+        k = best["elbow"]
+        reason = f"k={k} is the knee of the objective curve (silhouette not available)"
+    elif best["davies_bouldin"] is not None:
+        k = best["davies_bouldin"]
+        reason = f"k={k} has the lowest Davies-Bouldin index (silhouette and elbow not available)"
+    else:
+        return None, "No k could be evaluated (every fit produced fewer than 2 clusters)"
+    agree = [name for name, v in best.items() if v == k]
+    reason += ". Also: " + "; ".join(others) + f". {len(agree)} of 4 criteria pick k={k}."
+    return k, reason
+
+
+def choose_k(
+    samples,
+    embeddings,
+    loss="squared",
+    k_min=2,
+    k_max=10,
+    method="generalized_kmeans",
+    normalize=False,
+    reduction="none",
+    n_components=None,
+    sample_size=DEFAULT_SAMPLE_SIZE,
+    random_state=51,
+    loss_param=None,
+    silhouette_metric=None,
+    progress=None,
+    **method_params,
+):
+    """Clusters ``samples`` for every k in ``[k_min, k_max]`` and scores each k.
+
+    Per k: the objective (sum of per-sample losses, for the elbow), the mean
+    silhouette, the Davies-Bouldin and the Calinski-Harabasz index. The
+    silhouette is exact for ``n <= sample_size``; otherwise it is the mean over
+    the same random ``sample_size`` points for every k, each scored against
+    all ``n`` points. For losses with a data-driven parameter (Huber delta,
+    correntropy sigma, ...) the value chosen at ``k_min`` is kept for every k,
+    so that the objectives are comparable.
+
+    Args:
+        samples: a FiftyOne dataset or view
+        embeddings: a vector field name or an (n, d) array aligned with ``samples``
+        loss, loss_param: the generalized k-means loss (``method="generalized_kmeans"``)
+        k_min, k_max: the range of k (``1 <= k_min <= k_max <= n - 1``; metrics
+            other than the objective need k >= 2)
+        method: a clustering method that takes k (see :func:`clustering.available_methods`)
+        normalize, reduction, n_components: preprocessing, as in ``compute_clusters``
+        sample_size: points whose silhouette is computed (None = all)
+        random_state: seed of the fits and of the silhouette sample
+        silhouette_metric: ``"euclidean"`` / ``"sqeuclidean"`` / ``"cosine"``
+            (default: cosine for the cosine loss, else euclidean)
+        progress: optional ``progress(fraction, message)``
+        **method_params: further method parameters (``n_init``, ``max_iter``, ...)
+
+    Returns:
+        a dict with ``per_k`` (list of per-k dicts), ``metrics`` (the same as
+        columns), ``best`` (k picked by each criterion), ``recommended_k`` and
+        ``reason``, plus what was run
+    """
+    from .api import _load_features
+
+    method_obj = get_method(method)
+    if not method_obj.needs_k:
+        raise ValueError(f"Method '{method}' chooses its own number of clusters; choose_k sweeps k")
+    for name, v in (("k_min", k_min), ("k_max", k_max)):
+        if isinstance(v, bool) or int(v) != v:
+            raise ValueError(f"{name} must be an integer; got {v!r}")
+    k_min, k_max = int(k_min), int(k_max)
+    if not 1 <= k_min <= k_max:
+        raise ValueError(f"Need 1 <= k_min <= k_max; got k_min={k_min}, k_max={k_max}")
+    if k_max - k_min + 1 < 3:
+        raise ValueError("Sweep at least 3 values of k (k_max >= k_min + 2) to find an elbow")
+    params = _sweep_params(method_obj, loss, loss_param, random_state, method_params)
+    metric = _silhouette_metric(params.get("loss"), silhouette_metric)
+
+    with progress_or_bar(progress, "Choosing k") as report:
+        report(0.0, "loading features")
+        ids, X, missing, source = _load_features(samples, embeddings, None, None)
+        n = len(X)
+        if k_max > n - 1:
+            raise ValueError(f"k_max={k_max} must be at most n - 1 = {n - 1} (samples with embeddings)")
+        X, feature_info = cf.prepare_features(X, normalize, reduction, n_components, random_state=random_state)
+        idx = cm.sample_indices(n, sample_size, random_state)
+        ks = list(range(k_min, k_max + 1))
+        per_k = []
+        for i, k in enumerate(ks):
+            t0 = time.perf_counter()
+            lo, hi = 0.05 + 0.9 * i / len(ks), 0.05 + 0.9 * (i + 1) / len(ks)
+            report(lo, f"k={k}")
+            out = method_obj.fit(X, k, params, progress=scaled(report, lo, lo + 0.8 * (hi - lo)))
+            if params.get("loss_param") is None and out.params.get("loss_param") is not None:
+                params = dict(params, loss_param=out.params["loss_param"])  # fixed for every k
+            labels = np.asarray(out.labels, dtype=np.int64)
+            member = labels >= 0
+            n_clusters = len(np.unique(labels[member]))
+            row = {
+                "k": k,
+                "num_clusters": int(n_clusters),
+                "objective": _float(out.objective),
+                "silhouette": None,
+                "davies_bouldin": None,
+                "calinski_harabasz": None,
+                "cluster_sizes": np.bincount(labels[member], minlength=k).tolist(),
+            }
+            report(lo + 0.8 * (hi - lo), f"k={k}: scoring")
+            if 2 <= n_clusters <= member.sum() - 1:
+                sil_idx = idx[member[idx]]
+                if member.all():
+                    vals = cm.silhouette_samples(X, labels, sil_idx, metric=metric)
+                else:  # noise points are not a cluster
+                    pos = np.cumsum(member) - 1
+                    vals = cm.silhouette_samples(X[member], labels[member], pos[sil_idx], metric=metric)
+                row["silhouette"] = float(vals.mean())
+                row["davies_bouldin"] = cm.davies_bouldin(X[member], labels[member])
+                row["calinski_harabasz"] = cm.calinski_harabasz(X[member], labels[member])
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            per_k.append(row)
+        report(1.0, "done")
+
+    cols = ("k", "objective", "silhouette", "davies_bouldin", "calinski_harabasz")
+    metrics = {c: [r[c] for r in per_k] for c in cols}
+    objective = metrics["objective"]
+    knee, strength = None, 0.0
+    if all(v is not None for v in objective) and objective[-1] < objective[0]:
+        i, strength = cm.find_knee(ks, objective, "decreasing", "convex", KNEE_MIN_STRENGTH)
+        knee = ks[i] if i is not None else None
+    best = {
+        "elbow": knee,
+        "silhouette": _argbest(ks, metrics["silhouette"], "max"),
+        "davies_bouldin": _argbest(ks, metrics["davies_bouldin"], "min"),
+        "calinski_harabasz": _argbest(ks, metrics["calinski_harabasz"], "max"),
+    }
+    recommended, reason = _recommend(ks, metrics, best, strength)
+    return {
+        "method": method,
+        "loss": params.get("loss"),
+        "loss_param": _float(params["loss_param"]) if params.get("loss_param") is not None else None,
+        "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "embeddings_field": source.get("embeddings_field"),
+        "num_samples": int(n),
+        "num_missing_embeddings": len(missing),
+        "features": feature_info,
+        "silhouette_metric": metric,
+        "silhouette_sample_size": int(len(idx)),
+        "silhouette_exact": bool(len(idx) == n),
+        "per_k": per_k,
+        "metrics": metrics,
+        "best": best,
+        "knee_strength": float(strength),
+        "recommended_k": recommended,
+        "reason": reason,
+    }
+
+
+# ---------------------------------------------------------------------------
+# ground truth
+
+
+def _gt_path(samples, gt_field):
+    import fiftyone as fo
+
+    schema = samples.get_field_schema(flat=True)
+    if gt_field not in schema:
+        raise ValueError(f"Ground-truth field '{gt_field}' does not exist on this collection")
+    ftype = schema[gt_field]
+    if isinstance(ftype, fo.EmbeddedDocumentField) and issubclass(ftype.document_type, fo.Classification):
+        return f"{gt_field}.label"
+    if isinstance(ftype, (fo.StringField, fo.IntField, fo.BooleanField)):
+        return gt_field
+    raise ValueError(
+        f"Field '{gt_field}' has type {type(ftype).__name__}; ground truth must be a "
+        "Classification field or a string (or int) field"
+    )
+
+
+def gt_fields(samples):
+    """Fields usable as ground truth: Classification and string/int fields."""
+    import fiftyone as fo
+
+    out = []
+    for name, ftype in samples.get_field_schema(flat=True).items():
+        if name in ("id", "filepath") or name.startswith("_") or "." in name:
+            continue
+        if isinstance(ftype, fo.EmbeddedDocumentField) and issubclass(ftype.document_type, fo.Classification):
+            out.append(name)
+        elif isinstance(ftype, (fo.StringField, fo.IntField)) and not isinstance(ftype, fo.ObjectIdField):
+            out.append(name)
+    return sorted(out)
+
+
+def evaluate_run(samples, run_key, gt_field="ground_truth"):
+    """Scores a run against ground-truth classes.
+
+    Samples without a cluster label (not clustered, e.g. no embeddings), HDBSCAN
+    noise (-1) and samples without ground truth are excluded; the counts are
+    reported in ``excluded`` and ``note``.
+
+    Args:
+        samples: a dataset or view (only its samples are evaluated)
+        run_key: a clustering run
+        gt_field: a ``Classification`` field or a string / int field
+
+    Returns:
+        a dict with ``nmi``, ``ari``, ``accuracy`` (after the optimal Hungarian
+        matching of clusters to classes; clusters left unmatched when k differs
+        from the number of classes count as errors), ``purity``, ``per_cluster``
+        (size, majority class, purity, matched class, name), ``contingency``
+        (clusters x classes), ``mapping``, ``excluded`` and ``note``
+    """
+    path = _gt_path(samples, gt_field)
+    results, ids, labels = _run_labels(samples, run_key)
+    all_ids, gt_values = samples.values(["id", path])
+    gt = dict(zip(all_ids, gt_values))
+    clustered = {i for i in ids}
+    num_unclustered = sum(1 for i in all_ids if i not in clustered)
+    noise = labels < 0
+    y = [gt.get(i) for i in ids]
+    has_gt = np.array([v is not None and v != "" for v in y], dtype=bool)
+    use = ~noise & has_gt
+    excluded = {
+        "no_cluster_label": int(num_unclustered),
+        "noise": int(noise.sum()),
+        "no_ground_truth": int((~noise & ~has_gt).sum()),
+    }
+    n_eval = int(use.sum())
+    total = len(all_ids)
+    note = f"Evaluated {n_eval} of {total} samples"
+    parts = [
+        f"{v} {what}"
+        for v, what in (
+            (excluded["no_cluster_label"], "without a cluster label"),
+            (excluded["noise"], "labeled noise (-1)"),
+            (excluded["no_ground_truth"], f"without ground truth in '{gt_field}'"),
+        )
+        if v
+    ]
+    note += f"; excluded {total - n_eval}: " + ", ".join(parts) if parts else "; none excluded"
+    if n_eval == 0:
+        raise ValueError(f"No sample can be evaluated: {note}")
+
+    y_pred = labels[use]
+    y_true = np.array([v for v, u in zip(y, use) if u])
+    overall_purity, rows = cm.purity(y_true, y_pred)
+    mapping = cm.match_labels(y_pred, y_true)
+    names = getattr(results, "names", None) or {}
+    for r in rows:
+        r["matched_class"] = mapping.get(r["cluster"])
+        r["name"] = names.get(str(r["cluster"]))
+    clusters, classes, counts = cm.contingency(y_pred, y_true)
+    return {
+        "run_key": run_key,
+        "gt_field": gt_field,
+        "num_samples": int(total),
+        "num_evaluated": n_eval,
+        "excluded": excluded,
+        "note": note,
+        "num_clusters": len(clusters),
+        "num_classes": len(classes),
+        "nmi": cm.nmi(y_true, y_pred),
+        "ari": cm.ari(y_true, y_pred),
+        "accuracy": float(cm.matched_accuracy(y_true, y_pred)),
+        "purity": overall_purity,
+        "per_cluster": rows,
+        "mapping": {str(c): t for c, t in mapping.items()},
+        "contingency": {"rows": clusters, "cols": classes, "counts": counts.tolist()},
+    }
+
+
+def compare_runs(samples, run_key_a, run_key_b):
+    """Compares two runs on the samples both clustered (noise excluded).
+
+    Returns:
+        a dict with ``ari``, ``nmi``, ``contingency`` (rows: clusters of run a,
+        cols: clusters of run b), ``mapping`` (run a cluster -> run b cluster,
+        optimal Hungarian matching), ``changed_ids`` (samples whose matched
+        cluster differs between the runs), ``num_changed``, ``agreement`` and
+        the counts of samples only in one run / noise
+    """
+    if run_key_a == run_key_b:
+        raise ValueError("Choose two different runs to compare")
+    _, ids_a, la = _run_labels(samples, run_key_a)
+    _, ids_b, lb = _run_labels(samples, run_key_b)
+    map_b = dict(zip(ids_b, lb.tolist()))
+    common = [i for i in ids_a if i in map_b]
+    set_a = set(ids_a)
+    la_c = np.array([l for i, l in zip(ids_a, la.tolist()) if i in map_b], dtype=np.int64)
+    lb_c = np.array([map_b[i] for i in common], dtype=np.int64)
+    noise = (la_c < 0) | (lb_c < 0)
+    use = ~noise
+    if use.sum() == 0:
+        raise ValueError(f"Runs '{run_key_a}' and '{run_key_b}' have no clustered sample in common")
+    ids_u = [i for i, u in zip(common, use) if u]
+    a, b = la_c[use], lb_c[use]
+    rows, cols, counts = cm.contingency(a, b)
+    mapping, changed = cm.label_agreement(a, b)
+    changed_ids = [ids_u[i] for i in np.flatnonzero(changed)]
+    return {
+        "run_key_a": run_key_a,
+        "run_key_b": run_key_b,
+        "num_compared": int(use.sum()),
+        "num_only_a": int(len(ids_a) - len(common)),
+        "num_only_b": int(sum(1 for i in ids_b if i not in set_a)),
+        "num_noise": int(noise.sum()),
+        "ari": cm.ari(a, b),
+        "nmi": cm.nmi(a, b),
+        "contingency": {"rows": rows, "cols": cols, "counts": counts.tolist()},
+        "mapping": {str(k): int(v) for k, v in mapping.items()},
+        "num_changed": len(changed_ids),
+        "agreement": float(1.0 - len(changed_ids) / use.sum()),
+        "changed_ids": changed_ids,
+    }
+
+
+# ---------------------------------------------------------------------------
+# silhouette of a run
+
+
+def silhouette_analysis(samples, run_key, sample_size=DEFAULT_SAMPLE_SIZE, metric=None, embeddings=None, random_state=0, max_values=None):
+    """Per-cluster silhouettes of a run, in the feature space it clustered.
+
+    The points of ``samples`` (a dataset or a view) that the run clustered are
+    scored, each against **all** of the run's clustered points (so a view gets
+    its points' silhouettes within the whole clustering). With more than
+    ``sample_size`` such points, a stratified sample (each cluster
+    proportionally, at least 20 points each) is scored; the overall mean then
+    weights each cluster's mean by its number of points.
+
+    Args:
+        sample_size: points scored (None = all)
+        metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"`` (default:
+            cosine for the cosine loss, else euclidean)
+        embeddings: for a run computed from an array, the same array
+        random_state: seed of the sample
+        max_values: keep at most this many (evenly spaced, sorted) silhouettes
+            per cluster in ``values`` (for plotting); statistics use all
+
+    Returns:
+        a dict with ``silhouette`` (overall mean), ``clusters`` (per cluster
+        ``cluster``, ``name``, ``size`` (in the run), ``num_points`` (in
+        ``samples``), ``num_scored``, ``mean``, ``min``, ``max``,
+        ``num_negative``, ``values`` (sorted scored silhouettes)),
+        ``below_average`` (clusters whose mean is below the overall mean),
+        ``negative_fraction`` and ``note``
+    """
+    results = _results(samples, run_key)
+    root = samples._root_dataset
+    ids, X, labels, note = run_features(root, run_key, embeddings=embeddings)
+    metric = _silhouette_metric(getattr(results.config, "loss", None), metric)
+    member = labels >= 0
+    Xm, lm = X[member], labels[member]
+    if len(np.unique(lm)) < 2:
+        raise ValueError(f"Run '{run_key}' has fewer than 2 clusters")
+    # the points to score: the collection's clustered samples (all, for a dataset)
+    if samples is root:
+        candidates = np.arange(len(lm))
+    else:
+        present = set(samples.values("id"))
+        mids = [i for i, m in zip(ids, member) if m]
+        candidates = np.flatnonzero([i in present for i in mids])
+        if not len(candidates):
+            raise ValueError(f"No sample of this collection is in a cluster of run '{run_key}'")
+    idx = candidates[cm.stratified_indices(lm[candidates], sample_size, min_per_cluster=20, random_state=random_state)]
+    values = cm.silhouette_samples(Xm, lm, idx, metric=metric)  # against all the run's points
+    scored_labels = lm[idx]
+    names = getattr(results, "names", None) or {}
+    sizes = np.bincount(lm)
+    counts = np.bincount(lm[candidates], minlength=len(sizes))
+    clusters = []
+    for row in cm.per_cluster_silhouette(values, scored_labels):
+        c = int(row["cluster"])
+        v = np.sort(values[scored_labels == c])[::-1]
+        if max_values and len(v) > max_values:
+            v = v[np.linspace(0, len(v) - 1, max_values).round().astype(int)]
+        clusters.append(
+            dict(
+                row,
+                cluster=c,
+                name=names.get(str(c)),
+                size=int(sizes[c]),
+                num_points=int(counts[c]),
+                num_scored=row.pop("count"),
+                values=np.round(v, 4).tolist(),
+            )
+        )
+    # per-cluster means weighted by the cluster's points in the collection
+    weights = np.array([c["num_points"] for c in clusters], dtype=float)
+    overall = float(np.sum(weights * [c["mean"] for c in clusters]) / weights.sum())
+    neg = float(sum(c["num_points"] * c["num_negative"] / c["num_scored"] for c in clusters) / weights.sum())
+    exact = len(idx) == len(candidates)
+    what = "all" if samples is root else "the collection's"
+    note += (
+        f"; {metric} silhouette of {what} {len(candidates)} points"
+        if exact
+        else f"; {metric} silhouette of a stratified sample of {len(idx)} of {what} {len(candidates)} points"
+    )
+    if samples is not root:
+        note += f", each against all {len(lm)} clustered points of the run"
+    elif not exact:
+        note += ", each against all points"
+    if (~member).any():
+        note += f"; {int((~member).sum())} noise points excluded"
+    return {
+        "run_key": run_key,
+        "metric": metric,
+        "silhouette": overall,
+        "num_points": int(len(candidates)),
+        "num_clustered": int(len(lm)),
+        "num_scored": int(len(idx)),
+        "exact": bool(exact),
+        "negative_fraction": neg,
+        "below_average": [c["cluster"] for c in clusters if c["mean"] < overall],
+        "clusters": clusters,
+        "note": note,
+    }
+
+
+def plot_silhouette(samples, run_key, **kwargs):
+    """:func:`silhouette_analysis` plus ``figure``: the per-cluster silhouette
+    ("knife") plot as a Plotly figure dict (``plotly.graph_objects.Figure(d["figure"])``)."""
+    from . import plots
+
+    analysis = silhouette_analysis(samples, run_key, **kwargs)
+    analysis["figure"] = plots.silhouette_knife_figure(analysis)
+    return analysis
+
+
+# ---------------------------------------------------------------------------
+# 2-d map
+
+
+def _visualize(samples, run_key, method="umap", brain_key=None, num_dims=2, features="embeddings", overwrite=False, random_state=51, progress=None, **kwargs):
+    import fiftyone.brain as fob
+
+    if method not in VISUALIZATION_METHODS:
+        raise ValueError(f"Unknown method '{method}'; choose one of {VISUALIZATION_METHODS}")
+    if features not in ("embeddings", "run"):
+        raise ValueError("features must be 'embeddings' (the run's embeddings field) or 'run' (the run's preprocessed features)")
+    config = cr.get_clustering_run_config(samples._root_dataset, run_key)
+    label_field = config.label_field
+    field = getattr(config, "embeddings_field", None)
+    if not field:
+        raise ValueError(
+            f"Run '{run_key}' was clustered on an embeddings array passed in Python, not on a "
+            "sample field, so there is no embeddings field to visualize: store the array in a "
+            "vector field (dataset.set_values(field, ...)) and recompute the run with "
+            "embeddings=<field>, or call fiftyone.brain.compute_visualization(samples, "
+            "embeddings=<array>) yourself"
+        )
+    brain_key = brain_key or f"{run_key}_{method}"
+    if not brain_key.isidentifier():
+        raise ValueError(f"Invalid brain key {brain_key!r}: use a Python identifier")
+    dataset = samples._root_dataset
+    if brain_key in dataset.list_brain_runs():
+        if not overwrite:
+            raise ValueError(f"Brain key '{brain_key}' exists; pass overwrite=True or choose another brain_key")
+        dataset.delete_brain_run(brain_key)
+
+    with progress_or_bar(progress, f"Visualizing '{run_key}'") as report:
+        report(0.05, f"{method.upper()} of '{field}'")
+        view = samples.exists(label_field).exists(field)
+        if not len(view):
+            raise ValueError(f"No sample of this collection has both '{label_field}' and '{field}'")
+        normalize = bool(getattr(config, "normalize", False))
+        reduction = getattr(config, "reduction", "none") or "none"
+        info = {}
+        params = dict(kwargs)
+        params.setdefault("seed", random_state)
+        if features == "run":
+            ids, X, _, note = run_features(view, run_key)
+            order = {i: r for r, i in enumerate(ids)}
+            X = X[[order[i] for i in view.values("id")]]
+            embeddings = X
+        else:
+            embeddings = field
+            note = f"embeddings field '{field}'"
+            if normalize and method in ("umap", "tsne"):
+                params.setdefault("metric", "cosine")
+                note += " with cosine distance (the run L2-normalized its embeddings)"
+            elif normalize or reduction != "none":
+                note += (
+                    f" as stored (the run also {'L2-normalized' if normalize else ''}"
+                    f"{' and ' if normalize and reduction != 'none' else ''}"
+                    f"{reduction.upper() + '-reduced' if reduction != 'none' else ''} them; "
+                    "use features='run' to map exactly the clustered features)"
+                )
+        if method != "pca":
+            params.setdefault("verbose", False)
+        if method == "tsne":
+            dim = embeddings.shape[1] if features == "run" else len(view.first()[field])
+            params.setdefault("pca_dims", 50 if min(len(view), dim) > 50 else None)
+        results = fob.compute_visualization(
+            view, embeddings=embeddings, method=method, brain_key=brain_key, num_dims=num_dims, progress=False, **params
+        )
+        report(0.9, "saved")
+        if method == "pca":
+            reducer = getattr(results, "_reducer", None)
+            ratio = getattr(reducer, "explained_variance_ratio_", None)
+            if ratio is None:
+                from sklearn.decomposition import PCA
+
+                X = embeddings if features == "run" else cf.as_matrix(view.values(field))
+                ratio = PCA(n_components=num_dims).fit(X).explained_variance_ratio_
+            info["explained_variance_ratio"] = [float(r) for r in ratio]
+            info["explained_variance_total"] = float(np.sum(ratio))
+        report(1.0, "done")
+    out = {
+        "run_key": run_key,
+        "brain_key": brain_key,
+        "method": method,
+        "num_dims": int(num_dims),
+        "num_points": int(len(results.points)),
+        "embeddings_field": field,
+        "features": features,
+        "color_by": label_field,
+        "note": note,
+        **info,
+        "how_to": (
+            f"In the App open the Embeddings panel, choose brain key '{brain_key}' and "
+            f"color by '{label_field}'"
+        ),
+    }
+    if method == "pca":
+        out["how_to"] += (
+            f"; the {num_dims} principal components explain "
+            f"{100 * info['explained_variance_total']:.1f}% of the variance"
+        )
+    return out, results
+
+
+def visualize_run(samples, run_key, method="umap", brain_key=None, num_dims=2, features="embeddings", overwrite=False, random_state=51, progress=None, **kwargs):
+    """Computes a FiftyOne Brain visualization (``method`` = ``"umap"``,
+    ``"tsne"`` or ``"pca"``) of a run's samples, so the App's Embeddings panel
+    can show them colored by the run's cluster field.
+
+    Args:
+        samples: a dataset or view (its samples that the run clustered are mapped)
+        run_key: a clustering run computed from an embeddings field
+        brain_key: the brain key (default ``"{run_key}_{method}"``)
+        num_dims: 2 (or 3)
+        features: ``"embeddings"`` (the run's embeddings field, linked to the
+            field; cosine distance for UMAP / t-SNE if the run normalized) or
+            ``"run"`` (the exact features the run clustered, after its
+            normalization / reduction, passed as an array)
+        overwrite: replace an existing brain run with this key
+        random_state: the reducer's seed
+        **kwargs: passed to ``fiftyone.brain.compute_visualization``
+
+    Returns:
+        a dict with ``brain_key``, ``color_by`` (the cluster field),
+        ``num_points``, ``how_to`` and, for PCA, ``explained_variance_ratio``
+        (per component) and ``explained_variance_total``
+    """
+    out, _ = _visualize(samples, run_key, method=method, brain_key=brain_key, num_dims=num_dims, features=features, overwrite=overwrite, random_state=random_state, progress=progress, **kwargs)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# summary
+
+
+def media_url(filepath):
+    """URL under which the FiftyOne App server serves a local media file."""
+    return "/media?filepath=" + quote(filepath, safe="")
+
+
+def run_summary(samples, run_key, gt_field=None, num_thumbnails=3, silhouette=False, sample_size=DEFAULT_SAMPLE_SIZE):
+    """A compact report of a run: config, per-cluster size / name / mean loss /
+    representatives (ids, filepaths, App media URLs), and metrics (objective;
+    silhouette when ``silhouette=True``; NMI / ARI / accuracy / purity when
+    ``gt_field`` is given)."""
+    results, ids, labels = _run_labels(samples, run_key)
+    config = results.config
+    names = getattr(results, "names", None) or {}
+    losses = np.asarray(results.sample_losses, dtype=np.float64)
+    if samples is not samples._root_dataset:
+        keep = set(ids)
+        losses = losses[[i in keep for i in results.sample_ids]]
+    rep_ids = [i for c in results.cluster_ids() for i in (results.representatives.get(str(c)) or [])[:num_thumbnails]]
+    paths = {}
+    if rep_ids:
+        rid, rpath = samples._root_dataset.select(rep_ids).values(["id", "filepath"])
+        paths = dict(zip(rid, rpath))
+    sil = None
+    if silhouette:
+        sil = silhouette_analysis(samples, run_key, sample_size=sample_size)
+        sil_by = {c["cluster"]: c["mean"] for c in sil["clusters"]}
+    clusters = []
+    for c in results.cluster_ids():
+        m = labels == c
+        reps = [i for i in (results.representatives.get(str(c)) or [])[:num_thumbnails] if i in paths]
+        row = {
+            "cluster": c,
+            "name": names.get(str(c)),
+            "size": int(m.sum()),
+            "mean_loss": _float(np.nanmean(losses[m])) if m.any() else None,
+            "representatives": [{"id": i, "filepath": paths[i], "url": media_url(paths[i])} for i in reps],
+        }
+        if sil is not None:
+            row["silhouette"] = sil_by.get(c)
+        clusters.append(row)
+    sizes = [r["size"] for r in clusters if r["size"]]
+    metrics = {
+        "objective": _float(getattr(results, "objective", None)),
+        "num_clusters": len(clusters),
+        "num_clustered": int(len(labels)),
+        "num_noise": int((labels < 0).sum()),
+        "largest_cluster": max(sizes) if sizes else 0,
+        "smallest_cluster": min(sizes) if sizes else 0,
+    }
+    if sil is not None:
+        metrics["silhouette"] = sil["silhouette"]
+    if gt_field:
+        ev = evaluate_run(samples, run_key, gt_field=gt_field)
+        metrics.update({k: ev[k] for k in ("nmi", "ari", "accuracy", "purity")})
+        metrics["gt_field"] = gt_field
+        metrics["evaluation_note"] = ev["note"]
+        purity_by = {r["cluster"]: r for r in ev["per_cluster"]}
+        for row in clusters:
+            p = purity_by.get(row["cluster"])
+            if p:
+                row["majority_class"], row["purity"] = p["majority_class"], p["purity"]
+    cfg = {
+        k: getattr(config, k, None)
+        for k in ("method", "k", "loss", "loss_param", "embeddings_field", "source", "normalize", "reduction", "n_components", "label_field", "loss_field", "rep_field")
+    }
+    return {
+        "run_key": run_key,
+        "config": {k: v for k, v in cfg.items() if v is not None},
+        "metrics": metrics,
+        "clusters": clusters,
+        "galleries": (
+            f"Operator 'load_run_view' (or clustering.load_run_view(dataset, '{run_key}', ...)) "
+            "shows a cluster's images nearest its center first (cluster=c), every "
+            "cluster's representatives (representatives=True) or the images farthest from "
+            f"their center (outliers=N); sort any view by '{config.loss_field}' yourself, or "
+            f"filter by '{config.label_field}' in the sidebar."
+        ),
+    }
