@@ -207,7 +207,7 @@ def summarize(results):
                 "y": [c["size"] for c in summary["clusters"]],
             }
         ],
-        "layout": {"xaxis": {"title": "cluster"}, "yaxis": {"title": "samples"}, "height": 300},
+        "layout": {"xaxis": {"title": "cluster", "type": "category"}, "yaxis": {"title": "samples"}, "height": 300},
     }
     values = {
         "run_key": results.key,
