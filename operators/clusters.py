@@ -1,6 +1,8 @@
 """``compute_clusters``: the App form, delegation and SDK entry point for
 :func:`clustering.compute_clusters`."""
 
+import os
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -194,8 +196,12 @@ def summarize(results):
         "| cluster | size | representative |",
         "|---|---|---|",
     ]
+    rep_ids = [c["representative"] for c in summary["clusters"] if c["representative"]]
+    ids, paths = results.samples._root_dataset.select(rep_ids).values(["id", "filepath"])
+    rep_files = {i: os.path.basename(p) for i, p in zip(ids, paths)}
     for c in summary["clusters"]:
-        lines.append(f"| {c['cluster']} | {c['size']} | {c['representative']} |")
+        rep = rep_files.get(c["representative"], c["representative"])
+        lines.append(f"| {c['cluster']} | {c['size']} | {rep} |")
     outputs = types.Object()
     outputs.str("run_key", label="Run key")
     outputs.str("summary", label="Summary", view=types.MarkdownView())

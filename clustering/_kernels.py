@@ -1,0 +1,934 @@
+"""Low-level kernels of the clustering engine.
+
+Every public function takes and returns torch tensors and works on any device.
+On CPU, when numba is importable, the memory-bound passes (coordinate-wise
+pairwise losses, per-cluster sums, per-coordinate M-estimates) run as fused,
+parallel numba kernels; elsewhere (CUDA, or no numba) chunked torch code is used.
+Set ``CLUSTERING_DISABLE_NUMBA=1`` (or ``NUMBA_ENABLED = False``) to force the
+torch path.
+
+numba's OpenMP pool and torch's are separate runtimes; with the default
+(spinning) wait policy each one's idle threads steal the two pools' cores from
+the other and every switch between a torch GEMM and a numba kernel costs
+milliseconds. Importing this module therefore defaults ``OMP_WAIT_POLICY`` to
+``PASSIVE`` (an explicit user setting wins); it takes effect for every OpenMP
+runtime loaded afterwards (numba's loads on its first parallel kernel).
+"""
+
+import math
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - exercised on torch-only installs
+    numba = None
+
+try:  # fused coordinate-wise assignment on CUDA (bundled with torch's CUDA wheels)
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+NUMBA_ENABLED = numba is not None and not os.environ.get("CLUSTERING_DISABLE_NUMBA")
+
+# coordinate-wise kinds: loss(x, c) = sum_t rho(x_t - c_t)
+ABS, HUBER, PSEUDO_HUBER, SQUARED = 0, 1, 2, 3
+# radial majorize-minimize kinds (see ``radial_stats``)
+CORRENTROPY, GEOMETRIC_MEDIAN = 1, 2
+
+# elements of the temporaries of the torch code path (64 MB of float32 on CPU,
+# 512 MB on a GPU)
+_CPU_BUDGET, _GPU_BUDGET = 1 << 24, 1 << 27
+
+
+def _budget(tensor):
+    return _CPU_BUDGET if tensor.device.type == "cpu" else _GPU_BUDGET
+
+
+def numba_active(tensor):
+    """Whether the numba kernels serve ``tensor`` (CPU and numba available)."""
+    return NUMBA_ENABLED and tensor.device.type == "cpu"
+
+
+def _np(tensor):
+    return tensor.detach().contiguous().numpy()
+
+
+# below this many elementwise operations a numba kernel runs on one thread:
+# waking the pool costs more than it saves, and on a busy machine a descheduled
+# worker stalls the whole call for a time slice
+_SERIAL_WORK = 1 << 18
+
+
+def _call(kernel, work, *args):
+    """Run a numba kernel, single-threaded when ``work`` is small."""
+    if work >= _SERIAL_WORK:
+        return kernel(*args)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _n_chunks(n, work):
+    """Per-thread accumulator count for a kernel over n rows."""
+    return 1 if work < _SERIAL_WORK else max(1, min(numba.get_num_threads(), n))
+
+
+# --------------------------------------------------------------------------
+# numba kernels (CPU)
+# --------------------------------------------------------------------------
+if numba is not None:
+    # no "nnan"/"ninf": the kernels compare against inf
+    _FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
+    _F1 = np.float32(1.0)
+    _FH = np.float32(0.5)
+
+    @njit(inline="always", fastmath=_FM)
+    def _pair1(x, c, kind, delta):
+        acc = delta * np.float32(0.0)
+        if kind == ABS:
+            for t in range(x.shape[0]):
+                acc += abs(x[t] - c[t])
+        elif kind == HUBER:
+            for t in range(x.shape[0]):
+                a = abs(x[t] - c[t])
+                m = min(a, delta)
+                acc += m * (a - _FH * m)
+        elif kind == PSEUDO_HUBER:
+            inv = _F1 / (delta * delta)
+            for t in range(x.shape[0]):
+                r2 = (x[t] - c[t]) * (x[t] - c[t])
+                acc += r2 / (_F1 + np.sqrt(_F1 + r2 * inv))
+        else:
+            for t in range(x.shape[0]):
+                r = x[t] - c[t]
+                acc += r * r
+        return acc
+
+    @njit(inline="always", fastmath=_FM)
+    def _pair4(x, c0, c1, c2, c3, kind, delta):
+        a0 = delta * np.float32(0.0)
+        a1 = a0
+        a2 = a0
+        a3 = a0
+        if kind == ABS:
+            for t in range(x.shape[0]):
+                v = x[t]
+                a0 += abs(v - c0[t])
+                a1 += abs(v - c1[t])
+                a2 += abs(v - c2[t])
+                a3 += abs(v - c3[t])
+        elif kind == HUBER:
+            for t in range(x.shape[0]):
+                v = x[t]
+                r = abs(v - c0[t])
+                m = min(r, delta)
+                a0 += m * (r - _FH * m)
+                r = abs(v - c1[t])
+                m = min(r, delta)
+                a1 += m * (r - _FH * m)
+                r = abs(v - c2[t])
+                m = min(r, delta)
+                a2 += m * (r - _FH * m)
+                r = abs(v - c3[t])
+                m = min(r, delta)
+                a3 += m * (r - _FH * m)
+        elif kind == PSEUDO_HUBER:
+            # sum_t sqrt(delta^2 + r_t^2): one sqrt, no division (ranking only;
+            # converted to the loss below, accurate to ~eps * d * delta^2)
+            d2 = delta * delta
+            for t in range(x.shape[0]):
+                v = x[t]
+                a0 += np.sqrt(d2 + (v - c0[t]) * (v - c0[t]))
+                a1 += np.sqrt(d2 + (v - c1[t]) * (v - c1[t]))
+                a2 += np.sqrt(d2 + (v - c2[t]) * (v - c2[t]))
+                a3 += np.sqrt(d2 + (v - c3[t]) * (v - c3[t]))
+            base = x.shape[0] * d2
+            a0 = delta * a0 - base
+            a1 = delta * a1 - base
+            a2 = delta * a2 - base
+            a3 = delta * a3 - base
+        else:
+            for t in range(x.shape[0]):
+                v = x[t]
+                a0 += (v - c0[t]) * (v - c0[t])
+                a1 += (v - c1[t]) * (v - c1[t])
+                a2 += (v - c2[t]) * (v - c2[t])
+                a3 += (v - c3[t]) * (v - c3[t])
+        return a0, a1, a2, a3
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_coord_assign(X, C, k, rows, kind, delta, labels, best, second):
+        """Best / second-best loss over the first k rows of C (padded to a multiple of 4)."""
+        for q in prange(rows.shape[0]):
+            x = X[rows[q]]
+            b = np.inf
+            s = np.inf
+            bj = 0
+            for j in range(0, C.shape[0], 4):
+                v0, v1, v2, v3 = _pair4(x, C[j], C[j + 1], C[j + 2], C[j + 3], kind, delta)
+                vals = (v0, v1, v2, v3)
+                for u in range(min(4, k - j)):
+                    v = vals[u]
+                    if v < b:
+                        s = b
+                        b = v
+                        bj = j + u
+                    elif v < s:
+                        s = v
+            labels[q] = bj
+            best[q] = b
+            second[q] = s
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_coord_pairwise(X, C, kind, delta, out):
+        for i in prange(X.shape[0]):
+            for j in range(C.shape[0]):
+                out[i, j] = _pair1(X[i], C[j], kind, delta)
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_rowwise(X, C, labels, kind, delta, out):
+        for i in prange(X.shape[0]):
+            out[i] = _pair1(X[i], C[labels[i]], kind, delta)
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_row_sqnorms(X, out):
+        for i in prange(X.shape[0]):
+            acc = X[i, 0] * X[i, 0]
+            for t in range(1, X.shape[1]):
+                acc += X[i, t] * X[i, t]
+            out[i] = acc
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_weighted_sums(X, labels, weights, use_weights, S, A):
+        n, d = X.shape
+        nchunks = S.shape[0]
+        for c in prange(nchunks):
+            for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+                j = labels[i]
+                w = weights[i] if use_weights else 1.0
+                A[c, j] += w
+                for t in range(d):
+                    S[c, j, t] += w * X[i, t]
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_radial_stats(X, C, labels, kind, param, tiny, S, st):
+        n, d = X.shape
+        nchunks = S.shape[0]
+        inv2s2 = 0.5 / (param * param) if param > 0 else 0.0
+        for c in prange(nchunks):
+            for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+                j = labels[i]
+                d2 = 0.0
+                for t in range(d):
+                    r = np.float64(X[i, t]) - np.float64(C[j, t])
+                    d2 += r * r
+                a = 0.0
+                if kind == CORRENTROPY:
+                    a = math.exp(-d2 * inv2s2)
+                    st[c, 2, j] += 1.0 - a
+                else:  # GEOMETRIC_MEDIAN
+                    r = math.sqrt(d2)
+                    st[c, 2, j] += r
+                    if r <= tiny:
+                        st[c, 1, j] += 1.0
+                    else:
+                        a = 1.0 / r
+                st[c, 0, j] += a
+                if a != 0.0:
+                    for t in range(d):
+                        S[c, j, t] += a * X[i, t]
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_epsilon_stats(X, C, labels, eps, tiny, G, st, b):
+        n, d = X.shape
+        nchunks = G.shape[0]
+        for c in prange(nchunks):
+            for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+                j = labels[i]
+                d2 = 0.0
+                for t in range(d):
+                    r = np.float64(X[i, t]) - np.float64(C[j, t])
+                    d2 += r * r
+                r = math.sqrt(d2)
+                if r > eps + tiny:
+                    inv = 1.0 / r
+                    st[c, 0, j] += inv
+                    st[c, 1, j] += inv
+                    st[c, 2, j] += r - eps
+                    b[i] = 2.0 * (max(0.5 * inv, 0.25 / (r - eps)) - 0.5 * inv) / d2
+                    for t in range(d):
+                        G[c, j, t] += inv * X[i, t]
+                else:
+                    st[c, 1, j] += 1.0 / eps
+                    rr = min(r, eps - tiny)
+                    radial = eps / (2.0 * (eps * eps - rr * rr))
+                    b[i] = 2.0 * (radial - 0.5 / eps) / d2 if d2 > 0.0 else 0.0
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_lowrank_matvec(X, C, labels, rows, b, P, out):
+        m = rows.shape[0]
+        d = C.shape[1]
+        nchunks = out.shape[0]
+        for c in prange(nchunks):
+            for q in range(c * m // nchunks, (c + 1) * m // nchunks):
+                i = rows[q]
+                j = labels[i]
+                s = 0.0
+                for t in range(d):
+                    s += (np.float64(X[i, t]) - C[j, t]) * P[j, t]
+                s *= b[i]
+                for t in range(d):
+                    out[c, j, t] += s * (np.float64(X[i, t]) - C[j, t])
+
+    @njit(fastmath=_FM, cache=True)
+    def _select(a, tmp, kth):
+        """(value of rank kth - 1 or NaN when not at hand, value of rank kth) of ``a``
+        (destroyed; ``tmp`` is scratch of the same size).
+
+        Quickselect with branch-free partitions (each element is written to both
+        ends of the scratch buffer and only one cursor advances), so there is no
+        mispredicted branch per element.
+        """
+        nan = a.dtype.type(np.nan)
+        lo = 0
+        hi = a.shape[0]
+        src = a
+        dst = tmp
+        while hi - lo > 16:
+            x0 = src[lo]
+            x1 = src[(lo + hi) // 2]
+            x2 = src[hi - 1]
+            p = max(min(x0, x1), min(max(x0, x1), x2))
+            nl = lo
+            ng = hi - 1
+            for i in range(lo, hi):
+                v = src[i]
+                dst[nl] = v
+                dst[ng] = v
+                less = v < p
+                nl += less
+                ng -= 1 - less
+            if kth < nl:
+                hi = nl
+            elif nl > lo:
+                lo = nl
+            else:  # every value >= p: drop the copies of p
+                n_eq = 0
+                for i in range(lo, hi):
+                    n_eq += dst[i] == p
+                if kth < lo + n_eq:
+                    return (p if kth > lo else nan), p
+                n_gt = 0  # compact the values > p to the front, in place
+                for i in range(lo, hi):
+                    v = dst[i]
+                    dst[lo + n_gt] = v
+                    n_gt += v > p
+                kth -= n_eq
+                hi = lo + n_gt
+            src, dst = dst, src
+        for i in range(lo + 1, hi):  # insertion sort of the last few values
+            v = src[i]
+            j = i - 1
+            while j >= lo and src[j] > v:
+                src[j + 1] = src[j]
+                j -= 1
+            src[j + 1] = v
+        return (src[kth - 1] if kth > lo else nan), src[kth]
+
+    @njit(fastmath=_FM, cache=True)
+    def _median(a, work, tmp):
+        """Median of ``a`` (kept intact; mean of the two middle values for even sizes)."""
+        n = a.shape[0]
+        h = n // 2
+        work[:n] = a
+        lower, upper = _select(work[:n], tmp, h)
+        if n % 2 == 1:
+            return upper
+        if lower == lower:  # not NaN: the final sorted run held rank h - 1 too
+            return 0.5 * (lower + upper)
+        neg = a.dtype.type(-np.inf)
+        below = 0  # values < upper, and the largest of them
+        lower = neg
+        for i in range(n):
+            v = a[i]
+            below += v < upper
+            lower = max(lower, v if v < upper else neg)
+        return 0.5 * (upper + (upper if below < h else lower))
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_medians(X, perm, offsets, width, out):
+        """Exact per-cluster medians: gather blocks of ``width`` columns of each
+        cluster's rows (``perm[offsets[j]:offsets[j + 1]]``), then quickselect."""
+        k = offsets.shape[0] - 1
+        d = X.shape[1]
+        n_blocks = (d + width - 1) // width
+        for task in prange(k * n_blocks):
+            j = task // n_blocks
+            c0 = (task % n_blocks) * width
+            w = min(d, c0 + width) - c0
+            start = offsets[j]
+            cnt = offsets[j + 1] - start
+            if cnt == 0:
+                continue
+            buf = np.empty((w, cnt), dtype=X.dtype)
+            work = np.empty(cnt, dtype=X.dtype)
+            tmp = np.empty(cnt, dtype=X.dtype)
+            for m in range(cnt):
+                i = perm[start + m]
+                for c in range(w):
+                    buf[c, m] = X[i, c0 + c]
+            for c in range(w):
+                out[j, c0 + c] = _median(buf[c], work, tmp)
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_psi_sums(X, labels, mu, kind, delta, g, h, lo, hi, bounds):
+        """Streaming pass over row chunks: per (cluster, column) sums of psi(x - mu)
+        and psi'(x - mu) (and, if ``bounds``, the min / max of x)."""
+        n, d = X.shape
+        nchunks = g.shape[0]
+        inv = 1.0 / (delta * delta)
+        for c in prange(nchunks):
+            for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+                j = labels[i]
+                if kind == HUBER:
+                    for t in range(d):
+                        r = X[i, t] - mu[j, t]
+                        g[c, j, t] += min(max(r, -delta), delta)
+                        h[c, j, t] += 1.0 if abs(r) <= delta else 0.0
+                else:
+                    for t in range(d):
+                        r = X[i, t] - mu[j, t]
+                        s = 1.0 / math.sqrt(1.0 + r * r * inv)
+                        g[c, j, t] += r * s
+                        h[c, j, t] += s * s * s
+                if bounds:
+                    for t in range(d):
+                        lo[c, j, t] = min(lo[c, j, t], X[i, t])
+                        hi[c, j, t] = max(hi[c, j, t], X[i, t])
+
+
+# --------------------------------------------------------------------------
+# triton kernel (CUDA)
+# --------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _tl_coord_assign(X, C, rows, labels, best, second, m, k, d, stride_x, stride_c, delta,
+                         KIND: tl.constexpr, HAS_ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Best / second-best center of BLOCK_M rows: the (rows, centers, dims) tile
+        of rho(x - c) lives in registers only."""
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < m
+        if HAS_ROWS:
+            row = tl.load(rows + offs_m, mask=mask_m, other=0).to(tl.int64)
+        else:
+            row = offs_m.to(tl.int64)
+        top = tl.full([BLOCK_M], float("inf"), tl.float32)
+        runner_up = tl.full([BLOCK_M], float("inf"), tl.float32)
+        arg = tl.zeros([BLOCK_M], tl.int32)
+        for n0 in range(0, k, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < k
+            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for k0 in range(0, d, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                mask_k = offs_k < d
+                x = tl.load(X + row[:, None] * stride_x + offs_k[None, :],
+                            mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                c = tl.load(C + offs_n[:, None].to(tl.int64) * stride_c + offs_k[None, :],
+                            mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+                r = x[:, None, :] - c[None, :, :]
+                if KIND == 0:
+                    v = tl.abs(r)
+                elif KIND == 1:
+                    a = tl.abs(r)
+                    h = tl.minimum(a, delta)
+                    v = h * (a - 0.5 * h)
+                else:
+                    r2 = r * r
+                    v = r2 / (1.0 + tl.sqrt(1.0 + r2 / (delta * delta)))
+                acc += tl.sum(v, axis=2)
+            acc = tl.where(mask_n[None, :], acc, float("inf"))
+            block_top = tl.min(acc, axis=1)
+            block_arg = tl.argmin(acc, axis=1).to(tl.int32)
+            acc = tl.where(tl.arange(0, BLOCK_N)[None, :] == block_arg[:, None], float("inf"), acc)
+            block_second = tl.min(acc, axis=1)
+            better = block_top < top
+            runner_up = tl.where(better, tl.minimum(top, block_second),
+                                 tl.minimum(runner_up, block_top))
+            arg = tl.where(better, n0 + block_arg, arg)
+            top = tl.where(better, block_top, top)
+        tl.store(labels + offs_m, arg.to(tl.int64), mask=mask_m)
+        tl.store(best + offs_m, top, mask=mask_m)
+        tl.store(second + offs_m, runner_up, mask=mask_m)
+
+
+_TRITON_BROKEN = []  # set once a launch failed: use the torch path from then on
+
+
+def _triton_coord_assign(X, C, kind, delta, rows):
+    """Fused assignment on CUDA float32 (None when triton is unavailable or fails)."""
+    if triton is None or _TRITON_BROKEN or X.dtype != torch.float32 or (
+            X.device.type != "cuda" and not os.environ.get("TRITON_INTERPRET")):
+        return None
+    m = X.shape[0] if rows is None else rows.shape[0]
+    labels = torch.empty(m, dtype=torch.int64, device=X.device)
+    best = torch.empty(m, dtype=torch.float32, device=X.device)
+    second = torch.empty(m, dtype=torch.float32, device=X.device)
+    if m == 0:
+        return labels, best, second
+    C = C.contiguous()
+    block_m = 32
+    try:
+        _tl_coord_assign[(triton.cdiv(m, block_m),)](
+            X, C, rows if rows is not None else labels, labels, best, second, m, C.shape[0],
+            X.shape[1], X.stride(0), C.stride(0), float(delta), KIND=kind,
+            HAS_ROWS=rows is not None, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=8)
+    except Exception as error:  # pragma: no cover - depends on the GPU toolchain
+        import warnings
+
+        warnings.warn(f"triton coordinate-wise kernel unavailable ({error}); using torch")
+        _TRITON_BROKEN.append(error)
+        return None
+    return labels, best, second
+
+
+# --------------------------------------------------------------------------
+# torch helpers
+# --------------------------------------------------------------------------
+def rho_torch(r, kind, delta):
+    """Elementwise coordinate loss rho(r) in torch."""
+    if kind == ABS:
+        return r.abs()
+    if kind == HUBER:
+        a = r.abs()
+        m = a.clamp(max=delta)
+        return m * (a - 0.5 * m)
+    if kind == PSEUDO_HUBER:
+        r2 = r * r
+        return r2 / (1.0 + torch.sqrt(1.0 + r2 / (delta * delta)))
+    return r * r
+
+
+def _row_chunk(n, per_row, budget):
+    return max(1, min(n, budget // max(1, per_row)))
+
+
+def row_sqnorms(X):
+    """(n,) squared Euclidean norms of the rows of X."""
+    if numba_active(X):
+        x = _np(X)
+        out = np.empty(x.shape[0], dtype=x.dtype)
+        _call(_nb_row_sqnorms, x.size, x, out)
+        return torch.from_numpy(out)
+    n = X.shape[0]
+    out = torch.empty(n, dtype=X.dtype, device=X.device)
+    rows = _row_chunk(n, X.shape[1], _budget(X) // 4)
+    for s in range(0, n, rows):
+        out[s:s + rows] = (X[s:s + rows] ** 2).sum(1)
+    return out
+
+
+def sqeuclidean_argmin(X, C, x_sqnorm, chunk):
+    """Nearest center in squared Euclidean distance by chunked GEMM.
+
+    Returns (labels int64, squared distances), distances clamped at 0.
+    """
+    n = X.shape[0]
+    c_sqnorm = (C * C).sum(1)
+    labels = torch.empty(n, dtype=torch.int64, device=X.device)
+    d2 = torch.empty(n, dtype=X.dtype, device=X.device)
+    block = torch.empty((min(n, chunk), C.shape[0]), dtype=X.dtype, device=X.device)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        torch.addmm(c_sqnorm, X[s:e], C.T, beta=1, alpha=-2, out=block[:e - s])
+        torch.min(block[:e - s], 1, out=(d2[s:e], labels[s:e]))
+    d2 += x_sqnorm
+    return labels, d2.clamp_(min=0)
+
+
+def sqeuclidean_top2(X, C, x_sqnorm, chunk):
+    """Nearest center and second-smallest squared distance (inf if k == 1) by GEMM."""
+    n, k = X.shape[0], C.shape[0]
+    c_sqnorm = (C * C).sum(1)
+    labels = torch.zeros(n, dtype=torch.int64, device=X.device)
+    second = torch.full((n,), math.inf, dtype=X.dtype, device=X.device)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        block = torch.addmm(c_sqnorm, X[s:e], C.T, beta=1, alpha=-2)
+        if k > 1:
+            values, idx = torch.topk(block, 2, dim=1, largest=False, sorted=True)
+            labels[s:e] = idx[:, 0]
+            second[s:e] = values[:, 1] + x_sqnorm[s:e]
+    return labels, second
+
+
+def sqeuclidean_pairwise(X, C, x_sqnorm=None):
+    """(m, k) squared Euclidean distances via GEMM, clamped at 0."""
+    if x_sqnorm is None:
+        x_sqnorm = (X * X).sum(1)
+    d2 = torch.addmm((C * C).sum(1), X, C.T, beta=1, alpha=-2)
+    d2 += x_sqnorm[:, None]
+    return d2.clamp_(min=0)
+
+
+def _typed(value, array):
+    return array.dtype.type(value)
+
+
+def coord_pairwise(X, C, kind, delta):
+    """(m, k) matrix of sum_t rho(x_t - c_t), without an (m, k, d) temporary."""
+    m, k = X.shape[0], C.shape[0]
+    if numba_active(X):
+        x = _np(X)
+        out = np.empty((m, k), dtype=x.dtype)
+        _call(_nb_coord_pairwise, x.size * k, x, _np(C), kind, _typed(delta, x), out)
+        return torch.from_numpy(out)
+    if kind == ABS:
+        return torch.cdist(X, C, p=1)
+    out = torch.empty((m, k), dtype=X.dtype, device=X.device)
+    kb = max(1, min(k, _budget(X) // X.shape[1]))
+    rows = _row_chunk(m, kb * X.shape[1], _budget(X))
+    for s in range(0, m, rows):
+        e = min(m, s + rows)
+        for j in range(0, k, kb):
+            f = min(k, j + kb)
+            out[s:e, j:f] = rho_torch(X[s:e, None, :] - C[None, j:f, :], kind, delta).sum(-1)
+    return out
+
+
+def coord_assign(X, C, kind, delta, rows=None):
+    """Best center, best loss and second-best loss for ``X[rows]`` (all rows if None)."""
+    if numba_active(X):
+        x = _np(X)
+        idx = np.arange(x.shape[0]) if rows is None else _np(rows).astype(np.int64, copy=False)
+        m = idx.shape[0]
+        labels = np.empty(m, dtype=np.int64)
+        best = np.empty(m, dtype=x.dtype)
+        second = np.empty(m, dtype=x.dtype)
+        k = C.shape[0]
+        c = _np(C)
+        if k % 4:
+            c = np.concatenate([c, np.repeat(c[-1:], 4 - k % 4, axis=0)])
+        _call(_nb_coord_assign, m * x.shape[1] * k, x, c, k, idx, kind, _typed(delta, x),
+              labels, best, second)
+        return torch.from_numpy(labels), torch.from_numpy(best), torch.from_numpy(second)
+    fused = _triton_coord_assign(X, C, kind, delta, rows)
+    if fused is not None:
+        return fused
+    Xr = X if rows is None else X[rows]
+    m, k = Xr.shape[0], C.shape[0]
+    labels = torch.empty(m, dtype=torch.int64, device=X.device)
+    best = torch.empty(m, dtype=X.dtype, device=X.device)
+    second = torch.full((m,), math.inf, dtype=X.dtype, device=X.device)
+    rows_per = _row_chunk(m, k, _budget(X))
+    for s in range(0, m, rows_per):
+        e = min(m, s + rows_per)
+        block = coord_pairwise(Xr[s:e], C, kind, delta)
+        if k > 1:
+            vals, idx = torch.topk(block, 2, dim=1, largest=False, sorted=True)
+            best[s:e], labels[s:e], second[s:e] = vals[:, 0], idx[:, 0], vals[:, 1]
+        else:
+            best[s:e], labels[s:e] = block[:, 0], 0
+    return labels, best, second
+
+
+def rowwise_loss(X, C, labels, kind, delta=1.0):
+    """(n,) sum_t rho(x_it - c_{labels_i, t}); kind SQUARED gives squared distances."""
+    if numba_active(X):
+        x = _np(X)
+        out = np.empty(x.shape[0], dtype=x.dtype)
+        _call(_nb_rowwise, x.size, x, _np(C), _np(labels), kind, _typed(delta, x), out)
+        return torch.from_numpy(out)
+    n = X.shape[0]
+    out = torch.empty(n, dtype=X.dtype, device=X.device)
+    rows = _row_chunk(n, X.shape[1], _budget(X) // 4)
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        out[s:e] = rho_torch(X[s:e] - C[labels[s:e]], kind, delta).sum(1)
+    return out
+
+
+def weighted_sums(X, labels, k, weights=None):
+    """Per-cluster sums of w_i * x_i and of w_i (w = 1 when ``weights`` is None).
+
+    Returns (S (k, d), A (k,)); float64 on the numba path, X.dtype otherwise.
+    """
+    if numba_active(X):
+        x = _np(X)
+        use = weights is not None
+        w = _np(weights).astype(np.float64, copy=False) if use else np.empty(0)
+        chunks = _n_chunks(x.shape[0], x.size)
+        S = np.zeros((chunks, k, x.shape[1]))
+        A = np.zeros((chunks, k))
+        _call(_nb_weighted_sums, x.size, x, _np(labels), w, use, S, A)
+        return torch.from_numpy(S.sum(0)), torch.from_numpy(A.sum(0))
+    n, d = X.shape
+    S = torch.zeros((k, d), dtype=X.dtype, device=X.device)
+    A = torch.zeros(k, dtype=X.dtype, device=X.device)
+    rows = _row_chunk(n, d, _budget(X) // 4)
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        lab = labels[s:e]
+        if weights is None:
+            S.index_add_(0, lab, X[s:e])
+            A.index_add_(0, lab, torch.ones(e - s, dtype=X.dtype, device=X.device))
+        else:
+            w = weights[s:e].to(X.dtype)
+            S.index_add_(0, lab, X[s:e] * w[:, None])
+            A.index_add_(0, lab, w)
+    return S, A
+
+
+def radial_stats(X, C, labels, kind, param, tiny):
+    """One pass of the radial majorize-minimize (weighted mean) updates.
+
+    With r_i = ||x_i - c_{l_i}|| and weights a_i = exp(-r_i^2 / 2 sigma^2)
+    (CORRENTROPY, ``param`` = sigma) or 1 / r_i (GEOMETRIC_MEDIAN) returns per
+    cluster (S, A, E, L): S = sum a_i x_i, A = sum a_i, E = number of points
+    within ``tiny`` of the center (weight 0; geometric median only) and L = the
+    current loss sum.
+    """
+    if numba_active(X):
+        x = _np(X)
+        chunks = _n_chunks(x.shape[0], x.size)
+        S = np.zeros((chunks, C.shape[0], x.shape[1]))
+        st = np.zeros((chunks, 3, C.shape[0]))
+        _call(_nb_radial_stats, x.size, x, _np(C), _np(labels), kind, float(param), float(tiny),
+              S, st)
+        st = torch.from_numpy(st.sum(0))
+        return torch.from_numpy(S.sum(0)), st[0], st[1], st[2]
+    n, d = X.shape
+    k = C.shape[0]
+    S = torch.zeros((k, d), dtype=X.dtype, device=X.device)
+    st = torch.zeros((3, k), dtype=X.dtype, device=X.device)
+    rows = _row_chunk(n, d, _budget(X) // 4)
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        lab = labels[s:e]
+        d2 = ((X[s:e] - C[lab]) ** 2).sum(1)
+        if kind == CORRENTROPY:
+            a = torch.exp(-d2 / (2.0 * param * param))
+            pinned, loss = torch.zeros_like(d2), 1.0 - a
+        else:
+            r = d2.sqrt()
+            far = r > tiny
+            a = torch.where(far, 1.0 / torch.where(far, r, torch.ones_like(r)), 0.0)
+            pinned, loss = (~far).to(X.dtype), r
+        S.index_add_(0, lab, X[s:e] * a[:, None])
+        st.index_add_(1, lab, torch.stack([a, pinned, loss]))
+    return S, st[0], st[1], st[2]
+
+
+def epsilon_stats(X, C, labels, eps, tiny):
+    """Anisotropic quadratic majorizer of sum_i max(0, ||x_i - mu|| - eps) at mu = C.
+
+    Per sample with v = x - mu, r = ||v||, n = v / r the surrogate is tight at
+    mu and has curvature c_t (I - n n^T) + c_r n n^T (times 2): outside the
+    tube c_t = 1/(2r), c_r = max(1/(2r), 1/(4(r - eps))); inside it
+    c_t = 1/(2 eps), c_r = eps / (2 (eps^2 - r^2)) (points within ``tiny`` of
+    the tube's surface count as inside at depth ``tiny``). Inside points thus
+    only resist moving *radially* out of their tube, not sliding along it.
+
+    Returns (G, inv_r, alpha, L, b): G = sum_out x / r, inv_r = sum_out 1 / r,
+    alpha = sum 2 c_t, L = current loss per cluster, and per sample
+    b = 2 (c_r - c_t) / r^2, so the Hessian applied to P_j is
+    alpha_j P_j + sum_i b_i (v_i . P_j) v_i (see :func:`lowrank_matvec`).
+    """
+    n = X.shape[0]
+    if numba_active(X):
+        x = _np(X)
+        chunks = _n_chunks(n, x.size)
+        G = np.zeros((chunks, C.shape[0], x.shape[1]))
+        st = np.zeros((chunks, 3, C.shape[0]))
+        b = np.zeros(n)
+        _call(_nb_epsilon_stats, x.size, x, _np(C), _np(labels), float(eps), float(tiny), G, st, b)
+        st = torch.from_numpy(st.sum(0))
+        return torch.from_numpy(G.sum(0)), st[0], st[1], st[2], torch.from_numpy(b)
+    d = X.shape[1]
+    k = C.shape[0]
+    G = torch.zeros((k, d), dtype=X.dtype, device=X.device)
+    st = torch.zeros((3, k), dtype=X.dtype, device=X.device)
+    b = torch.empty(n, dtype=X.dtype, device=X.device)
+    rows = _row_chunk(n, d, _budget(X) // 4)
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        lab = labels[s:e]
+        d2 = ((X[s:e] - C[lab]) ** 2).sum(1)
+        r = d2.sqrt()
+        out = r > eps + tiny
+        inv = torch.where(out, 1.0 / torch.where(out, r, torch.ones_like(r)), 0.0)
+        depth = (eps - r).clamp(min=tiny)
+        radial_out = torch.maximum(0.5 * inv, 0.25 / torch.where(out, r - eps, torch.ones_like(r)))
+        radial_in = eps / (2.0 * depth * (2.0 * eps - depth))
+        c_t = torch.where(out, 0.5 * inv, torch.full_like(r, 0.5 / eps))
+        c_r = torch.where(out, radial_out, radial_in)
+        safe_d2 = torch.where(d2 > 0, d2, torch.ones_like(d2))
+        b[s:e] = torch.where(d2 > 0, 2.0 * (c_r - c_t) / safe_d2, 0.0)
+        G.index_add_(0, lab, X[s:e] * inv[:, None])
+        st.index_add_(1, lab, torch.stack([inv, 2.0 * c_t, (r - eps).clamp(min=0)]))
+    return G, st[0], st[1], st[2], b
+
+
+def lowrank_matvec(X, C, labels, rows, b, P):
+    """sum over ``rows`` i of b_i ((x_i - c_j) . P_j) (x_i - c_j), per cluster j = labels_i."""
+    if numba_active(X):
+        work = rows.shape[0] * X.shape[1]
+        out = np.zeros((_n_chunks(max(1, rows.shape[0]), work),) + tuple(P.shape))
+        _call(_nb_lowrank_matvec, work, _np(X), _np(C.double()), _np(labels), _np(rows), _np(b),
+              _np(P.double()), out)
+        return torch.from_numpy(out.sum(0))
+    out = torch.zeros_like(P)
+    step = _row_chunk(rows.shape[0], X.shape[1], _budget(X) // 4)
+    for s in range(0, rows.shape[0], step):
+        idx = rows[s:s + step]
+        lab = labels[idx]
+        v = X[idx].to(P.dtype) - C[lab].to(P.dtype)
+        out.index_add_(0, lab, v * (b[idx].to(P.dtype) * (v * P[lab]).sum(1))[:, None])
+    return out
+
+
+def coord_centers(X, labels, prev, kind, delta, max_iter=100, xtol=1e-10):
+    """Per-cluster, per-coordinate minimizers of sum_i rho(x_it - mu_t).
+
+    ABS: exact coordinate-wise median (mean of the two middle values for even
+    counts). HUBER / PSEUDO_HUBER: root of sum_i psi(x_it - mu_t) = 0 by
+    bracketed Newton from ``prev`` (finite and exact for Huber's
+    piecewise-linear psi). Empty clusters keep ``prev``.
+    """
+    if kind == ABS:
+        if numba_active(X):
+            return _numba_medians(X, labels, prev)
+        return _torch_medians(X, labels, prev)
+    return _m_estimates(X, labels, prev, kind, delta, max_iter, xtol)
+
+
+def _numba_medians(X, labels, prev):
+    x, lab = _np(X), _np(labels)
+    k = prev.shape[0]
+    counts = np.bincount(lab, minlength=k)
+    perm = np.argsort(lab, kind="stable")
+    offsets = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    out = _np(prev).astype(x.dtype, copy=True)  # empty clusters keep their center
+    width = int(min(64, max(1, (1 << 16) // max(1, int(counts.max())))))
+    _call(_nb_medians, 16 * x.size, x, perm, offsets, width, out)
+    return torch.from_numpy(out)
+
+
+def _torch_medians(X, labels, prev):
+    """Exact medians by sorting each block of columns grouped by cluster. float32
+    values sort in one pass as int64 keys (label << 32 | order-preserving bits)."""
+    n, d = X.shape
+    k = prev.shape[0]
+    counts = torch.bincount(labels, minlength=k)
+    offsets = torch.cumsum(counts, 0) - counts
+    lower = (offsets + (counts - 1).clamp(min=0) // 2).clamp(max=n - 1)
+    upper = (offsets + counts // 2).clamp(max=n - 1)
+    out = prev.clone()
+    filled = counts > 0
+    cols = max(1, min(d, _budget(X) // (4 * n)))
+    high = labels.to(torch.int64)[:, None] << 32
+    for c in range(0, d, cols):
+        block = X[:, c:c + cols]
+        if X.dtype == torch.float32:
+            bits = block.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+            ordered = torch.where(bits >= 1 << 31, 0xFFFFFFFF - bits, bits + (1 << 31))
+            low = torch.sort(high + ordered, dim=0).values & 0xFFFFFFFF
+            bits = torch.where(low >= 1 << 31, low - (1 << 31), 0xFFFFFFFF - low)
+            grouped = torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32)
+            grouped = grouped.view(torch.float32)
+        else:
+            values, idx = torch.sort(block, dim=0, stable=True)
+            grouped = values.gather(0, torch.sort(labels[idx], dim=0, stable=True).indices)
+        median = 0.5 * (grouped[lower] + grouped[upper])
+        out[filled, c:c + cols] = median[filled]
+    return out
+
+
+def _psi_torch(r, kind, delta):
+    if kind == HUBER:
+        return r.clamp(-delta, delta), (r.abs() <= delta).to(r.dtype)
+    s = torch.rsqrt(1.0 + r * r / (delta * delta))
+    return r * s, s * s * s
+
+
+def _m_estimates(X, labels, prev, kind, delta, max_iter, xtol):
+    """Bracketed Newton on all (cluster, column) roots at once; every iteration is
+    one streaming pass over X (numba kernel on CPU, chunked index_add otherwise)."""
+    n, d = X.shape
+    if numba_active(X):
+        x, lab = _np(X), _np(labels)
+        shape = (_n_chunks(n, 4 * x.size),) + tuple(prev.shape)
+
+        def sums(mu, bounds=False):
+            g = np.zeros(shape)
+            h = np.zeros(shape)
+            lo = np.full(shape, np.inf) if bounds else g
+            hi = np.full(shape, -np.inf) if bounds else h
+            _call(_nb_psi_sums, 4 * x.size, x, lab, _np(mu), kind, float(delta), g, h, lo, hi,
+                  bounds)
+            out = torch.from_numpy(g.sum(0)), torch.from_numpy(h.sum(0))
+            if bounds:
+                out += torch.from_numpy(lo.min(0)), torch.from_numpy(hi.max(0))
+            return out
+
+        prev = prev.double()
+    else:
+        rows = _row_chunk(n, d, _budget(X) // 4)
+
+        def sums(mu, bounds=False):
+            g = torch.zeros_like(mu)
+            h = torch.zeros_like(mu)
+            for s in range(0, n, rows):
+                lab = labels[s:s + rows]
+                psi, dpsi = _psi_torch(X[s:s + rows] - mu[lab], kind, delta)
+                g.index_add_(0, lab, psi)
+                h.index_add_(0, lab, dpsi)
+            if not bounds:
+                return g, h
+            index = labels[:, None].expand(n, d)
+            lo = torch.full_like(mu, math.inf).scatter_reduce_(0, index, X, "amin")
+            hi = torch.full_like(mu, -math.inf).scatter_reduce_(0, index, X, "amax")
+            return g, h, lo, hi
+
+    mu = prev.clone()
+    g, h, lo, hi = sums(mu, bounds=True)
+    filled = torch.isfinite(lo)
+    lo = torch.where(filled, lo, prev)
+    hi = torch.where(filled, hi, prev)
+    inside = (prev >= lo) & (prev <= hi)
+    mu = torch.minimum(torch.maximum(prev, lo), hi)
+    if not bool(inside.all()):
+        g, h = sums(mu)
+    tol = xtol * (hi - lo) + 4 * torch.finfo(X.dtype).eps * torch.maximum(lo.abs(), hi.abs())
+    done = hi <= lo
+    for it in range(max_iter):
+        if it:
+            g, h = sums(mu)
+        done |= g == 0
+        lo = torch.where(g > 0, mu, lo)
+        hi = torch.where(g < 0, mu, hi)
+        step = g / torch.where(h > 0, h, torch.ones_like(h))
+        newton = mu + step
+        # a tiny Newton step is accepted as is (at the root rounding may put it on
+        # the bracket's edge); otherwise bisect when Newton leaves the bracket, and
+        # every other iteration after 20 so that termination is guaranteed
+        final = (h > 0) & (step.abs() <= tol)
+        bisect = (h <= 0) | (newton <= lo) | (newton >= hi) | (it >= 20 and it % 2 == 1)
+        mu = torch.where(done, mu, torch.where(final | ~bisect, newton, 0.5 * (lo + hi)))
+        done |= final | (hi - lo <= tol)
+        if bool(done.all()):
+            break
+    return mu.to(X.dtype)

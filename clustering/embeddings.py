@@ -1,0 +1,510 @@
+"""FiftyOne-facing embeddings: compute a vector field for a dataset or view.
+
+Built-in backbones (:mod:`clustering.backbones`, e.g. the offline default
+``efficientnet-lite0``, ``vgg16``, ``resnet50``) run through this plugin's batched
+pipeline; ``zoo:<name>`` runs any FiftyOne Model Zoo model with embeddings
+(``zoo:clip-vit-base32-torch``, ``zoo:dinov2-vits14-torch``, ...) through
+FiftyOne's own ``compute_embeddings`` (downloaded on first use).
+
+Results are written batch by batch, by sample id, on the root dataset, so a
+view's excluded fields, filtered labels or other stages never affect what is
+saved. Only two fields are written: the vector field and, on samples whose image
+could not be embedded, ``{embeddings_field}_error`` (a string; cleared when a
+later run succeeds).
+"""
+
+import logging
+import time
+
+import numpy as np
+
+from . import backbones as bb
+
+logger = logging.getLogger(__name__)
+
+ZOO_PREFIX = "zoo:"
+DEFAULT_MODEL = bb.DEFAULT_MODEL
+ERROR_SUFFIX = "_error"
+MAX_REPORTED_FAILURES = 20
+
+#: zoo models offered in model lists (any zoo model with embeddings is accepted)
+SUGGESTED_ZOO_MODELS = (
+    "clip-vit-base32-torch",
+    "dinov2-vits14-torch",
+    "dinov2-vitb14-torch",
+    "siglip-base-patch16-224-torch",
+    "resnet50-imagenet-torch",
+)
+
+_RESERVED_FIELDS = {
+    "id",
+    "_id",
+    "filepath",
+    "tags",
+    "metadata",
+    "media_type",
+    "created_at",
+    "last_modified_at",
+    "frames",
+    "dataset_id",
+}
+
+
+# --------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------
+
+
+def available_models(include_zoo=True):
+    """Model names accepted by :func:`compute_embeddings`, the offline default
+    first: the registered backbones, then suggested ``zoo:`` models."""
+    names = bb.available_models()
+    if include_zoo:
+        names += [ZOO_PREFIX + n for n in SUGGESTED_ZOO_MODELS]
+    return names
+
+
+def model_description(model):
+    """One line describing ``model`` (dimension and preprocessing) for forms."""
+    if model.startswith(ZOO_PREFIX):
+        return (
+            f"FiftyOne zoo model '{model[len(ZOO_PREFIX):]}' with its own "
+            "preprocessing; weights are downloaded on first use"
+        )
+    info = bb.model_info(model)
+    where = "offline" if info["offline"] else f"weights {info['weights_file']}, downloaded on first use"
+    return f"{info['dim']}-d; {info['description']}; {info['preprocessing']} ({where})"
+
+
+def default_embeddings_field(model):
+    """A field name derived from the model, e.g. ``efficientnet_lite0_embeddings``."""
+    name = model[len(ZOO_PREFIX):] if model.startswith(ZOO_PREFIX) else model
+    name = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    while "__" in name:
+        name = name.replace("__", "_")
+    if not name or not name[0].isalpha():
+        name = "m_" + name
+    return f"{name}_embeddings"
+
+
+def _zoo_names():
+    import fiftyone.zoo as foz
+
+    return set(foz.list_zoo_models())
+
+
+def validate_model(model):
+    """Returns ``("builtin", name)`` or ``("zoo", zoo_name)``; ``ValueError``
+    listing the valid names otherwise."""
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"Invalid model {model!r}; choose one of {', '.join(available_models())}")
+    if model.startswith(ZOO_PREFIX):
+        name = model[len(ZOO_PREFIX):]
+        if name not in _zoo_names():
+            raise ValueError(
+                f"Unknown FiftyOne zoo model {name!r}; see fiftyone.zoo.list_zoo_models"
+                f"(tags='embeddings'). Valid models: {', '.join(available_models())}"
+            )
+        return "zoo", name
+    if model not in bb.available_models():
+        raise ValueError(
+            f"Unknown model {model!r}; valid models: {', '.join(available_models())} "
+            "(or any 'zoo:<FiftyOne zoo model>')"
+        )
+    return "builtin", model
+
+
+def validate_field_name(name):
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        raise ValueError(
+            f"Invalid embeddings field {name!r}: use a Python identifier such as "
+            "'embeddings' (letters, digits, underscores; not starting with a digit or '_')"
+        )
+    if name in _RESERVED_FIELDS:
+        raise ValueError(f"'{name}' is a reserved FiftyOne field; choose another name")
+
+
+# --------------------------------------------------------------------------
+# Fields
+# --------------------------------------------------------------------------
+
+
+def _type_name(ftype):
+    doc = getattr(ftype, "document_type", None)
+    name = type(ftype).__name__
+    return f"{name}({doc.__name__})" if doc is not None else name
+
+
+def _check_field_types(dataset, field, error_field):
+    import fiftyone as fo
+
+    schema = dataset.get_field_schema(flat=True)
+    ftype = schema.get(field)
+    if ftype is not None and not isinstance(ftype, (fo.VectorField, fo.ArrayField)):
+        raise ValueError(
+            f"Field '{field}' exists with type {_type_name(ftype)}; choose "
+            "another embeddings field (a vector field is needed)"
+        )
+    etype = schema.get(error_field)
+    if etype is not None and not isinstance(etype, fo.StringField):
+        raise ValueError(
+            f"Field '{error_field}' exists with type {_type_name(etype)}; it is "
+            "needed for failure messages: choose another embeddings field"
+        )
+    return ftype is not None, etype is not None
+
+
+def _field_model(dataset, field):
+    try:
+        info = dataset.get_field(field).info or {}
+    except Exception:
+        return None
+    return info.get("model")
+
+
+def _stamp_field(dataset, field, model, dim):
+    """Records the model in the vector field's ``info`` (used to refuse mixing
+    the embeddings of different models in one field)."""
+    try:
+        f = dataset.get_field(field)
+        info = dict(f.info or {})
+        info.update({"model": model, "dim": int(dim) if dim else None, "created_by": "@imgclust/clustering"})
+        f.info = info
+        f.save()
+    except Exception as e:  # metadata only
+        logger.debug("Could not record model info on field '%s': %s", field, e)
+
+
+def _existing_dim(samples, field):
+    for value in samples.exists(field).limit(1).values(field):
+        if value is not None:
+            return int(np.asarray(value).size)
+    return None
+
+
+# --------------------------------------------------------------------------
+# Compute
+# --------------------------------------------------------------------------
+
+
+class _Writer:
+    """Bulk-writes by sample id on the root dataset, buffering small batches
+    (one write per ``flush_every`` samples); tracks counts."""
+
+    def __init__(self, dataset, field, error_field, had_errors, error_exists, flush_every=256):
+        self.dataset = dataset
+        self.field = field
+        self.error_field = error_field
+        self.error_exists = error_exists
+        self.had_errors = had_errors  # ids with an error marker from an earlier run
+        self.flush_every = flush_every
+        self.num_embedded = 0
+        self.failures = {}
+        self.dim = None
+        self._vectors = {}
+        self._failures = {}
+
+    def write(self, ids, vectors, failures):
+        """``ids``/``vectors``: embedded samples; ``failures``: {id: message}."""
+        for i, v in zip(ids, vectors):
+            self._vectors[i] = np.asarray(v, dtype=np.float32)
+        if len(ids):
+            self.dim = self.dim or int(np.asarray(vectors[0]).size)
+        self._failures.update(failures)
+        if failures or len(self._vectors) + len(self._failures) >= self.flush_every:
+            self.flush()
+
+    def flush(self):
+        vectors, failures = self._vectors, self._failures
+        self._vectors, self._failures = {}, {}
+        if vectors:
+            self.dataset.set_values(self.field, vectors, key_field="id")
+            cleared = [i for i in vectors if i in self.had_errors]
+            if cleared:
+                self.dataset.set_values(self.error_field, {i: None for i in cleared}, key_field="id")
+            self.num_embedded += len(vectors)
+        if failures:
+            if not self.error_exists:  # created on the first failure only
+                import fiftyone as fo
+
+                self.dataset.add_sample_field(
+                    self.error_field,
+                    fo.StringField,
+                    description=f"Why '{self.field}' could not be computed",
+                )
+                self.error_exists = True
+            self.dataset.set_values(self.field, {i: None for i in failures}, key_field="id")
+            self.dataset.set_values(self.error_field, dict(failures), key_field="id")
+            self.failures.update(failures)
+
+
+def compute_embeddings(
+    samples,
+    model=DEFAULT_MODEL,
+    embeddings_field="embeddings",
+    batch_size=None,
+    num_workers=None,
+    device="auto",
+    overwrite=True,
+    skip_failures=True,
+    progress=None,
+):
+    """Computes image embeddings for ``samples`` and stores them in
+    ``embeddings_field``.
+
+    Args:
+        samples: a FiftyOne image dataset or view (only its samples are
+            embedded; the view's other stages never affect what is saved)
+        model ("efficientnet-lite0"): a name from :func:`available_models` or
+            ``"zoo:<FiftyOne zoo model>"``
+        embeddings_field ("embeddings"): the vector field to write
+        batch_size (None): images per forward pass (device-dependent default)
+        num_workers (None): image-decoding worker processes (default: from
+            the CPU count and device)
+        device ("auto"): "auto", "cpu", "cuda", "cuda:N" or "mps"
+        overwrite (True): recompute samples that already have a value; when
+            False only samples missing ``embeddings_field`` are embedded
+        skip_failures (True): mark unreadable images in
+            ``{embeddings_field}_error`` and go on; when False raise
+            ``RuntimeError`` at the first failure (earlier batches stay written)
+        progress (None): ``progress(fraction, message)``; a terminal progress
+            bar when None
+
+    Returns:
+        a summary dict: ``model``, ``field``, ``error_field``, ``dim``,
+        ``num_samples`` (in ``samples``), ``num_embedded``, ``num_failed``,
+        ``num_skipped`` (already embedded, ``overwrite=False``), ``failed_ids``
+        and ``errors`` (first 20), ``seconds``, ``device``
+    """
+    import fiftyone.core.media as fom
+
+    from .progress import progress_or_bar
+
+    t0 = time.perf_counter()
+    kind, name = validate_model(model)
+    validate_field_name(embeddings_field)
+    error_field = embeddings_field + ERROR_SUFFIX
+    media_type = samples.media_type
+    if media_type == fom.GROUP:
+        raise ValueError(
+            "This is a grouped collection; select an image slice first, e.g. "
+            "samples.select_group_slices('left')"
+        )
+    if media_type != fom.IMAGE:
+        raise ValueError(f"Embeddings need an image collection; this one has media type '{media_type}'")
+    if samples._is_generated or samples._is_dynamic_groups:
+        raise ValueError(
+            "Patches, frames, clips and dynamic-group views are not supported: embed "
+            "the images of the underlying dataset (or a view of it) instead"
+        )
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError("batch_size must be >= 1")
+    if num_workers is not None and int(num_workers) < 0:
+        raise ValueError("num_workers must be >= 0")
+    if kind == "builtin":
+        bb.resolve_device(device)  # fails early on an unavailable device
+
+    dataset = samples._root_dataset
+    exists, error_exists = _check_field_types(dataset, embeddings_field, error_field)
+
+    num_samples = len(samples)
+    target = samples
+    if exists and not overwrite:
+        target = samples.exists(embeddings_field, False)
+    ids, filepaths = target.values(["id", "filepath"])
+    num_skipped = num_samples - len(ids)
+
+    if exists:
+        # refuse to mix embeddings of different models in one field
+        previous = _field_model(dataset, embeddings_field)
+        untouched = dataset.exists(embeddings_field).count() - target.exists(embeddings_field).count()
+        expected_dim = bb.get_spec(name).dim if kind == "builtin" else None
+        have_dim = _existing_dim(dataset, embeddings_field) if untouched else None
+        if untouched and ids and (
+            (previous is not None and previous != model)
+            or (expected_dim is not None and have_dim is not None and have_dim != expected_dim)
+        ):
+            raise ValueError(
+                f"Field '{embeddings_field}' holds embeddings of "
+                f"{repr(previous) if previous else f'another model ({have_dim}-d)'} on "
+                f"{untouched} samples outside this computation; embedding the others "
+                f"with '{model}' would mix models. Choose another field or recompute all samples."
+            )
+
+    runner = None
+    if ids:
+        # load the model before touching the schema (missing weights fail here)
+        runner = bb.get_backbone(name, device) if kind == "builtin" else _load_zoo_model(name, device)
+
+    if not exists:
+        import fiftyone as fo
+
+        dataset.add_sample_field(
+            embeddings_field, fo.VectorField, description=f"Image embeddings ({model})"
+        )
+    had_errors = set()
+    if error_exists and ids:
+        had_errors = set(target.exists(error_field).values("id"))
+
+    writer = _Writer(dataset, embeddings_field, error_field, had_errors, error_exists)
+    summary = {
+        "model": model,
+        "field": embeddings_field,
+        "error_field": error_field,
+        "num_samples": num_samples,
+        "num_skipped": num_skipped,
+    }
+
+    if ids:
+        with progress_or_bar(progress, f"Embedding ({model})") as report:
+            try:
+                if kind == "builtin":
+                    info = _compute_builtin(
+                        runner, ids, filepaths, writer, batch_size, num_workers, skip_failures, report
+                    )
+                else:
+                    info = _compute_zoo(
+                        runner, name, dataset, ids, filepaths, writer, batch_size, num_workers, device,
+                        skip_failures, report,
+                    )
+            finally:
+                writer.flush()  # keep what was computed, even on errors
+            report(1.0, f"{writer.num_embedded} embedded, {len(writer.failures)} failed")
+        summary.update(info)
+        dim = writer.dim or summary.get("dim")
+        _stamp_field(dataset, embeddings_field, model, dim)
+    else:
+        info = {"device": None, "batch_size": None, "num_workers": None}
+        summary.update(info)
+        dim = _existing_dim(samples, embeddings_field) if exists else None
+        if dim is None and kind == "builtin":
+            dim = bb.get_spec(name).dim
+
+    failed_ids = list(writer.failures)
+    seconds = time.perf_counter() - t0
+    summary.update(
+        {
+            "dim": dim,
+            "num_embedded": writer.num_embedded,
+            "num_failed": len(failed_ids),
+            "failed_ids": failed_ids[:MAX_REPORTED_FAILURES],
+            "failed_ids_truncated": len(failed_ids) > MAX_REPORTED_FAILURES,
+            "errors": {i: writer.failures[i] for i in failed_ids[:MAX_REPORTED_FAILURES]},
+            "seconds": round(seconds, 3),
+            "images_per_second": round(len(ids) / seconds, 2) if ids and seconds > 0 else None,
+        }
+    )
+    if failed_ids:
+        logger.warning(
+            "%d of %d images could not be embedded (see field '%s'), e.g. %s",
+            len(failed_ids),
+            len(ids),
+            error_field,
+            next(iter(summary["errors"].values())),
+        )
+    return summary
+
+
+def _raise_failure(failures):
+    sample_id, message = next(iter(failures.items()))
+    raise RuntimeError(
+        f"Could not embed sample {sample_id}: {message} (pass skip_failures=True to "
+        "mark failures and continue)"
+    )
+
+
+def _compute_builtin(backbone, ids, filepaths, writer, batch_size, num_workers, skip_failures, report):
+    dev = backbone.device
+    batch_size = int(batch_size or bb.default_batch_size(dev))
+    for batch in bb.iter_embeddings(
+        filepaths,
+        backbone,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=report,
+    ):
+        failures = {ids[i]: msg for i, msg in batch.failed.items()}
+        writer.write([ids[i] for i in batch.indices], batch.embeddings, failures)
+        if failures and not skip_failures:
+            _raise_failure(failures)
+    workers = bb.resolve_num_workers(len(ids), batch_size, dev, num_workers)
+    return {"device": str(dev), "batch_size": batch_size, "num_workers": workers, "dim": backbone.dim}
+
+
+def _read_error(filepath):
+    """Why FiftyOne cannot read ``filepath`` (None if it can)."""
+    import fiftyone.utils.image as foui
+
+    try:
+        foui.read(filepath)
+    except Exception as e:
+        return bb._describe(e)
+    return None
+
+
+def _load_zoo_model(name, device):
+    import fiftyone.zoo as foz
+
+    kwargs = {} if device in (None, "auto") else {"device": str(device)}
+    try:
+        model = foz.load_zoo_model(name, **kwargs)
+    except Exception as e:
+        raise RuntimeError(
+            f"Could not load FiftyOne zoo model '{name}' ({type(e).__name__}: {e}). Zoo "
+            "models are downloaded on first use; without network, use the offline "
+            f"model '{DEFAULT_MODEL}'"
+        ) from e
+    if not getattr(model, "has_embeddings", False):
+        raise ValueError(f"Zoo model '{name}' does not expose embeddings")
+    return model
+
+
+def _compute_zoo(model, name, dataset, ids, filepaths, writer, batch_size, num_workers, device, skip_failures, report):
+    n = len(ids)
+    batch = int(batch_size or 32)
+    chunk = max(256, 8 * batch)
+    options = {"batch_size": batch, "skip_failures": True, "progress": False}
+    if num_workers is not None:
+        options["num_workers"] = int(num_workers)
+    done = 0
+    for start in range(0, n, chunk):
+        cids = ids[start : start + chunk]
+        cpaths = filepaths[start : start + chunk]
+        embs = list(dataset.select(cids, ordered=True).compute_embeddings(model, **options))
+        bad = [j for j, e in enumerate(embs) if e is None]
+        if bad and batch > 1:
+            # FiftyOne fails whole batches; isolate the unreadable images
+            retry = dataset.select([cids[j] for j in bad], ordered=True).compute_embeddings(
+                model, batch_size=1, skip_failures=True, progress=False
+            )
+            for j, e in zip(bad, retry):
+                embs[j] = e
+        ok = [j for j, e in enumerate(embs) if e is not None]
+        failures = {
+            cids[j]: _read_error(cpaths[j]) or f"zoo model '{name}' failed on this image"
+            for j, e in enumerate(embs)
+            if e is None
+        }
+        writer.write([cids[j] for j in ok], [embs[j] for j in ok], failures)
+        if failures and not skip_failures:
+            _raise_failure(failures)
+        done += len(cids)
+        report(done / n, f"{done}/{n} images")
+    return {"device": str(getattr(model, "device", device)), "batch_size": batch, "num_workers": num_workers}
+
+
+def ensure_embeddings(samples, embeddings_field, model=DEFAULT_MODEL, progress=None, **kwargs):
+    """Computes ``model`` embeddings only for the samples of ``samples`` that
+    lack ``embeddings_field`` (all of them if the field does not exist).
+    Refuses to mix models in one field. Returns the summary of
+    :func:`compute_embeddings` (``num_embedded == 0`` when nothing was missing).
+    """
+    kwargs.pop("overwrite", None)
+    return compute_embeddings(
+        samples,
+        model=model,
+        embeddings_field=embeddings_field,
+        overwrite=False,
+        progress=progress,
+        **kwargs,
+    )

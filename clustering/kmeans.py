@@ -1,0 +1,601 @@
+"""Generalized k-means: Lloyd iterations under any registered loss.
+
+Each iteration assigns every sample to the center of smallest loss and then
+moves every center to (or, for iterative solvers, towards) the minimizer of its
+cluster's summed loss, so the objective never increases. Assignment is exact
+and chunked (memory O(n d + k d + chunk k)):
+
+* euclidean losses (squared, correntropy, epsilon-insensitive, geometric
+  median): nearest center by a chunked GEMM, since these losses are
+  nondecreasing in the Euclidean distance;
+* cosine: a chunked GEMM against unit-norm centers;
+* coordinate-wise losses (absolute, huber, pseudo-huber): fused kernels (numba
+  on CPU, triton on CUDA);
+* any other loss: chunked ``Loss.pairwise``.
+
+Exact Hamerly-style bound pruning (``prune``) skips the full row of k losses
+for samples whose bounds prove that their center cannot change: always for
+coordinate-wise losses (rho is G-Lipschitz per coordinate, so
+|L(x, c) - L(x, c')| <= G ||c - c'||_1) and on GPU for euclidean losses
+(triangle inequality on the distance). Center updates only revisit clusters
+whose members changed.
+"""
+
+import inspect
+import math
+
+import numpy as np
+import torch
+
+from . import _kernels as K
+from .losses import get_loss
+
+__all__ = ["GeneralizedKMeans", "NotFittedError"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# iterative center solvers (majorize-minimize / Newton) inside one Lloyd iteration
+_INNER_MAX_ITER = 100
+_INNER_TOL = 1e-6
+# a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param
+_PILOT_SAMPLES = 10_000
+_SEEDING_SHARE = 0.1  # share of a restart's progress given to seeding
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a GeneralizedKMeans is used before ``fit``."""
+
+
+def _resolve_device(device, X):
+    if device is None or device == "auto":
+        if isinstance(X, torch.Tensor) and X.device.type != "cpu":
+            return X.device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype):
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return _DTYPES[name]
+
+
+def _as_tensor(X, device, dtype, what="X"):
+    """2-D, finite, contiguous tensor on ``device`` (never modifies the input)."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach()
+    else:
+        X = np.asarray(X)
+        if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+            raise ValueError(f"{what} must be a numeric array, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array of shape (n_samples, n_features), "
+                         f"got shape {tuple(X.shape)}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{what} must have at least one sample and one feature, "
+                         f"got shape {tuple(X.shape)}")
+    if isinstance(X, np.ndarray):
+        X = torch.from_numpy(np.ascontiguousarray(X))
+    X = X.to(device=device, dtype=dtype).contiguous()
+    if X.device.type == "cpu":
+        finite = np.isfinite(X.numpy())
+        ok = bool(finite.all())
+    else:
+        finite = torch.isfinite(X)
+        ok = bool(finite.all())
+    if not ok:
+        bad = int((~finite).any(1).sum())
+        raise ValueError(f"{what} contains NaN or infinity in {bad} of {X.shape[0]} rows")
+    return X
+
+
+def _make_rng(random_state):
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(2**32 - 1))
+    return np.random.default_rng(random_state)
+
+
+class _Progress:
+    """Maps (restart, fraction of that restart) to the user's progress(fraction, message)."""
+
+    def __init__(self, callback, n_init):
+        self.callback = callback
+        self.n_init = n_init
+
+    def __call__(self, restart, fraction, message):
+        if self.callback is not None:
+            total = (restart + min(max(fraction, 0.0), 1.0)) / self.n_init
+            self.callback(min(1.0, total), message)
+
+
+class _Result:
+    def __init__(self, centers, labels, objective, history):
+        self.centers = centers
+        self.labels = labels
+        self.objective = objective
+        self.history = history
+
+
+class _Engine:
+    """Loss-aware assignment, seeding and Lloyd iterations on one data tensor."""
+
+    def __init__(self, X, loss, param, chunk_size=None, prune="auto"):
+        self.X = X
+        self.loss = loss
+        self.param = param
+        self.geometry = loss.geometry
+        n = X.shape[0]
+        if self.geometry == "coordinatewise" and getattr(loss, "kind", None) is None:
+            self.geometry = None  # custom coordinate-wise loss: generic path
+        if prune == "auto":
+            prune = self.geometry == "coordinatewise" or (
+                self.geometry == "euclidean" and X.device.type != "cpu")
+        self.bounded = bool(prune) and self.geometry in ("coordinatewise", "euclidean")
+        if chunk_size is None:
+            chunk_size = 2048 if X.device.type == "cpu" else 1 << 16
+        self.chunk = max(1, min(n, int(chunk_size)))
+        self.scale = float(torch.maximum(X.max(), -X.min()))
+        if self.geometry == "euclidean":
+            self.x_sqnorm = K.row_sqnorms(X)
+        elif self.geometry == "cosine":
+            norms = K.row_sqnorms(X).sqrt()
+            self.inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
+        self._lower = None  # Hamerly lower bounds on the second-best bound value
+
+    # ---------------------------------------------------------------- losses
+    def losses_to(self, C):
+        """(n, m) loss of every sample to each row of C (m small or chunked over rows)."""
+        X, loss, param = self.X, self.loss, self.param
+        if self.geometry == "coordinatewise":
+            return loss.pairwise(X, C, param)
+        n = X.shape[0]
+        out = torch.empty((n, C.shape[0]), dtype=X.dtype, device=X.device)
+        rows = self._rows_per_chunk(C.shape[0])
+        if self.geometry == "cosine":
+            cn = C.norm(dim=1)
+            Cu = C / torch.where(cn > 0, cn, torch.ones_like(cn))[:, None]
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            if self.geometry == "euclidean":
+                d2 = K.sqeuclidean_pairwise(X[s:e], C, self.x_sqnorm[s:e])
+                out[s:e] = loss.from_sqdist(d2, param)
+            elif self.geometry == "cosine":
+                out[s:e] = 1.0 - (X[s:e] @ Cu.T) * self.inv_norm[s:e, None]
+            else:
+                out[s:e] = loss.pairwise(X[s:e], C, param)
+        return out
+
+    def _rows_per_chunk(self, k):
+        if self.geometry is None:  # default Loss.pairwise forms (rows, k, d)
+            per_row = max(1, k * self.X.shape[1])
+            return max(1, min(self.chunk, K._budget(self.X) // per_row))
+        return self.chunk
+
+    def exact_losses(self, C, labels):
+        """(n,) loss of each sample to its assigned center, computed directly."""
+        X, loss, param = self.X, self.loss, self.param
+        if self.geometry == "euclidean":
+            return loss.from_sqdist(K.rowwise_loss(X, C, labels, K.SQUARED), param)
+        if self.geometry == "coordinatewise":
+            return K.rowwise_loss(X, C, labels, loss.kind, loss._delta(param))
+        n = X.shape[0]
+        out = torch.empty(n, dtype=X.dtype, device=X.device)
+        for s in range(0, n, self.chunk):
+            e = min(n, s + self.chunk)
+            out[s:e] = loss.loss(X[s:e], C[labels[s:e]], param)
+        return out
+
+    # ------------------------------------------------------------ assignment
+    # Bound-based pruning (Hamerly) works on a "bound value" b(x, c) with
+    # |b(x, c) - b(x, c')| <= shift(c, c'): the loss itself for coordinate-wise
+    # losses (shift = G ||c - c'||_1, rho being G-Lipschitz) and the Euclidean
+    # distance for euclidean losses (shift = ||c - c'||), whose loss is a
+    # nondecreasing function of it.
+    def _exact(self, C, labels, rows=None):
+        """Exact bound value of X[rows] (all rows if None) to their ``labels`` centers."""
+        X = self.X if rows is None else self.X[rows]
+        if self.geometry == "euclidean":
+            return K.rowwise_loss(X, C, labels, K.SQUARED).sqrt()
+        return K.rowwise_loss(X, C, labels, self.loss.kind, self.loss._delta(self.param))
+
+    def _top2(self, C, rows=None):
+        """(nearest center, lower bound on the second-best bound value) of X[rows]."""
+        if self.geometry == "coordinatewise":
+            labels, _, second = K.coord_assign(self.X, C, self.loss.kind,
+                                               self.loss._delta(self.param), rows)
+            return labels, second
+        X = self.X if rows is None else self.X[rows]
+        x_sqnorm = self.x_sqnorm if rows is None else self.x_sqnorm[rows]
+        labels, second = K.sqeuclidean_top2(X, C, x_sqnorm, self.chunk)
+        # the GEMM expansion loses ~eps * (|x|^2 + |c|^2) to cancellation
+        margin = 8 * torch.finfo(X.dtype).eps * (x_sqnorm + (C * C).sum(1).max())
+        return labels, (second - margin).clamp(min=0).sqrt()
+
+    def _bound_to_loss(self, values):
+        if self.geometry == "euclidean":
+            return self.loss.from_sqdist(values * values, self.param)
+        return values
+
+    def assign(self, C):
+        """Exact nearest center for every sample: (labels, losses)."""
+        X, loss, param = self.X, self.loss, self.param
+        n = X.shape[0]
+        if self.bounded:
+            labels, self._lower = self._top2(C)
+            return labels, self._bound_to_loss(self._exact(C, labels))
+        if self.geometry == "euclidean":
+            labels, d2 = K.sqeuclidean_argmin(X, C, self.x_sqnorm, self.chunk)
+            return labels, loss.from_sqdist(d2, param)
+        labels = torch.empty(n, dtype=torch.int64, device=X.device)
+        losses = torch.empty(n, dtype=X.dtype, device=X.device)
+        if self.geometry == "cosine":
+            cn = C.norm(dim=1)
+            Cu = C / torch.where(cn > 0, cn, torch.ones_like(cn))[:, None]
+        rows = self._rows_per_chunk(C.shape[0])
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            if self.geometry == "cosine":
+                sim, labels[s:e] = torch.max(X[s:e] @ Cu.T, dim=1)
+                losses[s:e] = 1.0 - sim * self.inv_norm[s:e]
+            else:
+                losses[s:e], labels[s:e] = torch.min(loss.pairwise(X[s:e], C, param), dim=1)
+        return labels, losses
+
+    def reassign(self, C_old, C_new, labels, moved):
+        """Assignment after the centers moved from C_old to C_new.
+
+        With pruning, the previous labels and lower bounds are reused: exact
+        bound values to the current centers are computed for all samples
+        (O(n d)), lower bounds drop by the largest shift of another center, and
+        only samples whose bound value exceeds their lower bound get a full row
+        (O(k d)). ``moved`` are samples relabeled by empty-cluster reseeding.
+        """
+        if not self.bounded:
+            return self.assign(C_new)
+        if self.geometry == "euclidean":
+            shift = (C_new - C_old).norm(dim=1)
+        else:
+            shift = (C_new - C_old).abs().sum(1) * self.loss.lipschitz(self.param)
+        if shift.numel() > 1:
+            top, arg = torch.topk(shift, 2)
+            decrease = torch.where(labels == arg[0], top[1], top[0])
+        else:
+            decrease = shift[labels]
+        lower = self._lower - decrease
+        if moved is not None:
+            lower[moved] = -math.inf
+        upper = self._exact(C_new, labels)
+        rows = torch.nonzero(upper > lower).flatten()
+        if rows.numel():
+            lab, second = self._top2(C_new, rows)
+            labels[rows] = lab
+            upper[rows] = self._exact(C_new, lab, rows)
+            lower[rows] = second
+        self._lower = lower
+        return labels, self._bound_to_loss(upper)
+
+    # --------------------------------------------------------------- seeding
+    def kmeans_plusplus(self, k, rng, n_trials=None):
+        """Greedy k-means++ under the loss: each new center is the best of
+        ``n_trials`` samples drawn proportionally to their loss to the nearest chosen center."""
+        X = self.X
+        n = X.shape[0]
+        trials = n_trials or 2 + int(math.log(k))
+        chosen = [int(rng.integers(n))]
+        closest = self.losses_to(X[chosen[0]:chosen[0] + 1])[:, 0].double().clamp_(min=0)
+        for _ in range(1, k):
+            potential = float(closest.sum())
+            if not (potential > 0 and math.isfinite(potential)):
+                # every sample sits on a chosen center (duplicates): pick an unused one
+                unused = np.setdiff1d(np.arange(n), np.asarray(chosen))
+                j = int(rng.choice(unused))
+                closest = torch.minimum(closest, self.losses_to(X[j:j + 1])[:, 0].double())
+                chosen.append(j)
+                continue
+            targets = torch.as_tensor(rng.random(trials) * potential, device=X.device)
+            candidates = torch.searchsorted(torch.cumsum(closest, 0), targets, right=True)
+            candidates.clamp_(max=n - 1)
+            trial = torch.minimum(closest[:, None], self.losses_to(X[candidates]).double())
+            best = int(torch.argmin(trial.sum(0)))
+            closest = trial[:, best].contiguous()
+            chosen.append(int(candidates[best]))
+        return X[torch.as_tensor(chosen, device=X.device)].clone()
+
+    # ------------------------------------------------------------ iterations
+    def reseed_empty(self, labels, losses, C):
+        """Move each empty cluster onto a sample of largest loss (if that lowers its loss)."""
+        k = C.shape[0]
+        empty = torch.nonzero(torch.bincount(labels, minlength=k) == 0).flatten()
+        if empty.numel() == 0:
+            return C, None
+        values, idx = torch.topk(losses, min(empty.numel(), losses.shape[0]))
+        own = self.loss.loss(self.X[idx], self.X[idx], self.param)
+        better = values > own
+        idx, own = idx[better], own[better]
+        if idx.numel() == 0:
+            return C, None
+        targets = empty[: idx.numel()]
+        C = C.clone()
+        C[targets] = self.X[idx]
+        labels[idx] = targets
+        losses[idx] = own
+        return C, idx
+
+    def update_centers(self, labels, C, changed):
+        """Center update restricted to the clusters flagged in ``changed`` (None: all).
+
+        A cluster whose members did not change keeps its center: the update
+        already solved (exactly, or to the inner tolerance) that same problem.
+        """
+        k = C.shape[0]
+        if changed is not None:
+            ids = torch.nonzero(changed).flatten()
+            if ids.numel() == 0:
+                return C
+            rows = torch.nonzero(changed[labels]).flatten()
+            if ids.numel() < k and rows.numel() < self.X.shape[0] // 2:
+                compact = torch.full((k,), -1, dtype=torch.int64, device=C.device)
+                compact[ids] = torch.arange(ids.numel(), device=C.device)
+                sub = self.loss.update_centers(
+                    self.X[rows], compact[labels[rows]], C[ids], self.param,
+                    max_iter=_INNER_MAX_ITER, tol=_INNER_TOL, scale=self.scale)
+                C = C.clone()
+                C[ids] = sub.to(C.dtype)
+                return C
+        return self.loss.update_centers(self.X, labels, C, self.param, max_iter=_INNER_MAX_ITER,
+                                        tol=_INNER_TOL, scale=self.scale)
+
+    def run(self, C, max_iter, tol, report, restart, verbose=False):
+        """Lloyd iterations from centers C; returns a _Result."""
+        labels, losses = self.assign(C)
+        objective = float(losses.sum(dtype=torch.float64))
+        history = []
+        changed = None  # clusters whose members changed since their last update
+        for it in range(1, max_iter + 1):
+            C_old = C
+            C, moved = self.reseed_empty(labels, losses, C)
+            if moved is not None:
+                changed = None
+            previous = labels.clone()
+            C = self.update_centers(labels, C, changed)
+            labels, losses = self.reassign(C_old, C, labels, moved)
+            switched = labels != previous
+            changed = torch.zeros(C.shape[0], dtype=torch.bool, device=C.device)
+            changed[labels[switched]] = True
+            changed[previous[switched]] = True
+            new_objective = float(losses.sum(dtype=torch.float64))
+            history.append(new_objective)
+            message = f"iteration {it}/{max_iter}: objective {new_objective:.6g}"
+            if verbose:
+                print(f"[GeneralizedKMeans] restart {restart + 1}, {message}")
+            report(restart, _SEEDING_SHARE + (1 - _SEEDING_SHARE) * it / max_iter, message)
+            converged = objective - new_objective <= tol * abs(objective)
+            objective = new_objective
+            if converged:
+                break
+        return _Result(C, labels, objective, history)
+
+
+class GeneralizedKMeans:
+    """k-means under a general loss (squared, absolute, huber, pseudo_huber,
+    correntropy, epsilon_insensitive, geometric_median, cosine, or any
+    registered :class:`~clustering.Loss`).
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of clusters k (1 <= k <= n_samples).
+    loss : str or Loss
+        Loss name (see :func:`clustering.available_losses`) or instance.
+    loss_param : float or None
+        delta (huber, pseudo_huber), sigma (correntropy), epsilon
+        (epsilon_insensitive); must be None for the other losses. None on a
+        parametrized loss picks a data-driven default from a pilot k-means++
+        (squared loss, on at most max(10000, 10 k) samples; the init array when
+        one is given): huber / pseudo_huber: delta = 1.345 * 1.4826 * median
+        |x_j - c_j| over residual coordinates; correntropy: sigma = median
+        distance to the nearest center; epsilon_insensitive: epsilon = half that
+        median distance. The value used is ``loss_param_``.
+    init : "k-means++", "random" or array (k, d)
+        Seeding: greedy k-means++ with sampling proportional to the loss to the
+        nearest chosen center, k distinct random samples, or given centers.
+    n_init : int
+        Number of restarts; the one with the lowest objective is kept.
+    max_iter : int
+        Maximum number of Lloyd iterations per restart.
+    tol : float
+        Stop when the relative objective improvement of an iteration is <= tol.
+    device : "auto", "cpu", "cuda", ...
+        "auto" uses CUDA when available.
+    random_state : int, numpy Generator / RandomState or None
+        Seed; the same seed gives identical results on CPU.
+    dtype : "float32" or "float64"
+        Compute precision.
+    chunk_size : int or None
+        Rows per block of the pairwise loss matrix (default: 2048 on CPU,
+        65536 on GPU).
+    prune : "auto", True or False
+        Exact bound-based (Hamerly) pruning of the assignment step: samples
+        whose bounds prove that their center cannot change skip the full
+        row of k losses. "auto" prunes coordinate-wise losses always and
+        euclidean losses on GPU (there a GEMM pass costs far more than the
+        O(n d) bound upkeep).
+    verbose : bool
+        Print the objective of every iteration.
+
+    Attributes
+    ----------
+    cluster_centers_, labels_, objective_, objective_history_, n_iter_,
+    sample_losses_, loss_param_, n_features_in_ (numpy / Python values).
+    """
+
+    def __init__(self, n_clusters, loss="squared", loss_param=None, init="k-means++",
+                 n_init=1, max_iter=100, tol=1e-4, device="auto", random_state=None, *,
+                 dtype="float32", chunk_size=None, prune="auto", verbose=False):
+        self.n_clusters = n_clusters
+        self.loss = loss
+        self.loss_param = loss_param
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+        self.random_state = random_state
+        self.dtype = dtype
+        self.chunk_size = chunk_size
+        self.prune = prune
+        self.verbose = verbose
+
+    # ------------------------------------------------------------- sklearn API
+    def get_params(self, deep=True):
+        """Constructor parameters (scikit-learn convention)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params):
+        """Set constructor parameters (scikit-learn convention); returns self."""
+        valid = self.get_params()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for GeneralizedKMeans")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()
+                           if not isinstance(v, (np.ndarray, torch.Tensor)))
+        return f"GeneralizedKMeans({params})"
+
+    # --------------------------------------------------------------- fitting
+    def _check_hyperparameters(self):
+        for name, minimum in (("n_init", 1), ("max_iter", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if not (isinstance(self.tol, (int, float, np.floating)) and self.tol >= 0):
+            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
+        if not (self.prune == "auto" or isinstance(self.prune, (bool, np.bool_))):
+            raise ValueError(f"prune must be 'auto', True or False, got {self.prune!r}")
+
+    def _check_n_clusters(self, n):
+        k = self.n_clusters
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+            raise ValueError(f"n_clusters={k!r} must be an integer between 1 and the number "
+                             f"of samples ({n})")
+        return int(k)
+
+    def _check_init(self, k, d, device, dtype):
+        init = self.init
+        if isinstance(init, str):
+            if init not in ("k-means++", "random"):
+                raise ValueError(f"init must be 'k-means++', 'random' or an array of shape "
+                                 f"(n_clusters, n_features), got {init!r}")
+            return init
+        shape = tuple(getattr(init, "shape", np.shape(init)))
+        if shape != (k, d):
+            raise ValueError(f"init array must have shape (n_clusters, n_features) = "
+                             f"({k}, {d}), got {shape}")
+        return _as_tensor(init, device, dtype, what="init").clone()
+
+    def _default_param(self, loss, X, k, init, rng):
+        n = X.shape[0]
+        m = min(n, max(_PILOT_SAMPLES, 10 * k))
+        Xs = X if m == n else X[torch.as_tensor(rng.choice(n, m, replace=False), device=X.device)]
+        pilot = _Engine(Xs, get_loss("squared"), None, self.chunk_size)
+        C = init if isinstance(init, torch.Tensor) else pilot.kmeans_plusplus(k, rng)
+        labels, _ = pilot.assign(C)
+        return float(loss.default_param(Xs - C[labels]))
+
+    def fit(self, X, progress=None):
+        """Cluster X (n, d) (numpy array or torch tensor); returns self.
+
+        ``progress(fraction, message)`` is called as work advances, with the
+        fraction in [0, 1] covering all ``n_init`` restarts.
+        """
+        loss = get_loss(self.loss)
+        param = loss.check_param(self.loss_param)
+        self._check_hyperparameters()
+        device = _resolve_device(self.device, X)
+        X = _as_tensor(X, device, _resolve_dtype(self.dtype))
+        n, d = X.shape
+        k = self._check_n_clusters(n)
+        init = self._check_init(k, d, device, X.dtype)
+        rng = _make_rng(self.random_state)
+        n_init = 1 if isinstance(init, torch.Tensor) else int(self.n_init)
+        report = _Progress(progress, n_init)
+        report(0, 0.0, "starting")
+        if param is None and loss.param_name is not None:
+            param = self._default_param(loss, X, k, init, rng)
+        engine = _Engine(X, loss, param, self.chunk_size, self.prune)
+        best = None
+        for restart in range(n_init):
+            if isinstance(init, torch.Tensor):
+                centers = init.clone()
+            elif init == "random":
+                idx = rng.choice(n, k, replace=False)
+                centers = X[torch.as_tensor(idx, device=device)].clone()
+            else:
+                centers = engine.kmeans_plusplus(k, rng)
+            report(restart, _SEEDING_SHARE, f"restart {restart + 1}/{n_init}: seeded")
+            result = engine.run(centers, int(self.max_iter), float(self.tol), report, restart,
+                                self.verbose)
+            if best is None or result.objective < best.objective:
+                best = result
+            report(restart, 1.0, f"restart {restart + 1}/{n_init} done, "
+                                 f"objective {result.objective:.6g}")
+        losses = engine.exact_losses(best.centers, best.labels)
+        self.cluster_centers_ = best.centers.cpu().numpy()
+        self.labels_ = best.labels.cpu().numpy().astype(np.int64)
+        self.sample_losses_ = losses.cpu().numpy()
+        self.objective_ = float(losses.sum(dtype=torch.float64))
+        self.objective_history_ = np.asarray(best.history, dtype=np.float64)
+        self.n_iter_ = len(best.history)
+        self.loss_param_ = param
+        self.n_features_in_ = d
+        self._loss = loss
+        self._device = device
+        return self
+
+    def fit_predict(self, X, progress=None):
+        """Fit and return ``labels_``."""
+        return self.fit(X, progress=progress).labels_
+
+    # ------------------------------------------------------------ inference
+    def _check_fitted(self):
+        if not hasattr(self, "cluster_centers_"):
+            raise NotFittedError("This GeneralizedKMeans instance is not fitted yet; "
+                                 "call 'fit' first.")
+
+    def _engine_for(self, X):
+        self._check_fitted()
+        X = _as_tensor(X, self._device, _resolve_dtype(self.dtype))
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but this GeneralizedKMeans was "
+                             f"fitted with {self.n_features_in_} features")
+        C = torch.as_tensor(self.cluster_centers_, device=X.device, dtype=X.dtype)
+        return _Engine(X, self._loss, self.loss_param_, self.chunk_size, self.prune), C
+
+    def predict(self, X):
+        """Index of the center of smallest loss for each sample of X (int64)."""
+        engine, C = self._engine_for(X)
+        return engine.assign(C)[0].cpu().numpy().astype(np.int64)
+
+    def transform(self, X):
+        """(n, k) loss of each sample of X to each center."""
+        engine, C = self._engine_for(X)
+        return engine.losses_to(C).cpu().numpy()
+
+    def representatives(self, n=1):
+        """For each cluster j, the indices (int64) of its up to ``n`` samples of
+        smallest loss to center j, ascending by loss (empty for empty clusters)."""
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        order = np.lexsort((self.sample_losses_, self.labels_))
+        sorted_labels = self.labels_[order]
+        k = self.cluster_centers_.shape[0]
+        starts = np.searchsorted(sorted_labels, np.arange(k), side="left")
+        ends = np.searchsorted(sorted_labels, np.arange(k), side="right")
+        return [order[s:min(e, s + n)].astype(np.int64) for s, e in zip(starts, ends)]

@@ -1,0 +1,345 @@
+"""Engine tests for GeneralizedKMeans and the loss registry (no FiftyOne, no MongoDB)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clustering import GeneralizedKMeans, Loss, available_losses, get_loss, register_loss
+from clustering import _kernels as K
+from clustering.kmeans import NotFittedError
+from clustering.losses import CoordinateLoss
+
+LOSSES = ["absolute", "correntropy", "cosine", "epsilon_insensitive", "geometric_median",
+          "huber", "pseudo_huber", "squared"]
+PARAMETRIZED = {"huber": "delta", "pseudo_huber": "delta", "correntropy": "sigma",
+                "epsilon_insensitive": "epsilon"}
+COORDINATEWISE = ["absolute", "huber", "pseudo_huber"]
+
+
+def blobs(n=150, d=5, k=3, seed=0, spread=4.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * spread
+    return centers[rng.integers(0, k, n)] + rng.normal(size=(n, d))
+
+
+@pytest.fixture(params=[True, False], ids=["numba", "torch"])
+def backend(request, monkeypatch):
+    """Run a test on the numba kernels and on the pure-torch path."""
+    if request.param and not K.NUMBA_ENABLED:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(K, "NUMBA_ENABLED", request.param)
+    return request.param
+
+
+def assert_nonincreasing(history, rtol=1e-9):
+    history = np.asarray(history)
+    slack = rtol * np.abs(history[:-1]) + 1e-12
+    assert np.all(np.diff(history) <= slack), history
+
+
+# ------------------------------------------------------------------ registry
+def test_registry_lists_builtin_losses():
+    assert set(LOSSES) <= set(available_losses())
+    assert available_losses() == sorted(available_losses())
+    for name in LOSSES:
+        loss = get_loss(name)
+        assert isinstance(loss, Loss) and loss.name == name
+        assert loss.param_name == PARAMETRIZED.get(name)
+
+
+def test_get_loss_aliases_and_instances():
+    assert get_loss("square") is get_loss("squared")
+    assert get_loss("L1") is get_loss("absolute")
+    assert get_loss("pseudo-huber") is get_loss("pseudo_huber")
+    assert get_loss(get_loss("huber")) is get_loss("huber")
+
+
+def test_unknown_loss_lists_valid_ones():
+    with pytest.raises(ValueError, match="Unknown loss 'nope'.*absolute.*squared"):
+        get_loss("nope")
+    with pytest.raises(ValueError, match="Valid losses"):
+        GeneralizedKMeans(2, loss="nope").fit(blobs())
+
+
+class LogCoshLoss(CoordinateLoss):
+    """sum_j log(cosh(x_j - mu_j)): only ``rho``; generic pairwise and L-BFGS update."""
+
+    name = "test_logcosh"
+
+    def rho(self, r, param):
+        return r.abs() + torch.nn.functional.softplus(-2 * r.abs()) - np.log(2.0)
+
+
+def test_register_custom_loss_and_fit():
+    register_loss(LogCoshLoss, overwrite=True)
+    assert "test_logcosh" in available_losses()
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss(LogCoshLoss)
+    X = blobs(n=60, d=3, k=3)
+    km = GeneralizedKMeans(3, loss="test_logcosh", random_state=0, dtype="float64",
+                           max_iter=10).fit(X)
+    assert_nonincreasing(km.objective_history_)
+    D = km.transform(X)
+    np.testing.assert_allclose(km.sample_losses_, D[np.arange(len(X)), km.labels_], rtol=1e-9)
+    assert np.all(D[np.arange(len(X)), km.labels_] <= D.min(1) + 1e-9)
+
+
+def test_register_rejects_non_losses():
+    with pytest.raises(TypeError):
+        register_loss(object())
+
+
+# ---------------------------------------------------------------- validation
+@pytest.mark.parametrize("kwargs, X, match", [
+    (dict(n_clusters=0), None, "n_clusters=0 must be an integer between 1"),
+    (dict(n_clusters=500), None, r"n_clusters=500 .*number of samples \(150\)"),
+    (dict(n_clusters=2, loss="huber", loss_param=-1.0), None, "positive finite"),
+    (dict(n_clusters=2, loss="correntropy", loss_param=0), None, "sigma.*positive"),
+    (dict(n_clusters=2, loss="epsilon_insensitive", loss_param=float("nan")), None, "epsilon"),
+    (dict(n_clusters=2, loss="squared", loss_param=1.0), None, "takes no parameter"),
+    (dict(n_clusters=2, init="kmeans"), None, "init must be"),
+    (dict(n_clusters=2, init=np.zeros((3, 5))), None, r"\(2, 5\), got \(3, 5\)"),
+    (dict(n_clusters=2, n_init=0), None, "n_init"),
+    (dict(n_clusters=2, tol=-1), None, "tol"),
+    (dict(n_clusters=2), np.zeros(10), "2-D"),
+    (dict(n_clusters=2), np.zeros((2, 3, 4)), "2-D"),
+    (dict(n_clusters=2, dtype="int8"), None, "dtype"),
+    (dict(n_clusters=2, prune="yes"), None, "prune"),
+])
+def test_invalid_arguments_raise(kwargs, X, match):
+    X = blobs() if X is None else X
+    with pytest.raises(ValueError, match=match):
+        GeneralizedKMeans(**kwargs).fit(X)
+
+
+def test_nan_and_inf_rows_are_counted():
+    X = blobs()
+    X[3, 1] = np.nan
+    X[7] = np.inf
+    X[9, 0] = -np.inf
+    with pytest.raises(ValueError, match="NaN or infinity in 3 of 150 rows"):
+        GeneralizedKMeans(2).fit(X)
+    with pytest.raises(ValueError, match="NaN or infinity in 3 of 150 rows"):
+        GeneralizedKMeans(2).fit(torch.from_numpy(X))
+
+
+def test_use_before_fit_and_wrong_dimension():
+    km = GeneralizedKMeans(2)
+    for call in (lambda: km.predict(blobs()), lambda: km.transform(blobs()),
+                 lambda: km.representatives()):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            call()
+    km.fit(blobs(d=5))
+    with pytest.raises(ValueError, match="X has 4 features, but .* fitted with 5"):
+        km.predict(blobs(d=4))
+    with pytest.raises(ValueError, match="positive integer"):
+        km.representatives(0)
+
+
+# -------------------------------------------------------------- fitted model
+@pytest.mark.parametrize("loss", LOSSES)
+def test_fitted_attributes_are_consistent(loss):
+    X = blobs(n=150, d=5, k=3, seed=1)
+    km = GeneralizedKMeans(3, loss=loss, random_state=0, dtype="float64").fit(X)
+    n, k = len(X), 3
+    assert km.cluster_centers_.shape == (k, 5) and isinstance(km.cluster_centers_, np.ndarray)
+    assert km.labels_.shape == (n,) and km.labels_.dtype == np.int64
+    assert km.sample_losses_.shape == (n,) and np.all(km.sample_losses_ >= -1e-12)
+    assert isinstance(km.objective_, float)
+    assert km.objective_ == pytest.approx(km.sample_losses_.sum(), rel=1e-12)
+    assert km.n_iter_ == len(km.objective_history_) >= 1
+    assert km.objective_history_[-1] == pytest.approx(km.objective_, rel=1e-6, abs=1e-9)
+    assert_nonincreasing(km.objective_history_)
+    assert km.n_features_in_ == 5
+    if loss in PARAMETRIZED:
+        assert isinstance(km.loss_param_, float) and km.loss_param_ > 0
+    else:
+        assert km.loss_param_ is None
+    D = km.transform(X)
+    assert D.shape == (n, k)
+    np.testing.assert_allclose(D[np.arange(n), km.labels_], km.sample_losses_,
+                               rtol=1e-7, atol=1e-9)
+    assert np.all(km.sample_losses_ <= D.min(1) + 1e-7 * np.abs(D).max())  # exact assignment
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+    np.testing.assert_array_equal(km.fit_predict(X), km.labels_)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_float32_default_and_reproducible(loss):
+    X = blobs(n=200, d=6, k=4, seed=2).astype(np.float32)
+    a = GeneralizedKMeans(4, loss=loss, random_state=7, n_init=2).fit(X)
+    b = GeneralizedKMeans(4, loss=loss, random_state=7, n_init=2).fit(X)
+    assert a.cluster_centers_.dtype == np.float32
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert a.objective_ == b.objective_ and a.loss_param_ == b.loss_param_
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(loss=st.sampled_from(LOSSES), seed=st.integers(0, 2**16), n=st.integers(2, 60),
+       d=st.integers(1, 5), k=st.integers(1, 6), rounded=st.booleans(),
+       init=st.sampled_from(["k-means++", "random"]))
+def test_objective_never_increases(loss, seed, n, d, k, rounded, init):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.1, 10)
+    if rounded:  # ties and duplicate points
+        X = np.round(X)
+    km = GeneralizedKMeans(min(k, n), loss=loss, init=init, max_iter=12, tol=0.0,
+                           random_state=seed, dtype="float64").fit(X)
+    assert_nonincreasing(km.objective_history_)
+    assert np.all(np.isfinite(km.cluster_centers_))
+    assert km.objective_ <= km.objective_history_[0] * (1 + 1e-9) + 1e-12
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_numba_and_torch_paths_agree(loss, monkeypatch):
+    if not K.NUMBA_ENABLED:
+        pytest.skip("numba not installed")
+    X = blobs(n=120, d=4, k=3, seed=3)
+    init = X[[0, 50, 100]]
+    fits = []
+    for enabled in (True, False):
+        monkeypatch.setattr(K, "NUMBA_ENABLED", enabled)
+        fits.append(GeneralizedKMeans(3, loss=loss, init=init, loss_param=1.5 if loss in
+                                      PARAMETRIZED else None, max_iter=8, tol=0,
+                                      dtype="float64").fit(X))
+    np.testing.assert_array_equal(fits[0].labels_, fits[1].labels_)
+    np.testing.assert_allclose(fits[0].cluster_centers_, fits[1].cluster_centers_,
+                               rtol=1e-6, atol=1e-8)
+    assert fits[0].objective_ == pytest.approx(fits[1].objective_, rel=1e-8)
+
+
+@pytest.mark.parametrize("loss", COORDINATEWISE + ["squared", "correntropy"])
+def test_bound_pruning_matches_full_assignment(loss, backend):
+    """Every iteration's (pruned) assignment equals brute force over the loss matrix,
+    and pruning changes nothing but the work done."""
+    X = blobs(n=300, d=8, k=6, seed=4, spread=1.5)
+    for iterations in range(1, 9):
+        kwargs = dict(loss=loss, init=X[:6], max_iter=iterations, tol=0, dtype="float64")
+        pruned = GeneralizedKMeans(6, prune=True, **kwargs).fit(X)
+        D = pruned.transform(X)
+        assert np.all(pruned.sample_losses_ <= D.min(1) + 1e-9)
+        plain = GeneralizedKMeans(6, prune=False, **kwargs).fit(X)
+        np.testing.assert_array_equal(pruned.labels_, plain.labels_)
+        np.testing.assert_allclose(pruned.cluster_centers_, plain.cluster_centers_, rtol=1e-9)
+
+
+def test_n_init_keeps_the_best_restart():
+    X = blobs(n=200, d=4, k=5, seed=5, spread=2.0)
+    one = GeneralizedKMeans(5, init="random", random_state=3, dtype="float64").fit(X)
+    many = GeneralizedKMeans(5, init="random", n_init=6, random_state=3, dtype="float64").fit(X)
+    assert many.objective_ <= one.objective_
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_duplicates_with_k_equal_to_n(loss):
+    X = np.repeat(np.array([[1.0, 2.0], [3.0, -1.0], [-2.0, 0.5]]), [4, 3, 1], axis=0)
+    km = GeneralizedKMeans(len(X), loss=loss, random_state=0, dtype="float64").fit(X)
+    assert km.objective_ == pytest.approx(0.0, abs=1e-9)
+    assert set(km.labels_) <= set(range(len(X)))
+    km = GeneralizedKMeans(len(X) - 1, loss=loss, init="random", random_state=1).fit(X)
+    assert km.objective_ == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_empty_cluster_is_reseeded(loss):
+    X = blobs(n=120, d=3, k=3, seed=6)
+    init = np.vstack([X[:3], X.mean(0) + 1e3])  # last center attracts no sample
+    km = GeneralizedKMeans(4, loss=loss, init=init, max_iter=20, dtype="float64").fit(X)
+    assert np.all(np.bincount(km.labels_, minlength=4) > 0)
+    assert_nonincreasing(km.objective_history_)
+
+
+def test_representatives():
+    X = blobs(n=90, d=3, k=3, seed=7)
+    init = np.vstack([X[:2], X.mean(0) + 1e3])
+    km = GeneralizedKMeans(3, loss="huber", init=init, max_iter=0, dtype="float64").fit(X)
+    reps = km.representatives(4)
+    assert len(reps) == 3 and reps[2].size == 0  # the far center keeps no sample
+    for j, idx in enumerate(reps[:2]):
+        assert idx.dtype == np.int64 and 1 <= len(idx) <= 4
+        assert np.all(km.labels_[idx] == j)
+        losses = km.sample_losses_[idx]
+        assert np.all(np.diff(losses) >= 0)
+        assert losses[0] == km.sample_losses_[km.labels_ == j].min()
+    assert [len(r) for r in km.representatives(1000)] == list(np.bincount(km.labels_, minlength=3))
+
+
+def test_progress_reports_fractions_up_to_one():
+    calls = []
+    X = blobs(n=100, d=3, k=3)
+    GeneralizedKMeans(3, n_init=3, random_state=0).fit(X, progress=lambda f, m: calls.append((f, m)))
+    fractions = [f for f, _ in calls]
+    assert all(0.0 <= f <= 1.0 for f in fractions)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert all(isinstance(m, str) and m for _, m in calls)
+    assert any("restart 3/3" in m for _, m in calls)
+
+
+def test_torch_tensor_input_and_params():
+    X = torch.from_numpy(blobs(n=80, d=3, k=2))
+    km = GeneralizedKMeans(2, loss="pseudo_huber", loss_param=2.0, device="cpu",
+                           dtype="float64", random_state=0).fit(X)
+    assert km.loss_param_ == 2.0 and km.cluster_centers_.dtype == np.float64
+    assert km.get_params()["loss"] == "pseudo_huber"
+    assert km.set_params(n_clusters=3).n_clusters == 3
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+
+
+def test_cosine_ignores_scale_and_handles_zero_rows():
+    X = blobs(n=60, d=4, k=2, seed=8)
+    X[:3] = 0.0
+    km = GeneralizedKMeans(2, loss="cosine", random_state=0, dtype="float64").fit(X)
+    np.testing.assert_allclose(np.linalg.norm(km.cluster_centers_, axis=1), 1.0)
+    np.testing.assert_allclose(km.sample_losses_[:3], 1.0)
+    scaled = GeneralizedKMeans(2, loss="cosine", init=km.cluster_centers_ * 7,
+                               dtype="float64").fit(X * 3)
+    np.testing.assert_array_equal(scaled.labels_, km.labels_)
+
+
+@pytest.mark.parametrize("loss, expected", [
+    ("huber", lambda R: 1.345 * 1.4826 * np.median(np.abs(R))),
+    ("correntropy", lambda R: np.median(np.linalg.norm(R, axis=1))),
+    ("epsilon_insensitive", lambda R: 0.5 * np.median(np.linalg.norm(R, axis=1))),
+])
+def test_default_parameters_follow_the_documented_rules(loss, expected):
+    X = blobs(n=200, d=4, k=3, seed=9)
+    init = X[[0, 70, 140]]
+    km = GeneralizedKMeans(3, loss=loss, init=init, dtype="float64").fit(X)
+    nearest = ((X[:, None, :] - init[None]) ** 2).sum(-1).argmin(1)
+    assert km.loss_param_ == pytest.approx(expected(X - init[nearest]), rel=1e-9)
+
+
+@pytest.mark.skipif(K.triton is None, reason="triton not installed")
+def test_triton_kernel_in_interpreter_mode():
+    """The CUDA kernel for coordinate-wise assignment, run by triton's CPU interpreter."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os, torch
+        os.environ["TRITON_INTERPRET"] = "1"
+        import clustering._kernels as K
+        g = torch.Generator().manual_seed(0)
+        X, C = torch.randn(40, 19, generator=g), torch.randn(37, 19, generator=g)
+        rows = torch.randperm(40, generator=g)[:15]
+        for kind in (K.ABS, K.HUBER, K.PSEUDO_HUBER):
+            for r in (None, rows):
+                labels, best, second = K._triton_coord_assign(X, C, kind, 0.7, r)
+                D = K.rho_torch((X if r is None else X[r])[:, None] - C[None], kind, 0.7).sum(-1)
+                values, idx = D.sort(1)
+                assert torch.equal(labels, idx[:, 0])
+                assert torch.allclose(best, values[:, 0], rtol=1e-5)
+                assert torch.allclose(second, values[:, 1], rtol=1e-5)
+        print("ok")
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1", CLUSTERING_DISABLE_NUMBA="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
