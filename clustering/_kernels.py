@@ -39,6 +39,7 @@ NUMBA_ENABLED = numba is not None and not os.environ.get("CLUSTERING_DISABLE_NUM
 
 # coordinate-wise kinds: loss(x, c) = sum_t rho(x_t - c_t)
 ABS, HUBER, PSEUDO_HUBER, SQUARED = 0, 1, 2, 3
+_PSEUDO_HUBER_RANK = 4  # cheaper pseudo-Huber form for ranking centers (assignment)
 # radial majorize-minimize kinds (see ``radial_stats``)
 CORRENTROPY, GEOMETRIC_MEDIAN = 1, 2
 
@@ -143,8 +144,20 @@ if numba is not None:
                 m = min(r, delta)
                 a3 += m * (r - _FH * m)
         elif kind == PSEUDO_HUBER:
-            # sum_t sqrt(delta^2 + r_t^2): one sqrt, no division (ranking only;
-            # converted to the loss below, accurate to ~eps * d * delta^2)
+            inv = _F1 / (delta * delta)
+            for t in range(x.shape[0]):
+                v = x[t]
+                r = (v - c0[t]) * (v - c0[t])
+                a0 += r / (_F1 + np.sqrt(_F1 + r * inv))
+                r = (v - c1[t]) * (v - c1[t])
+                a1 += r / (_F1 + np.sqrt(_F1 + r * inv))
+                r = (v - c2[t]) * (v - c2[t])
+                a2 += r / (_F1 + np.sqrt(_F1 + r * inv))
+                r = (v - c3[t]) * (v - c3[t])
+                a3 += r / (_F1 + np.sqrt(_F1 + r * inv))
+        elif kind == _PSEUDO_HUBER_RANK:
+            # sum_t sqrt(delta^2 + r_t^2): one sqrt, no division; converted to the
+            # loss below, accurate to ~eps * d * delta^2 (fine for ranking centers)
             d2 = delta * delta
             for t in range(x.shape[0]):
                 v = x[t]
@@ -191,14 +204,21 @@ if numba is not None:
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_coord_pairwise(X, C, kind, delta, out):
+        """Losses to the first out.shape[1] rows of C (padded to a multiple of 4)."""
+        k = out.shape[1]
         for i in prange(X.shape[0]):
-            for j in range(C.shape[0]):
-                out[i, j] = _pair1(X[i], C[j], kind, delta)
+            x = X[i]
+            for j in range(0, C.shape[0], 4):
+                v0, v1, v2, v3 = _pair4(x, C[j], C[j + 1], C[j + 2], C[j + 3], kind, delta)
+                vals = (v0, v1, v2, v3)
+                for u in range(min(4, k - j)):
+                    out[i, j + u] = vals[u]
 
     @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_rowwise(X, C, labels, kind, delta, out):
-        for i in prange(X.shape[0]):
-            out[i] = _pair1(X[i], C[labels[i]], kind, delta)
+    def _nb_rowwise(X, C, labels, rows, kind, delta, out):
+        """Loss of X[rows[q]] to C[labels[q]] for every q."""
+        for q in prange(out.shape[0]):
+            out[q] = _pair1(X[rows[q]], C[labels[q]], kind, delta)
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_row_sqnorms(X, out):
@@ -423,6 +443,39 @@ if numba is not None:
 if triton is not None:
 
     @triton.jit
+    def _tl_rho(r, delta, KIND: tl.constexpr):
+        if KIND == 0:
+            v = tl.abs(r)
+        elif KIND == 1:
+            a = tl.abs(r)
+            h = tl.minimum(a, delta)
+            v = h * (a - 0.5 * h)
+        else:
+            r2 = r * r
+            v = r2 / (1.0 + tl.sqrt(1.0 + r2 / (delta * delta)))
+        return v
+
+    @triton.jit
+    def _tl_coord_pairwise(X, C, out, m, k, d, stride_x, stride_c, delta, KIND: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """(BLOCK_M, BLOCK_N) tile of the pairwise loss matrix."""
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_m = offs_m < m
+        mask_n = offs_n < k
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, d, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < d
+            x = tl.load(X + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
+                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            c = tl.load(C + offs_n[:, None].to(tl.int64) * stride_c + offs_k[None, :],
+                        mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+            acc += tl.sum(_tl_rho(x[:, None, :] - c[None, :, :], delta, KIND), axis=2)
+        tl.store(out + offs_m[:, None].to(tl.int64) * k + offs_n[None, :], acc,
+                 mask=mask_m[:, None] & mask_n[None, :])
+
+    @triton.jit
     def _tl_coord_assign(X, C, rows, labels, best, second, m, k, d, stride_x, stride_c, delta,
                          KIND: tl.constexpr, HAS_ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -448,17 +501,7 @@ if triton is not None:
                             mask=mask_m[:, None] & mask_k[None, :], other=0.0)
                 c = tl.load(C + offs_n[:, None].to(tl.int64) * stride_c + offs_k[None, :],
                             mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-                r = x[:, None, :] - c[None, :, :]
-                if KIND == 0:
-                    v = tl.abs(r)
-                elif KIND == 1:
-                    a = tl.abs(r)
-                    h = tl.minimum(a, delta)
-                    v = h * (a - 0.5 * h)
-                else:
-                    r2 = r * r
-                    v = r2 / (1.0 + tl.sqrt(1.0 + r2 / (delta * delta)))
-                acc += tl.sum(v, axis=2)
+                acc += tl.sum(_tl_rho(x[:, None, :] - c[None, :, :], delta, KIND), axis=2)
             acc = tl.where(mask_n[None, :], acc, float("inf"))
             block_top = tl.min(acc, axis=1)
             block_arg = tl.argmin(acc, axis=1).to(tl.int32)
@@ -477,10 +520,38 @@ if triton is not None:
 _TRITON_BROKEN = []  # set once a launch failed: use the torch path from then on
 
 
+def _triton_usable(X):
+    return (triton is not None and not _TRITON_BROKEN and X.dtype == torch.float32
+            and (X.device.type == "cuda" or bool(os.environ.get("TRITON_INTERPRET"))))
+
+
+def _triton_failed(error):  # pragma: no cover - depends on the GPU toolchain
+    import warnings
+
+    warnings.warn(f"triton coordinate-wise kernels unavailable ({error}); using torch")
+    _TRITON_BROKEN.append(error)
+
+
+def _triton_coord_pairwise(X, C, kind, delta):
+    """Pairwise coordinate-wise losses on CUDA float32 (None if triton can't)."""
+    if not _triton_usable(X):
+        return None
+    m, k = X.shape[0], C.shape[0]
+    out = torch.empty((m, k), dtype=torch.float32, device=X.device)
+    X, C = X.contiguous(), C.contiguous()
+    try:
+        _tl_coord_pairwise[(triton.cdiv(m, 32), triton.cdiv(k, 32))](
+            X, C, out, m, k, X.shape[1], X.stride(0), C.stride(0), float(delta), KIND=kind,
+            BLOCK_M=32, BLOCK_N=32, BLOCK_K=8)
+    except Exception as error:  # pragma: no cover
+        _triton_failed(error)
+        return None
+    return out
+
+
 def _triton_coord_assign(X, C, kind, delta, rows):
-    """Fused assignment on CUDA float32 (None when triton is unavailable or fails)."""
-    if triton is None or _TRITON_BROKEN or X.dtype != torch.float32 or (
-            X.device.type != "cuda" and not os.environ.get("TRITON_INTERPRET")):
+    """Fused assignment on CUDA float32 (None if triton can't)."""
+    if not _triton_usable(X):
         return None
     m = X.shape[0] if rows is None else rows.shape[0]
     labels = torch.empty(m, dtype=torch.int64, device=X.device)
@@ -496,10 +567,7 @@ def _triton_coord_assign(X, C, kind, delta, rows):
             X.shape[1], X.stride(0), C.stride(0), float(delta), KIND=kind,
             HAS_ROWS=rows is not None, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=8)
     except Exception as error:  # pragma: no cover - depends on the GPU toolchain
-        import warnings
-
-        warnings.warn(f"triton coordinate-wise kernel unavailable ({error}); using torch")
-        _TRITON_BROKEN.append(error)
+        _triton_failed(error)
         return None
     return labels, best, second
 
@@ -540,38 +608,34 @@ def row_sqnorms(X):
     return out
 
 
-def sqeuclidean_argmin(X, C, x_sqnorm, chunk):
-    """Nearest center in squared Euclidean distance by chunked GEMM.
+def sqeuclidean_nearest(X, C, x_sqnorm, chunk, rows=None, second=False):
+    """Nearest center of the samples ``rows`` (all if None) by chunked GEMM.
 
-    Returns (labels int64, squared distances), distances clamped at 0.
+    Returns (labels, squared distance to the nearest center, and with
+    ``second`` to the second nearest (inf when k == 1), else None); distances
+    are clamped at 0. Rows are gathered chunk by chunk.
     """
-    n = X.shape[0]
+    m, k = (X.shape[0] if rows is None else rows.shape[0]), C.shape[0]
     c_sqnorm = (C * C).sum(1)
-    labels = torch.empty(n, dtype=torch.int64, device=X.device)
-    d2 = torch.empty(n, dtype=X.dtype, device=X.device)
-    block = torch.empty((min(n, chunk), C.shape[0]), dtype=X.dtype, device=X.device)
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        torch.addmm(c_sqnorm, X[s:e], C.T, beta=1, alpha=-2, out=block[:e - s])
-        torch.min(block[:e - s], 1, out=(d2[s:e], labels[s:e]))
-    d2 += x_sqnorm
-    return labels, d2.clamp_(min=0)
-
-
-def sqeuclidean_top2(X, C, x_sqnorm, chunk):
-    """Nearest center and second-smallest squared distance (inf if k == 1) by GEMM."""
-    n, k = X.shape[0], C.shape[0]
-    c_sqnorm = (C * C).sum(1)
-    labels = torch.zeros(n, dtype=torch.int64, device=X.device)
-    second = torch.full((n,), math.inf, dtype=X.dtype, device=X.device)
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        block = torch.addmm(c_sqnorm, X[s:e], C.T, beta=1, alpha=-2)
-        if k > 1:
-            values, idx = torch.topk(block, 2, dim=1, largest=False, sorted=True)
-            labels[s:e] = idx[:, 0]
-            second[s:e] = values[:, 1] + x_sqnorm[s:e]
-    return labels, second
+    labels = torch.empty(m, dtype=torch.int64, device=X.device)
+    best = torch.empty(m, dtype=X.dtype, device=X.device)
+    runner_up = torch.full((m,), math.inf, dtype=X.dtype, device=X.device) if second else None
+    block = torch.empty((min(m, chunk), k), dtype=X.dtype, device=X.device)
+    for s in range(0, m, chunk):
+        e = min(m, s + chunk)
+        out = block[:e - s]
+        torch.addmm(c_sqnorm, X[s:e] if rows is None else X[rows[s:e]], C.T, beta=1,
+                    alpha=-2, out=out)
+        torch.min(out, 1, out=(best[s:e], labels[s:e]))
+        if second and k > 1:
+            out.scatter_(1, labels[s:e, None], math.inf)
+            torch.amin(out, 1, out=runner_up[s:e])
+    norms = x_sqnorm if rows is None else x_sqnorm[rows]
+    best += norms
+    if second:
+        runner_up += norms
+        runner_up.clamp_(min=0)
+    return labels, best.clamp_(min=0), runner_up
 
 
 def sqeuclidean_pairwise(X, C, x_sqnorm=None):
@@ -587,14 +651,23 @@ def _typed(value, array):
     return array.dtype.type(value)
 
 
+def _padded(C):
+    """C with its last row repeated up to a multiple of 4 rows (4-center kernels)."""
+    extra = -C.shape[0] % 4
+    return np.concatenate([C, np.repeat(C[-1:], extra, axis=0)]) if extra else C
+
+
 def coord_pairwise(X, C, kind, delta):
     """(m, k) matrix of sum_t rho(x_t - c_t), without an (m, k, d) temporary."""
     m, k = X.shape[0], C.shape[0]
     if numba_active(X):
         x = _np(X)
         out = np.empty((m, k), dtype=x.dtype)
-        _call(_nb_coord_pairwise, x.size * k, x, _np(C), kind, _typed(delta, x), out)
+        _call(_nb_coord_pairwise, x.size * k, x, _padded(_np(C)), kind, _typed(delta, x), out)
         return torch.from_numpy(out)
+    fused = _triton_coord_pairwise(X, C, kind, delta)
+    if fused is not None:
+        return fused
     if kind == ABS:
         return torch.cdist(X, C, p=1)
     out = torch.empty((m, k), dtype=X.dtype, device=X.device)
@@ -618,11 +691,9 @@ def coord_assign(X, C, kind, delta, rows=None):
         best = np.empty(m, dtype=x.dtype)
         second = np.empty(m, dtype=x.dtype)
         k = C.shape[0]
-        c = _np(C)
-        if k % 4:
-            c = np.concatenate([c, np.repeat(c[-1:], 4 - k % 4, axis=0)])
-        _call(_nb_coord_assign, m * x.shape[1] * k, x, c, k, idx, kind, _typed(delta, x),
-              labels, best, second)
+        rank_kind = _PSEUDO_HUBER_RANK if kind == PSEUDO_HUBER else kind
+        _call(_nb_coord_assign, m * x.shape[1] * k, x, _padded(_np(C)), k, idx, rank_kind,
+              _typed(delta, x), labels, best, second)
         return torch.from_numpy(labels), torch.from_numpy(best), torch.from_numpy(second)
     fused = _triton_coord_assign(X, C, kind, delta, rows)
     if fused is not None:
@@ -644,19 +715,23 @@ def coord_assign(X, C, kind, delta, rows=None):
     return labels, best, second
 
 
-def rowwise_loss(X, C, labels, kind, delta=1.0):
-    """(n,) sum_t rho(x_it - c_{labels_i, t}); kind SQUARED gives squared distances."""
+def rowwise_loss(X, C, labels, kind, delta=1.0, rows=None):
+    """sum_t rho(x_it - c_{labels_q, t}) for the samples i = rows[q] (all if None);
+    kind SQUARED gives squared distances."""
     if numba_active(X):
         x = _np(X)
-        out = np.empty(x.shape[0], dtype=x.dtype)
-        _call(_nb_rowwise, x.size, x, _np(C), _np(labels), kind, _typed(delta, x), out)
+        idx = np.arange(x.shape[0]) if rows is None else _np(rows)
+        out = np.empty(idx.shape[0], dtype=x.dtype)
+        _call(_nb_rowwise, out.shape[0] * x.shape[1], x, _np(C), _np(labels), idx, kind,
+              _typed(delta, x), out)
         return torch.from_numpy(out)
-    n = X.shape[0]
-    out = torch.empty(n, dtype=X.dtype, device=X.device)
-    rows = _row_chunk(n, X.shape[1], _budget(X) // 4)
-    for s in range(0, n, rows):
-        e = min(n, s + rows)
-        out[s:e] = rho_torch(X[s:e] - C[labels[s:e]], kind, delta).sum(1)
+    m = X.shape[0] if rows is None else rows.shape[0]
+    out = torch.empty(m, dtype=X.dtype, device=X.device)
+    step = _row_chunk(m, X.shape[1], _budget(X) // 4)
+    for s in range(0, m, step):
+        e = min(m, s + step)
+        block = X[s:e] if rows is None else X[rows[s:e]]
+        out[s:e] = rho_torch(block - C[labels[s:e]], kind, delta).sum(1)
     return out
 
 

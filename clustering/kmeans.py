@@ -14,11 +14,11 @@ and chunked (memory O(n d + k d + chunk k)):
 * any other loss: chunked ``Loss.pairwise``.
 
 Exact Hamerly-style bound pruning (``prune``) skips the full row of k losses
-for samples whose bounds prove that their center cannot change: always for
-coordinate-wise losses (rho is G-Lipschitz per coordinate, so
-|L(x, c) - L(x, c')| <= G ||c - c'||_1) and on GPU for euclidean losses
-(triangle inequality on the distance). Center updates only revisit clusters
-whose members changed.
+for samples whose bounds prove that their center cannot change: for
+coordinate-wise losses rho is G-Lipschitz per coordinate, so
+|L(x, c) - L(x, c')| <= G ||c - c'||_1; for euclidean losses the triangle
+inequality bounds the change of the distance. Center updates only revisit
+clusters whose members changed.
 """
 
 import inspect
@@ -36,6 +36,10 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # iterative center solvers (majorize-minimize / Newton) inside one Lloyd iteration
 _INNER_MAX_ITER = 100
 _INNER_TOL = 1e-6
+# euclidean pruning pauses while more than this fraction of samples needs a full
+# row, and resumes once fewer than _REBOUND_FRACTION of the labels change
+_UNBOUND_FRACTION = 0.75
+_REBOUND_FRACTION = 0.05
 # a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param
 _PILOT_SAMPLES = 10_000
 _SEEDING_SHARE = 0.1  # share of a restart's progress given to seeding
@@ -121,7 +125,7 @@ class _Result:
 class _Engine:
     """Loss-aware assignment, seeding and Lloyd iterations on one data tensor."""
 
-    def __init__(self, X, loss, param, chunk_size=None, prune="auto"):
+    def __init__(self, X, loss, param, chunk_size=None, prune=True):
         self.X = X
         self.loss = loss
         self.param = param
@@ -129,9 +133,6 @@ class _Engine:
         n = X.shape[0]
         if self.geometry == "coordinatewise" and getattr(loss, "kind", None) is None:
             self.geometry = None  # custom coordinate-wise loss: generic path
-        if prune == "auto":
-            prune = self.geometry == "coordinatewise" or (
-                self.geometry == "euclidean" and X.device.type != "cpu")
         self.bounded = bool(prune) and self.geometry in ("coordinatewise", "euclidean")
         if chunk_size is None:
             chunk_size = 2048 if X.device.type == "cpu" else 1 << 16
@@ -195,10 +196,10 @@ class _Engine:
     # nondecreasing function of it.
     def _exact(self, C, labels, rows=None):
         """Exact bound value of X[rows] (all rows if None) to their ``labels`` centers."""
-        X = self.X if rows is None else self.X[rows]
         if self.geometry == "euclidean":
-            return K.rowwise_loss(X, C, labels, K.SQUARED).sqrt()
-        return K.rowwise_loss(X, C, labels, self.loss.kind, self.loss._delta(self.param))
+            return K.rowwise_loss(self.X, C, labels, K.SQUARED, rows=rows).sqrt()
+        return K.rowwise_loss(self.X, C, labels, self.loss.kind, self.loss._delta(self.param),
+                              rows=rows)
 
     def _top2(self, C, rows=None):
         """(nearest center, lower bound on the second-best bound value) of X[rows]."""
@@ -206,11 +207,11 @@ class _Engine:
             labels, _, second = K.coord_assign(self.X, C, self.loss.kind,
                                                self.loss._delta(self.param), rows)
             return labels, second
-        X = self.X if rows is None else self.X[rows]
-        x_sqnorm = self.x_sqnorm if rows is None else self.x_sqnorm[rows]
-        labels, second = K.sqeuclidean_top2(X, C, x_sqnorm, self.chunk)
+        labels, _, second = K.sqeuclidean_nearest(self.X, C, self.x_sqnorm, self.chunk, rows,
+                                                  second=True)
         # the GEMM expansion loses ~eps * (|x|^2 + |c|^2) to cancellation
-        margin = 8 * torch.finfo(X.dtype).eps * (x_sqnorm + (C * C).sum(1).max())
+        x_sqnorm = self.x_sqnorm if rows is None else self.x_sqnorm[rows]
+        margin = 8 * torch.finfo(self.X.dtype).eps * (x_sqnorm + (C * C).sum(1).max())
         return labels, (second - margin).clamp(min=0).sqrt()
 
     def _bound_to_loss(self, values):
@@ -226,7 +227,7 @@ class _Engine:
             labels, self._lower = self._top2(C)
             return labels, self._bound_to_loss(self._exact(C, labels))
         if self.geometry == "euclidean":
-            labels, d2 = K.sqeuclidean_argmin(X, C, self.x_sqnorm, self.chunk)
+            labels, d2, _ = K.sqeuclidean_nearest(X, C, self.x_sqnorm, self.chunk)
             return labels, loss.from_sqdist(d2, param)
         labels = torch.empty(n, dtype=torch.int64, device=X.device)
         losses = torch.empty(n, dtype=X.dtype, device=X.device)
@@ -254,6 +255,11 @@ class _Engine:
         """
         if not self.bounded:
             return self.assign(C_new)
+        if self._lower is None:  # euclidean bounds dropped (see below): plain GEMM pass
+            new_labels, d2, _ = K.sqeuclidean_nearest(self.X, C_new, self.x_sqnorm, self.chunk)
+            if float((new_labels != labels).float().mean()) < _REBOUND_FRACTION:
+                return self.assign(C_new)  # settling down: rebuild the bounds
+            return new_labels, self.loss.from_sqdist(d2, self.param)
         if self.geometry == "euclidean":
             shift = (C_new - C_old).norm(dim=1)
         else:
@@ -274,6 +280,10 @@ class _Engine:
             upper[rows] = self._exact(C_new, lab, rows)
             lower[rows] = second
         self._lower = lower
+        if self.geometry == "euclidean" and rows.numel() > _UNBOUND_FRACTION * labels.numel():
+            # bounds too loose to pay for their upkeep (an exact pass plus a top-2
+            # instead of an argmin): plain passes until the labels settle down
+            self._lower = None
         return labels, self._bound_to_loss(upper)
 
     # --------------------------------------------------------------- seeding
@@ -334,8 +344,8 @@ class _Engine:
             ids = torch.nonzero(changed).flatten()
             if ids.numel() == 0:
                 return C
-            rows = torch.nonzero(changed[labels]).flatten()
-            if ids.numel() < k and rows.numel() < self.X.shape[0] // 2:
+            rows = torch.nonzero(changed[labels]).flatten() if ids.numel() < k else None
+            if rows is not None and rows.numel() < self.X.shape[0] // 2:
                 compact = torch.full((k,), -1, dtype=torch.int64, device=C.device)
                 compact[ids] = torch.arange(ids.numel(), device=C.device)
                 sub = self.loss.update_centers(
@@ -402,7 +412,8 @@ class GeneralizedKMeans:
         Seeding: greedy k-means++ with sampling proportional to the loss to the
         nearest chosen center, k distinct random samples, or given centers.
     n_init : int
-        Number of restarts; the one with the lowest objective is kept.
+        Number of restarts; the one with the lowest objective is kept (a
+        single run when ``init`` is an array).
     max_iter : int
         Maximum number of Lloyd iterations per restart.
     tol : float
@@ -416,12 +427,11 @@ class GeneralizedKMeans:
     chunk_size : int or None
         Rows per block of the pairwise loss matrix (default: 2048 on CPU,
         65536 on GPU).
-    prune : "auto", True or False
-        Exact bound-based (Hamerly) pruning of the assignment step: samples
-        whose bounds prove that their center cannot change skip the full
-        row of k losses. "auto" prunes coordinate-wise losses always and
-        euclidean losses on GPU (there a GEMM pass costs far more than the
-        O(n d) bound upkeep).
+    prune : bool
+        Exact bound-based (Hamerly) pruning of the assignment step for the
+        coordinate-wise and euclidean losses: samples whose bounds prove that
+        their center cannot change skip the full row of k losses (the
+        result is the same as without pruning, up to float rounding).
     verbose : bool
         Print the objective of every iteration.
 
@@ -433,7 +443,7 @@ class GeneralizedKMeans:
 
     def __init__(self, n_clusters, loss="squared", loss_param=None, init="k-means++",
                  n_init=1, max_iter=100, tol=1e-4, device="auto", random_state=None, *,
-                 dtype="float32", chunk_size=None, prune="auto", verbose=False):
+                 dtype="float32", chunk_size=None, prune=True, verbose=False):
         self.n_clusters = n_clusters
         self.loss = loss
         self.loss_param = loss_param
@@ -476,8 +486,8 @@ class GeneralizedKMeans:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if not (isinstance(self.tol, (int, float, np.floating)) and self.tol >= 0):
             raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
-        if not (self.prune == "auto" or isinstance(self.prune, (bool, np.bool_))):
-            raise ValueError(f"prune must be 'auto', True or False, got {self.prune!r}")
+        if not isinstance(self.prune, (bool, np.bool_)):
+            raise ValueError(f"prune must be True or False, got {self.prune!r}")
 
     def _check_n_clusters(self, n):
         k = self.n_clusters

@@ -15,7 +15,7 @@ from clustering import evaluation as ce
 from clustering import plots
 from clustering.methods import available_methods, get_method
 
-from .clusters import LOSS_PARAM_NAME, _loss_choices
+from .clusters import LOSS_PARAM_NAME, _loss_choices, _preprocessing_inputs
 from .common import (
     add_delegate_input,
     add_plot,
@@ -147,13 +147,7 @@ class ChooseK(foo.Operator):
         if k_max < k_min + 2:
             kmax.invalid = True
             kmax.error_message = "Sweep at least 3 values of k"
-        inputs.bool("normalize", default=False, label="L2-normalize embeddings")
-        reductions = types.RadioGroup(orientation="horizontal")
-        for value, label in (("none", "None"), ("pca", "PCA"), ("umap", "UMAP")):
-            reductions.add_choice(value, label=label)
-        inputs.enum("reduction", reductions.values(), default="none", label="Reduce dimension before clustering", view=reductions)
-        if ctx.params.get("reduction", "none") != "none":
-            inputs.int("n_components", default=10, required=True, min=1, label="Dimensions after reduction")
+        _preprocessing_inputs(ctx, inputs)
         inputs.int(
             "sample_size", default=ce.DEFAULT_SAMPLE_SIZE, min=10, label="Silhouette sample size",
             description="Points scored (each against all points); exact when the dataset is smaller",
