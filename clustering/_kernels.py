@@ -2,10 +2,12 @@
 
 Every public function takes and returns torch tensors and works on any device.
 On CPU, when numba is importable, the memory-bound passes (coordinate-wise
-pairwise losses, per-cluster sums, per-coordinate M-estimates) run as fused,
-parallel numba kernels; elsewhere (CUDA, or no numba) chunked torch code is used.
+pairwise losses, per-cluster sums, per-coordinate M-estimates, medians) run as
+fused, parallel numba kernels; on CUDA the coordinate-wise loss matrix and
+assignment are fused triton kernels (when triton is importable, float32);
+everything else is chunked torch code that never forms an (n, k, d) tensor.
 Set ``CLUSTERING_DISABLE_NUMBA=1`` (or ``NUMBA_ENABLED = False``) to force the
-torch path.
+torch path on CPU.
 
 numba's OpenMP pool and torch's are separate runtimes; with the default
 (spinning) wait policy each one's idle threads steal the two pools' cores from
@@ -609,27 +611,44 @@ def row_sqnorms(X):
 
 
 def sqeuclidean_nearest(X, C, x_sqnorm, chunk, rows=None, second=False):
-    """Nearest center of the samples ``rows`` (all if None) by chunked GEMM.
+    """Nearest center of the samples ``rows`` (sorted; all if None) by chunked GEMM.
 
     Returns (labels, squared distance to the nearest center, and with
     ``second`` to the second nearest (inf when k == 1), else None); distances
-    are clamped at 0. Rows are gathered chunk by chunk.
+    are clamped at 0. Rows are taken block by block of ``chunk`` consecutive
+    samples: a block with many requested rows is computed whole (no gather),
+    the requested rows of a sparse block are gathered.
     """
-    m, k = (X.shape[0] if rows is None else rows.shape[0]), C.shape[0]
+    n, k = X.shape[0], C.shape[0]
+    m = n if rows is None else rows.shape[0]
     c_sqnorm = (C * C).sum(1)
     labels = torch.empty(m, dtype=torch.int64, device=X.device)
     best = torch.empty(m, dtype=X.dtype, device=X.device)
     runner_up = torch.full((m,), math.inf, dtype=X.dtype, device=X.device) if second else None
-    block = torch.empty((min(m, chunk), k), dtype=X.dtype, device=X.device)
-    for s in range(0, m, chunk):
-        e = min(m, s + chunk)
-        out = block[:e - s]
-        torch.addmm(c_sqnorm, X[s:e] if rows is None else X[rows[s:e]], C.T, beta=1,
-                    alpha=-2, out=out)
-        torch.min(out, 1, out=(best[s:e], labels[s:e]))
+    block = torch.empty((min(n, chunk), k), dtype=X.dtype, device=X.device)
+    if rows is not None:
+        edges = torch.searchsorted(rows, torch.arange(0, n + chunk, chunk, device=X.device))
+        edges = edges.tolist()
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        if rows is None:
+            part, pick, out_rows = X[s:e], None, slice(s, e)
+        else:
+            lo, hi = edges[s // chunk], edges[s // chunk + 1]
+            if lo == hi:
+                continue
+            local = rows[lo:hi] - s
+            dense = hi - lo > (e - s) // 3
+            part, pick = (X[s:e], local) if dense else (X[rows[lo:hi]], None)
+            out_rows = slice(lo, hi)
+        out = block[:part.shape[0]]
+        torch.addmm(c_sqnorm, part, C.T, beta=1, alpha=-2, out=out)
+        if pick is not None:
+            out = out[pick]
+        torch.min(out, 1, out=(best[out_rows], labels[out_rows]))
         if second and k > 1:
-            out.scatter_(1, labels[s:e, None], math.inf)
-            torch.amin(out, 1, out=runner_up[s:e])
+            out.scatter_(1, labels[out_rows, None], math.inf)
+            torch.amin(out, 1, out=runner_up[out_rows])
     norms = x_sqnorm if rows is None else x_sqnorm[rows]
     best += norms
     if second:

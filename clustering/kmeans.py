@@ -36,9 +36,12 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # iterative center solvers (majorize-minimize / Newton) inside one Lloyd iteration
 _INNER_MAX_ITER = 100
 _INNER_TOL = 1e-6
+# prune="auto" prunes euclidean losses on CPU from this many clusters on: the
+# bound upkeep costs about one O(n d) pass per iteration, the GEMM k of them
+_PRUNE_MIN_CLUSTERS = 64
 # euclidean pruning pauses while more than this fraction of samples needs a full
 # row, and resumes once fewer than _REBOUND_FRACTION of the labels change
-_UNBOUND_FRACTION = 0.75
+_UNBOUND_FRACTION = 0.5
 _REBOUND_FRACTION = 0.05
 # a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param
 _PILOT_SAMPLES = 10_000
@@ -125,7 +128,7 @@ class _Result:
 class _Engine:
     """Loss-aware assignment, seeding and Lloyd iterations on one data tensor."""
 
-    def __init__(self, X, loss, param, chunk_size=None, prune=True):
+    def __init__(self, X, loss, param, chunk_size=None, prune=False):
         self.X = X
         self.loss = loss
         self.param = param
@@ -427,11 +430,14 @@ class GeneralizedKMeans:
     chunk_size : int or None
         Rows per block of the pairwise loss matrix (default: 2048 on CPU,
         65536 on GPU).
-    prune : bool
+    prune : "auto", True or False
         Exact bound-based (Hamerly) pruning of the assignment step for the
         coordinate-wise and euclidean losses: samples whose bounds prove that
-        their center cannot change skip the full row of k losses (the
-        result is the same as without pruning, up to float rounding).
+        their center cannot change skip the full row of k losses (the result
+        is the same as without pruning, up to float rounding). "auto" prunes
+        coordinate-wise losses always, and euclidean losses on GPU or from 64
+        clusters on: the bound upkeep costs about one O(n d) pass per
+        iteration, which a GEMM over k centers only amortizes for larger k.
     verbose : bool
         Print the objective of every iteration.
 
@@ -443,7 +449,7 @@ class GeneralizedKMeans:
 
     def __init__(self, n_clusters, loss="squared", loss_param=None, init="k-means++",
                  n_init=1, max_iter=100, tol=1e-4, device="auto", random_state=None, *,
-                 dtype="float32", chunk_size=None, prune=True, verbose=False):
+                 dtype="float32", chunk_size=None, prune="auto", verbose=False):
         self.n_clusters = n_clusters
         self.loss = loss
         self.loss_param = loss_param
@@ -486,8 +492,8 @@ class GeneralizedKMeans:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if not (isinstance(self.tol, (int, float, np.floating)) and self.tol >= 0):
             raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
-        if not isinstance(self.prune, (bool, np.bool_)):
-            raise ValueError(f"prune must be True or False, got {self.prune!r}")
+        if not (isinstance(self.prune, (bool, np.bool_)) or self.prune == "auto"):
+            raise ValueError(f"prune must be 'auto', True or False, got {self.prune!r}")
 
     def _check_n_clusters(self, n):
         k = self.n_clusters
@@ -538,7 +544,12 @@ class GeneralizedKMeans:
         report(0, 0.0, "starting")
         if param is None and loss.param_name is not None:
             param = self._default_param(loss, X, k, init, rng)
-        engine = _Engine(X, loss, param, self.chunk_size, self.prune)
+        prune = self.prune
+        if prune == "auto":
+            prune = loss.geometry == "coordinatewise" or (
+                loss.geometry == "euclidean"
+                and (device.type != "cpu" or k >= _PRUNE_MIN_CLUSTERS))
+        engine = _Engine(X, loss, param, self.chunk_size, prune)
         best = None
         for restart in range(n_init):
             if isinstance(init, torch.Tensor):
@@ -585,7 +596,7 @@ class GeneralizedKMeans:
             raise ValueError(f"X has {X.shape[1]} features, but this GeneralizedKMeans was "
                              f"fitted with {self.n_features_in_} features")
         C = torch.as_tensor(self.cluster_centers_, device=X.device, dtype=X.dtype)
-        return _Engine(X, self._loss, self.loss_param_, self.chunk_size, self.prune), C
+        return _Engine(X, self._loss, self.loss_param_, self.chunk_size), C
 
     def predict(self, X):
         """Index of the center of smallest loss for each sample of X (int64)."""
