@@ -109,8 +109,9 @@ def show_output(ctx, outputs, results):
     return ctx.ops.show_output(types.Property(outputs).to_json(), results)
 
 
-def run_key_input(ctx, inputs, name="run_key", label="Clustering run", description=None):
-    """Dropdown of this plugin's clustering runs; returns the chosen key or None."""
+def run_key_input(ctx, inputs, name="run_key", label="Clustering run", description=None, default=None):
+    """Dropdown of this plugin's clustering runs (default: the newest); returns the chosen
+    key or None."""
     keys = run_keys(ctx.dataset)
     if not keys:
         inputs.view(
@@ -121,19 +122,20 @@ def run_key_input(ctx, inputs, name="run_key", label="Clustering run", descripti
             ),
         )
         return None
+    default = default if default in keys else keys[-1]
     choices = types.DropdownView()
     for key in keys:
         choices.add_choice(key, label=key)
     inputs.enum(
         name,
         choices.values(),
-        default=keys[-1],
+        default=default,
         required=True,
         label=label,
         description=description,
         view=choices,
     )
-    return ctx.params.get(name) or keys[-1]
+    return ctx.params.get(name) or default
 
 
 def add_plot(outputs, name, label, fig):

@@ -78,15 +78,6 @@ def _table(columns):
     return table
 
 
-def _run_dropdown(ctx, inputs, name, label, default):
-    keys = run_keys(ctx.dataset)
-    choices = types.DropdownView()
-    for key in keys:
-        choices.add_choice(key, label=key)
-    inputs.enum(name, choices.values(), default=default, required=True, label=label, view=choices)
-    return ctx.params.get(name) or default
-
-
 def _gt_input(ctx, inputs, required, default="ground_truth"):
     fields = ce.gt_fields(ctx.dataset)
     if not fields:
@@ -288,9 +279,9 @@ class CompareRuns(foo.Operator):
         if len(keys) < 2:
             inputs.view("few_runs", types.Warning(label="Needs two clustering runs", description="Run compute_clusters twice (e.g. with two losses)"))
             return types.Property(inputs)
-        a = _run_dropdown(ctx, inputs, "run_key_a", "Run A", keys[-2])
+        a = run_key_input(ctx, inputs, "run_key_a", "Run A", default=keys[-2])
         b_default = keys[-1] if keys[-1] != a else keys[-2]
-        b = _run_dropdown(ctx, inputs, "run_key_b", "Run B", b_default)
+        b = run_key_input(ctx, inputs, "run_key_b", "Run B", default=b_default)
         if a == b:
             inputs.view("same", types.Warning(label="Choose two different runs"))
         inputs.view_target(ctx, action_description="Compare")
