@@ -7,17 +7,23 @@ Default mode (CPU, FiftyOne, on a folder of images such as hymenoptera):
     wrapped as a ``fiftyone.utils.torch.TorchImageModel`` (same weights, same
     Resize((224, 224)) + normalization, same batch size, FiftyOne's default
     workers), both writing a vector field;
-(b) vs the source documents' loop: open, preprocess, forward one image at a time;
-(c) quality: NMI of k-means (k = 2, squared L2) against the folder labels.
+(b) vs the source documents' loop: open, preprocess, forward one image at a time,
+    with the same network;
+(c) the documents' literal setup: their loop with VGG16 ``.features`` + global
+    average pooling vs this plugin's ``vgg16`` (same network) and vs its default
+    model (a different network), on a subset of ``--vgg-images`` images. VGG16
+    weights are not downloadable offline, so both VGG16 runs use random weights
+    (the speed of a network does not depend on its weight values);
+(d) quality: NMI of k-means (k = 2, squared L2) against the folder labels.
 
 Methods are run interleaved ``--repeats`` times after a warm-up and the best
 time of each is kept, so that the ratios come from the same conditions even on
 a shared machine.
 
 ``--no-fiftyone`` mode benchmarks the pure pipeline (``clustering.backbones``)
-from a folder of images, e.g. on a GPU box::
+from a folder of images without FiftyOne, e.g. on a GPU box without network::
 
-    python bench/bench_embeddings.py --no-fiftyone --device cuda --model resnet50
+    python bench/bench_embeddings.py --no-fiftyone --device cuda --model resnet50 --random-weights
 
 and reports whether decoding or the model limits it (the model alone on
 synthetic uint8 batches, and the decoding DataLoader alone).
@@ -27,11 +33,13 @@ Prints markdown tables.
 
 import argparse
 import glob
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
+from unittest import mock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -102,6 +110,38 @@ def plain_network(model):
     return (built[0] if isinstance(built, tuple) else built).eval()
 
 
+def _random_torchvision(arch, weights_enum, model_name):
+    import torchvision.models as tvm
+
+    return getattr(tvm, arch)(weights=None).eval()
+
+
+def random_weights_model(model):
+    """Registers ``{model}-random``: the registry's network for ``model`` with
+    random weights instead of downloaded ones (for timing only). Models whose
+    weights ship offline are returned unchanged."""
+    import clustering.backbones as bb
+
+    spec = bb.get_spec(model)
+    if spec.weights == "bundled":
+        return model
+    name = f"{model}-random"
+    if name not in bb.available_models():
+
+        def factory():
+            import torch
+
+            torch.manual_seed(0)
+            with mock.patch.object(bb, "_torchvision", _random_torchvision):
+                return spec.factory()
+
+        bb.register_model(
+            name, factory, dim=spec.dim, image_size=spec.image_size, mean=spec.mean, std=spec.std,
+            description=f"{spec.description} (random weights)",
+        )
+    return name
+
+
 def source_transform(spec):
     import torchvision.transforms as T
 
@@ -132,6 +172,35 @@ def table(rows, headers):
     return "\n".join(lines)
 
 
+_CHILD = {}
+
+
+def _replica_init():
+    import torch
+
+    import clustering.backbones as bb
+
+    torch.set_num_threads(1)  # before any op: no OpenMP team after fork
+    bb._retain_freed_memory()
+
+
+def _time_replica(batch_size):
+    import clustering.backbones as bb
+
+    return bb.time_model(_CHILD["backbone"], batch_size=batch_size, device="cpu", iters=3, threads=1)
+
+
+def time_cpu_replicas(backbone, batch_size, replicas):
+    """images/s of each of ``replicas`` single-threaded model replicas running
+    at the same time in forked children set up like the pipeline's workers."""
+    _CHILD["backbone"] = backbone  # inherited by the fork, not pickled
+    try:
+        with multiprocessing.get_context("fork").Pool(replicas, initializer=_replica_init) as pool:
+            return pool.map(_time_replica, [batch_size] * replicas, chunksize=1)
+    finally:
+        _CHILD.clear()
+
+
 def components(backbone, paths, batch_size, workers, e2e_rate):
     """Throughput of the model alone and of decoding alone; returns table rows
     and which one limits the pipeline."""
@@ -139,11 +208,11 @@ def components(backbone, paths, batch_size, workers, e2e_rate):
 
     device = backbone.device
     if device.type == "cpu":
-        single = bb.time_model(backbone, batch_size=batch_size, device=device, iters=3, threads=1)
-        replicas = max(1, workers)
-        model_rate = single * replicas
+        rates = time_cpu_replicas(backbone, batch_size, max(1, workers))
+        model_rate = sum(rates)
         model_row = [
-            f"model alone: {replicas} single-threaded replica(s) x {single:.1f} img/s (synthetic uint8 batches)",
+            f"model alone: {len(rates)} single-threaded replica(s) at once, "
+            f"{' + '.join(f'{r:.1f}' for r in rates)} img/s (synthetic uint8 batches)",
             f"{model_rate:.1f}",
         ]
     else:
@@ -156,8 +225,13 @@ def components(backbone, paths, batch_size, workers, e2e_rate):
         [f"decoding alone (DataLoader, {workers} worker(s))", f"{loader_rate:.1f}"],
     ]
     limit = "model" if model_rate < loader_rate else "decoding"
-    share = 100 * e2e_rate / min(model_rate, loader_rate)
-    return rows, f"Limited by **{limit}** (end to end reaches {share:.0f}% of the slower component)."
+    if device.type == "cpu":  # the same cores decode and embed: their costs add up
+        bound = 1 / (1 / model_rate + 1 / loader_rate)
+        rows.append(["bound: decoding + model on the same cores, 1 / (1/model + 1/decoding)", f"{bound:.1f}"])
+        share = f"{100 * e2e_rate / bound:.0f}% of that bound"
+    else:
+        share = f"{100 * e2e_rate / min(model_rate, loader_rate):.0f}% of the slower component"
+    return rows, f"Limited by **{limit}** (end to end reaches {share})."
 
 
 # --------------------------------------------------------------------------
@@ -293,6 +367,9 @@ def _bench_fiftyone(args):
     print()
     print(table(rows, ["pipeline", "images", "seconds", "img/s", "ours is faster by"]))
 
+    if args.vgg_images:
+        bench_documents_setup(args, paths, batch_size, rate["ours"])
+
     # quality and agreement
     X_ours = np.stack(dataset.values("ours"))
     X_fo = np.stack(dataset.values("fo_plain"))
@@ -333,6 +410,56 @@ def _bench_fiftyone(args):
     fo.delete_dataset(dataset.name)
 
 
+def bench_documents_setup(args, paths, batch_size, rate_default):
+    """The source documents' loop with VGG16 features + GAP (random weights)
+    vs this plugin's ``vgg16`` on the same images, and vs its default model."""
+    import clustering.backbones as bb
+
+    step = max(1, len(paths) // args.vgg_images)
+    subset = paths[::step][: args.vgg_images]  # spread over the folders and image sizes
+    name = random_weights_model("vgg16")
+    spec = bb.get_spec(name)
+    backbone = bb.get_backbone(name, "cpu")
+    net_loop = spec.factory()[0]  # VGG16 .features + global average pooling, fp32 NCHW
+
+    run_source_loop(subset[:1], net_loop, spec)  # warm-up
+    bb.embed_files(subset[: batch_size + 1], backbone, batch_size=batch_size, num_workers=args.num_workers)
+    loop_t, ours_t = [], []
+    for r in range(args.vgg_repeats):
+        t0 = time.perf_counter()
+        run_source_loop(subset, net_loop, spec)
+        loop_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        bb.embed_files(subset, backbone, batch_size=batch_size, num_workers=args.num_workers)
+        ours_t.append(time.perf_counter() - t0)
+        print(
+            f"  repeat {r + 1}: vgg16 loop {len(subset) / loop_t[-1]:.2f} img/s, "
+            f"vgg16 ours {len(subset) / ours_t[-1]:.2f} img/s (load {load_avg()})",
+            flush=True,
+        )
+    loop_rate = len(subset) / min(loop_t)
+    ours_rate = len(subset) / min(ours_t)
+    rows = [
+        ["source documents' loop: VGG16 `.features` + GAP, one image at a time", len(subset), f"{loop_rate:.2f}", "1.00x"],
+        ["this plugin: `embed_files`, `vgg16` (same network)", len(subset), f"{ours_rate:.2f}", f"{ours_rate / loop_rate:.2f}x"],
+        [
+            f"this plugin: `compute_embeddings`, `{args.model}` (**different network**, from the table above)",
+            len(paths),
+            f"{rate_default:.1f}",
+            f"{rate_default / loop_rate:.1f}x",
+        ],
+    ]
+    print()
+    print(f"### The source documents' setup (VGG16, batch size {batch_size}, best of {args.vgg_repeats}, CPU)")
+    print()
+    print(table(rows, ["pipeline", "images", "img/s", "vs the VGG16 loop"]))
+    print()
+    print(
+        "VGG16 rows use random weights (ImageNet weights cannot be downloaded here); "
+        "speed does not depend on weight values."
+    )
+
+
 # --------------------------------------------------------------------------
 # Pure mode
 # --------------------------------------------------------------------------
@@ -354,10 +481,11 @@ def bench_pure(args):
         paths, labels = (paths * reps)[:min_images], (labels * reps)[:min_images]
     batch_size = args.batch_size or bb.default_batch_size(device)
     workers = bb.resolve_num_workers(len(paths), batch_size, device, args.num_workers)
-    backbone = bb.get_backbone(args.model, device)
+    model = random_weights_model(args.model) if args.random_weights else args.model
+    backbone = bb.get_backbone(model, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{bb.cpu_count()} CPU cores"
     print(
-        f"{len(paths)} images from {args.data}; model {args.model} ({backbone.dim}-d, "
+        f"{len(paths)} images from {args.data}; model {model} ({backbone.dim}-d, "
         f"{backbone.dtype}); device {device} ({name}); batch size {batch_size}; {workers} workers; "
         f"load average {load_avg()}",
         flush=True,
@@ -378,7 +506,7 @@ def bench_pure(args):
     rate = len(paths) / min(e2e)
     rows, verdict = components(backbone, paths, batch_size, workers, rate)
     print()
-    print(f"### Pure pipeline ({args.model}, {device}, {len(paths)} images, best of {args.repeats})")
+    print(f"### Pure pipeline ({model}, {device}, {len(paths)} images, best of {args.repeats})")
     print()
     print(table(rows, ["component", "img/s"]))
     print()
@@ -403,6 +531,15 @@ def main(argv=None):
     parser.add_argument("--min-images", type=int, default=None, help="pure mode: repeat the list to at least N images (default 8192 on CUDA)")
     parser.add_argument("--no-fiftyone", action="store_true", help="benchmark the pure pipeline only")
     parser.add_argument("--quality", action="store_true", help="pure mode: also print k-means NMI")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="pure mode: the model's network with random weights (timing without downloadable weights)",
+    )
+    parser.add_argument(
+        "--vgg-images", type=int, default=48, help="images for the documents' VGG16 comparison (0 skips it)"
+    )
+    parser.add_argument("--vgg-repeats", type=int, default=1, help="repeats of the VGG16 comparison")
     parser.add_argument(
         "--use-default-db", action="store_true", help="use the configured FiftyOne database instead of a throwaway one"
     )

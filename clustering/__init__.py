@@ -7,9 +7,15 @@ lazily on first use.
 """
 
 import importlib
+import os
 
-from .losses import Loss, available_losses, get_loss, register_loss
-from .kmeans import GeneralizedKMeans
+# Before anything loads torch or numba: idle OpenMP threads then sleep instead of
+# spinning, so torch's and numba's pools do not steal each other's cores (an
+# explicit user setting wins; see clustering/_kernels.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .losses import Loss, available_losses, get_loss, register_loss  # noqa: E402
+from .kmeans import GeneralizedKMeans  # noqa: E402
 
 # public name -> submodule that defines it (imported on first access)
 _LAZY = {

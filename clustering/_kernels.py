@@ -15,8 +15,12 @@ the other and every switch between a torch GEMM and a numba kernel costs
 milliseconds. Importing this module therefore defaults ``OMP_WAIT_POLICY`` to
 ``PASSIVE`` (an explicit user setting wins); it takes effect for every OpenMP
 runtime loaded afterwards (numba's loads on its first parallel kernel).
+The GEMM of the euclidean assignment avoids both pools: its blocks run on a
+small pool of Python threads, each a single-threaded BLAS call and a GIL-free
+numba scan (``sqeuclidean_nearest``).
 """
 
+import contextlib
 import math
 import os
 
@@ -118,109 +122,204 @@ if numba is not None:
         return acc
 
     @njit(inline="always", fastmath=_FM)
-    def _pair4(x, c0, c1, c2, c3, kind, delta):
-        a0 = delta * np.float32(0.0)
-        a1 = a0
-        a2 = a0
-        a3 = a0
+    def _tile4(X, r0, r1, r2, r3, CT, kind, delta, acc):
+        """acc[s, c] = sum_t rho(X[r_s, t] - CT[t, c]) for 4 samples at once.
+
+        CT is C transposed (d, kp): the center index is the contiguous, vectorized
+        one and every loaded center coordinate serves the 4 samples."""
+        kp = CT.shape[1]
+        z = delta * np.float32(0.0)
+        for c in range(kp):
+            acc[0, c] = z
+            acc[1, c] = z
+            acc[2, c] = z
+            acc[3, c] = z
         if kind == ABS:
-            for t in range(x.shape[0]):
-                v = x[t]
-                a0 += abs(v - c0[t])
-                a1 += abs(v - c1[t])
-                a2 += abs(v - c2[t])
-                a3 += abs(v - c3[t])
+            for t in range(CT.shape[0]):
+                row = CT[t]
+                x0 = X[r0, t]
+                x1 = X[r1, t]
+                x2 = X[r2, t]
+                x3 = X[r3, t]
+                for c in range(kp):
+                    v = row[c]
+                    acc[0, c] += abs(x0 - v)
+                    acc[1, c] += abs(x1 - v)
+                    acc[2, c] += abs(x2 - v)
+                    acc[3, c] += abs(x3 - v)
         elif kind == HUBER:
-            for t in range(x.shape[0]):
-                v = x[t]
-                r = abs(v - c0[t])
-                m = min(r, delta)
-                a0 += m * (r - _FH * m)
-                r = abs(v - c1[t])
-                m = min(r, delta)
-                a1 += m * (r - _FH * m)
-                r = abs(v - c2[t])
-                m = min(r, delta)
-                a2 += m * (r - _FH * m)
-                r = abs(v - c3[t])
-                m = min(r, delta)
-                a3 += m * (r - _FH * m)
+            for t in range(CT.shape[0]):
+                row = CT[t]
+                x0 = X[r0, t]
+                x1 = X[r1, t]
+                x2 = X[r2, t]
+                x3 = X[r3, t]
+                for c in range(kp):
+                    v = row[c]
+                    a = abs(x0 - v)
+                    m = min(a, delta)
+                    acc[0, c] += m * (a - _FH * m)
+                    a = abs(x1 - v)
+                    m = min(a, delta)
+                    acc[1, c] += m * (a - _FH * m)
+                    a = abs(x2 - v)
+                    m = min(a, delta)
+                    acc[2, c] += m * (a - _FH * m)
+                    a = abs(x3 - v)
+                    m = min(a, delta)
+                    acc[3, c] += m * (a - _FH * m)
         elif kind == PSEUDO_HUBER:
             inv = _F1 / (delta * delta)
-            for t in range(x.shape[0]):
-                v = x[t]
-                r = (v - c0[t]) * (v - c0[t])
-                a0 += r / (_F1 + np.sqrt(_F1 + r * inv))
-                r = (v - c1[t]) * (v - c1[t])
-                a1 += r / (_F1 + np.sqrt(_F1 + r * inv))
-                r = (v - c2[t]) * (v - c2[t])
-                a2 += r / (_F1 + np.sqrt(_F1 + r * inv))
-                r = (v - c3[t]) * (v - c3[t])
-                a3 += r / (_F1 + np.sqrt(_F1 + r * inv))
+            for t in range(CT.shape[0]):
+                row = CT[t]
+                x0 = X[r0, t]
+                x1 = X[r1, t]
+                x2 = X[r2, t]
+                x3 = X[r3, t]
+                for c in range(kp):
+                    v = row[c]
+                    r = (x0 - v) * (x0 - v)
+                    acc[0, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
+                    r = (x1 - v) * (x1 - v)
+                    acc[1, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
+                    r = (x2 - v) * (x2 - v)
+                    acc[2, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
+                    r = (x3 - v) * (x3 - v)
+                    acc[3, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
         elif kind == _PSEUDO_HUBER_RANK:
             # sum_t sqrt(delta^2 + r_t^2): one sqrt, no division; converted to the
             # loss below, accurate to ~eps * d * delta^2 (fine for ranking centers)
             d2 = delta * delta
-            for t in range(x.shape[0]):
-                v = x[t]
-                a0 += np.sqrt(d2 + (v - c0[t]) * (v - c0[t]))
-                a1 += np.sqrt(d2 + (v - c1[t]) * (v - c1[t]))
-                a2 += np.sqrt(d2 + (v - c2[t]) * (v - c2[t]))
-                a3 += np.sqrt(d2 + (v - c3[t]) * (v - c3[t]))
-            base = x.shape[0] * d2
-            a0 = delta * a0 - base
-            a1 = delta * a1 - base
-            a2 = delta * a2 - base
-            a3 = delta * a3 - base
+            for t in range(CT.shape[0]):
+                row = CT[t]
+                x0 = X[r0, t]
+                x1 = X[r1, t]
+                x2 = X[r2, t]
+                x3 = X[r3, t]
+                for c in range(kp):
+                    v = row[c]
+                    acc[0, c] += np.sqrt(d2 + (x0 - v) * (x0 - v))
+                    acc[1, c] += np.sqrt(d2 + (x1 - v) * (x1 - v))
+                    acc[2, c] += np.sqrt(d2 + (x2 - v) * (x2 - v))
+                    acc[3, c] += np.sqrt(d2 + (x3 - v) * (x3 - v))
+            base = CT.shape[0] * d2
+            for s in range(4):
+                for c in range(kp):
+                    acc[s, c] = delta * acc[s, c] - base
         else:
-            for t in range(x.shape[0]):
-                v = x[t]
-                a0 += (v - c0[t]) * (v - c0[t])
-                a1 += (v - c1[t]) * (v - c1[t])
-                a2 += (v - c2[t]) * (v - c2[t])
-                a3 += (v - c3[t]) * (v - c3[t])
-        return a0, a1, a2, a3
+            for t in range(CT.shape[0]):
+                row = CT[t]
+                x0 = X[r0, t]
+                x1 = X[r1, t]
+                x2 = X[r2, t]
+                x3 = X[r3, t]
+                for c in range(kp):
+                    v = row[c]
+                    acc[0, c] += (x0 - v) * (x0 - v)
+                    acc[1, c] += (x1 - v) * (x1 - v)
+                    acc[2, c] += (x2 - v) * (x2 - v)
+                    acc[3, c] += (x3 - v) * (x3 - v)
 
     @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_coord_assign(X, C, k, rows, kind, delta, labels, best, second):
-        """Best / second-best loss over the first k rows of C (padded to a multiple of 4)."""
-        for q in prange(rows.shape[0]):
-            x = X[rows[q]]
-            b = np.inf
-            s = np.inf
-            bj = 0
-            for j in range(0, C.shape[0], 4):
-                v0, v1, v2, v3 = _pair4(x, C[j], C[j + 1], C[j + 2], C[j + 3], kind, delta)
-                vals = (v0, v1, v2, v3)
-                for u in range(min(4, k - j)):
-                    v = vals[u]
-                    if v < b:
-                        s = b
-                        b = v
-                        bj = j + u
-                    elif v < s:
-                        s = v
-            labels[q] = bj
-            best[q] = b
-            second[q] = s
+    def _nb_coord_assign(X, CT, k, rows, kind, delta, nchunks, labels, best, second):
+        """Best / second-best loss over the first k columns of CT (C transposed, (d, kp))."""
+        m = rows.shape[0]
+        blocks = (m + 3) // 4
+        for ch in prange(nchunks):
+            acc = np.empty((4, CT.shape[1]), dtype=CT.dtype)
+            for blk in range(ch * blocks // nchunks, (ch + 1) * blocks // nchunks):
+                q0 = 4 * blk
+                _tile4(X, rows[q0], rows[min(q0 + 1, m - 1)], rows[min(q0 + 2, m - 1)],
+                       rows[min(q0 + 3, m - 1)], CT, kind, delta, acc)
+                # branchless top-2 of the 4 samples at once (4 independent chains);
+                # same result as: if v < b: s, b = b, v  elif v < s: s = v
+                b0 = b1 = b2 = b3 = np.inf
+                s0 = s1 = s2 = s3 = np.inf
+                j0 = j1 = j2 = j3 = 0
+                for u in range(k):
+                    v = acc[0, u]
+                    j0 = u if v < b0 else j0
+                    s0 = min(s0, max(v, b0))
+                    b0 = min(b0, v)
+                    v = acc[1, u]
+                    j1 = u if v < b1 else j1
+                    s1 = min(s1, max(v, b1))
+                    b1 = min(b1, v)
+                    v = acc[2, u]
+                    j2 = u if v < b2 else j2
+                    s2 = min(s2, max(v, b2))
+                    b2 = min(b2, v)
+                    v = acc[3, u]
+                    j3 = u if v < b3 else j3
+                    s3 = min(s3, max(v, b3))
+                    b3 = min(b3, v)
+                ns = min(4, m - q0)
+                labels[q0] = j0
+                best[q0] = b0
+                second[q0] = s0
+                if ns > 1:
+                    labels[q0 + 1] = j1
+                    best[q0 + 1] = b1
+                    second[q0 + 1] = s1
+                if ns > 2:
+                    labels[q0 + 2] = j2
+                    best[q0 + 2] = b2
+                    second[q0 + 2] = s2
+                if ns > 3:
+                    labels[q0 + 3] = j3
+                    best[q0 + 3] = b3
+                    second[q0 + 3] = s3
 
     @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_coord_pairwise(X, C, kind, delta, out):
-        """Losses to the first out.shape[1] rows of C (padded to a multiple of 4)."""
-        k = out.shape[1]
-        for i in prange(X.shape[0]):
-            x = X[i]
-            for j in range(0, C.shape[0], 4):
-                v0, v1, v2, v3 = _pair4(x, C[j], C[j + 1], C[j + 2], C[j + 3], kind, delta)
-                vals = (v0, v1, v2, v3)
-                for u in range(min(4, k - j)):
-                    out[i, j + u] = vals[u]
+    def _nb_coord_pairwise(X, CT, kind, delta, nchunks, out):
+        """Losses to the first out.shape[1] columns of CT (C transposed, (d, kp))."""
+        m, k = out.shape
+        blocks = (m + 3) // 4
+        for ch in prange(nchunks):
+            acc = np.empty((4, CT.shape[1]), dtype=CT.dtype)
+            for blk in range(ch * blocks // nchunks, (ch + 1) * blocks // nchunks):
+                q0 = 4 * blk
+                _tile4(X, q0, min(q0 + 1, m - 1), min(q0 + 2, m - 1), min(q0 + 3, m - 1),
+                       CT, kind, delta, acc)
+                for s in range(min(4, m - q0)):
+                    for u in range(k):
+                        out[q0 + s, u] = acc[s, u]
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_rowwise(X, C, labels, rows, kind, delta, out):
         """Loss of X[rows[q]] to C[labels[q]] for every q."""
         for q in prange(out.shape[0]):
             out[q] = _pair1(X[rows[q]], C[labels[q]], kind, delta)
+
+    @njit(nogil=True, fastmath=_FM, cache=True)
+    def _nb_gemm_top2(G, c_sqnorm, pick, labels, best, second, want_second):
+        """Nearest (and second-nearest) center of the rows ``pick`` of a GEMM block
+        G = X C^T, by c_sqnorm - 2 G (the samples' own norms are added later).
+        Serial and GIL-free: blocks run on the threads of ``_run_blocks``."""
+        k = G.shape[1]
+        for q in range(pick.shape[0]):
+            g = G[pick[q]]
+            b = np.inf
+            s = np.inf
+            bj = 0
+            if want_second:
+                for j in range(k):
+                    v = c_sqnorm[j] - 2 * g[j]
+                    if v < b:
+                        s = b
+                        b = v
+                        bj = j
+                    elif v < s:
+                        s = v
+                second[q] = s
+            else:
+                for j in range(k):
+                    v = c_sqnorm[j] - 2 * g[j]
+                    if v < b:
+                        b = v
+                        bj = j
+            labels[q] = bj
+            best[q] = b
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_row_sqnorms(X, out):
@@ -610,6 +709,52 @@ def row_sqnorms(X):
     return out
 
 
+_POOL = []  # [(threads, ThreadPoolExecutor)] of _run_blocks
+
+
+def _run_blocks(work, blocks):
+    """``work(block)`` for every block, on torch.get_num_threads() Python threads
+    (``work`` must release the GIL: single-threaded BLAS, nogil numba kernels).
+
+    Blocks are handed out one at a time, so a thread descheduled on a shared
+    machine just takes fewer blocks; one multi-threaded GEMM per block would
+    instead wait at every barrier for its slowest thread.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1 or len(blocks) == 1:
+        for block in blocks:
+            work(block)
+        return
+    if not _POOL or _POOL[0][0] != threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _POOL:
+            _POOL.pop()[1].shutdown()
+        _POOL.append((threads, ThreadPoolExecutor(threads, thread_name_prefix="clustering")))
+    for future in [_POOL[0][1].submit(work, block) for block in blocks]:
+        future.result()
+
+
+_BLAS = []  # [threadpoolctl controller] of _single_threaded_blas
+
+
+def _single_threaded_blas():
+    """Context that limits numpy's BLAS to one thread (a null context without
+    threadpoolctl): the numba path runs one single-threaded GEMM per block on
+    each thread of ``_run_blocks`` (numpy's OpenBLAS sgemm was ~25% faster
+    than torch's MKL on the AMD EPYC this was tuned on)."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn brings it
+            _BLAS.append(None)
+        else:
+            _BLAS.append(ThreadpoolController())
+    if _BLAS[0] is None:  # pragma: no cover
+        return contextlib.nullcontext()
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 def sqeuclidean_nearest(X, C, x_sqnorm, chunk, rows=None, second=False):
     """Nearest center of the samples ``rows`` (sorted; all if None) by chunked GEMM.
 
@@ -617,38 +762,58 @@ def sqeuclidean_nearest(X, C, x_sqnorm, chunk, rows=None, second=False):
     ``second`` to the second nearest (inf when k == 1), else None); distances
     are clamped at 0. Rows are taken block by block of ``chunk`` consecutive
     samples: a block with many requested rows is computed whole (no gather),
-    the requested rows of a sparse block are gathered.
+    the requested rows of a sparse block are gathered. On the numba path the
+    blocks run on parallel threads (``_run_blocks``), each a single-threaded
+    numpy GEMM followed by a fused top-2 scan.
     """
     n, k = X.shape[0], C.shape[0]
     m = n if rows is None else rows.shape[0]
+    fused = numba_active(X)
     c_sqnorm = (C * C).sum(1)
     labels = torch.empty(m, dtype=torch.int64, device=X.device)
     best = torch.empty(m, dtype=X.dtype, device=X.device)
     runner_up = torch.full((m,), math.inf, dtype=X.dtype, device=X.device) if second else None
-    block = torch.empty((min(n, chunk), k), dtype=X.dtype, device=X.device)
     if rows is not None:
         edges = torch.searchsorted(rows, torch.arange(0, n + chunk, chunk, device=X.device))
         edges = edges.tolist()
+    blocks = []  # (samples of the GEMM, which of its rows to keep or None, output slice)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         if rows is None:
-            part, pick, out_rows = X[s:e], None, slice(s, e)
-        else:
-            lo, hi = edges[s // chunk], edges[s // chunk + 1]
-            if lo == hi:
-                continue
-            local = rows[lo:hi] - s
-            dense = hi - lo > (e - s) // 3
-            part, pick = (X[s:e], local) if dense else (X[rows[lo:hi]], None)
-            out_rows = slice(lo, hi)
-        out = block[:part.shape[0]]
-        torch.addmm(c_sqnorm, part, C.T, beta=1, alpha=-2, out=out)
-        if pick is not None:
-            out = out[pick]
-        torch.min(out, 1, out=(best[out_rows], labels[out_rows]))
-        if second and k > 1:
-            out.scatter_(1, labels[out_rows, None], math.inf)
-            torch.amin(out, 1, out=runner_up[out_rows])
+            blocks.append((slice(s, e), None, slice(s, e)))
+            continue
+        lo, hi = edges[s // chunk], edges[s // chunk + 1]
+        if lo == hi:
+            continue
+        dense = hi - lo > (e - s) // 3
+        blocks.append((slice(s, e), rows[lo:hi] - s, slice(lo, hi)) if dense
+                      else (rows[lo:hi], None, slice(lo, hi)))
+    if fused:
+        x, CT, c_sq = _np(X), np.ascontiguousarray(_np(C).T), _np(c_sqnorm)
+        lab_np, best_np = labels.numpy(), best.numpy()
+        second_np = runner_up.numpy() if second else best_np
+
+        def scan(block):
+            samples, pick, out_rows = block
+            G = np.matmul(x[samples if isinstance(samples, slice) else samples.numpy()], CT)
+            idx = np.arange(G.shape[0]) if pick is None else pick.numpy()
+            _nb_gemm_top2(G, c_sq, idx, lab_np[out_rows], best_np[out_rows],
+                          second_np[out_rows], second and k > 1)
+
+        with _single_threaded_blas():
+            _run_blocks(scan, blocks)
+    else:
+        buffer = torch.empty((min(n, chunk), k), dtype=X.dtype, device=X.device)
+        for samples, pick, out_rows in blocks:
+            part = X[samples]
+            out = buffer[:part.shape[0]]
+            torch.addmm(c_sqnorm, part, C.T, beta=1, alpha=-2, out=out)
+            if pick is not None:
+                out = out[pick]
+            torch.min(out, 1, out=(best[out_rows], labels[out_rows]))
+            if second and k > 1:
+                out.scatter_(1, labels[out_rows, None], math.inf)
+                torch.amin(out, 1, out=runner_up[out_rows])
     norms = x_sqnorm if rows is None else x_sqnorm[rows]
     best += norms
     if second:
@@ -670,10 +835,18 @@ def _typed(value, array):
     return array.dtype.type(value)
 
 
-def _padded(C):
-    """C with its last row repeated up to a multiple of 4 rows (4-center kernels)."""
-    extra = -C.shape[0] % 4
-    return np.concatenate([C, np.repeat(C[-1:], extra, axis=0)]) if extra else C
+def _transposed(C):
+    """C as a (d, kp) array, kp = k rounded up to a multiple of 8 (zero columns):
+    the layout of the tiled coordinate-wise kernels (centers are the vector lanes)."""
+    k, d = C.shape
+    CT = np.zeros((d, k + (-k % 8)), dtype=C.dtype)
+    CT[:, :k] = C.T
+    return CT
+
+
+def _chunks(work, m):
+    """Number of parallel chunks of the tiled kernels (1: serial)."""
+    return 1 if work < _SERIAL_WORK else max(1, min(numba.get_num_threads(), (m + 3) // 4))
 
 
 def coord_pairwise(X, C, kind, delta):
@@ -682,7 +855,8 @@ def coord_pairwise(X, C, kind, delta):
     if numba_active(X):
         x = _np(X)
         out = np.empty((m, k), dtype=x.dtype)
-        _call(_nb_coord_pairwise, x.size * k, x, _padded(_np(C)), kind, _typed(delta, x), out)
+        _call(_nb_coord_pairwise, x.size * k, x, _transposed(_np(C)), kind, _typed(delta, x),
+              _chunks(x.size * k, m), out)
         return torch.from_numpy(out)
     fused = _triton_coord_pairwise(X, C, kind, delta)
     if fused is not None:
@@ -711,8 +885,9 @@ def coord_assign(X, C, kind, delta, rows=None):
         second = np.empty(m, dtype=x.dtype)
         k = C.shape[0]
         rank_kind = _PSEUDO_HUBER_RANK if kind == PSEUDO_HUBER else kind
-        _call(_nb_coord_assign, m * x.shape[1] * k, x, _padded(_np(C)), k, idx, rank_kind,
-              _typed(delta, x), labels, best, second)
+        work = m * x.shape[1] * k
+        _call(_nb_coord_assign, work, x, _transposed(_np(C)), k, idx, rank_kind,
+              _typed(delta, x), _chunks(work, m), labels, best, second)
         return torch.from_numpy(labels), torch.from_numpy(best), torch.from_numpy(second)
     fused = _triton_coord_assign(X, C, kind, delta, rows)
     if fused is not None:

@@ -1,7 +1,8 @@
 """FiftyOne-facing clustering API: compute a run, and manage runs.
 
 ``compute_clusters`` validates everything before writing anything, clusters in
-memory, then writes only its own fields (by sample id, on the root dataset) and
+memory, then writes only its own fields (by sample id on the root dataset, or by
+label id on the patches' labels for a patches view) and
 registers a FiftyOne custom run; if writing fails the run and its fields are
 removed again.
 """
@@ -32,6 +33,19 @@ def _validate_key(samples, run_key, overwrite):
         cr.get_clustering_run_config(samples._root_dataset, run_key)
 
 
+def patches_field_of(samples):
+    """The label field whose patches ``samples`` holds (its labels are clustered),
+    or None for a collection of images."""
+    if not getattr(samples, "_is_patches", False):
+        return None
+    field = getattr(samples, "patches_field", None)
+    if field is None:
+        raise ValueError(
+            "Evaluation patches views cannot be clustered; use to_patches(<label field>)"
+        )
+    return field
+
+
 def _resolve_fields(samples, run_key, overwrite, **names):
     fields = cr.default_fields(run_key)
     fields.update({k: v for k, v in names.items() if v})
@@ -45,6 +59,9 @@ def _resolve_fields(samples, run_key, overwrite, **names):
     for key, name in fields.items():
         if not name.isidentifier():
             raise ValueError(f"Invalid {key} {name!r}: use a Python identifier")
+    patches_field = patches_field_of(samples)
+    fields = {k: cr.output_path(dataset, patches_field, v) for k, v in fields.items()}
+    for key, name in fields.items():
         if dataset.has_field(name) and name not in owned:
             raise ValueError(
                 f"Field '{name}' already exists and does not belong to run "
@@ -86,7 +103,15 @@ def _load_features(samples, embeddings, model, progress):
         from .embeddings import default_embeddings_field, ensure_embeddings
 
         embeddings = embeddings or default_embeddings_field(model)
-        ensure_embeddings(samples, embeddings, model, progress=progress)
+        patches_field = patches_field_of(samples)
+        if patches_field:  # embed the crops of exactly these patches, on their labels
+            name = embeddings.rpartition(".")[2]
+            labels = samples._root_dataset.select_labels(ids=samples.values("id"), fields=patches_field)
+            ensure_embeddings(labels, name, model, progress=progress, patches_field=patches_field)
+            embeddings = f"{patches_field}.{name}"
+            samples = _regenerated(samples)
+        else:
+            ensure_embeddings(samples, embeddings, model, progress=progress)
     ids, X, missing = cf.load_embeddings(samples, embeddings)
     return ids, X, missing, {"source": "model" if model else "field", "embeddings_field": embeddings, "model": model}
 
@@ -142,7 +167,9 @@ def compute_clusters(
         reduction, n_components: ``"none"``, ``"pca"`` or ``"umap"`` before clustering
         num_representatives: how many samples per cluster get a representative rank
         label_field, loss_field, rep_field: output fields (default ``{run_key}_cluster``,
-            ``{run_key}_loss``, ``{run_key}_rep``)
+            ``{run_key}_loss``, ``{run_key}_rep``); on a patches view
+            (``dataset.to_patches(field)``) they are attributes of the labels
+            (``field.detections.{run_key}_cluster``)
         overwrite: replace an existing run with this key
         progress: optional ``progress(fraction, message)``; a progress bar otherwise
         **method_params: the method's own parameters (``n_init``, ``max_iter``,
@@ -184,6 +211,7 @@ def compute_clusters(
             config=dict(
                 method=method,
                 k=k,
+                patches_field=patches_field_of(samples),
                 **out.params,
                 **source,
                 **feature_info,
@@ -219,17 +247,13 @@ def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, t
         dataset.add_sample_field(fields["label_field"], fo.IntField)
         dataset.add_sample_field(fields["loss_field"], fo.FloatField)
         dataset.add_sample_field(fields["rep_field"], fo.IntField)
-        dataset.set_values(fields["label_field"], dict(zip(ids, labels.tolist())), key_field="id")
-        dataset.set_values(
-            fields["loss_field"],
-            {i: float(v) for i, v in zip(ids, losses) if np.isfinite(v)},
-            key_field="id",
-        )
-        dataset.set_values(
-            fields["rep_field"],
-            {ids[i]: int(ranks[i]) for i in np.flatnonzero(ranks)},
-            key_field="id",
-        )
+
+        def write(key, values):
+            cr.set_run_values(dataset, run_config, fields[key], values)
+
+        write("label_field", dict(zip(ids, labels.tolist())))
+        write("loss_field", {i: float(v) for i, v in zip(ids, losses) if np.isfinite(v)})
+        write("rep_field", {ids[i]: int(ranks[i]) for i in np.flatnonzero(ranks)})
         k_total = int(labels.max()) + 1 if (labels >= 0).any() else 0
         timings = dict(timings, write_s=time.perf_counter() - t0)
         timings["total_s"] = sum(timings.values())
@@ -291,8 +315,22 @@ def get_run_info(samples, run_key):
     }
 
 
+def _regenerated(view):
+    """``view`` rebuilt from its stages without their cached state. A patches view
+    otherwise keeps the patches generated before label fields were written to its
+    dataset (and regenerating them in place would break other live views)."""
+    import fiftyone.core.view as fov
+
+    if not getattr(view, "_is_patches", False):
+        return view
+    stages = view._serialize()
+    for stage in stages:
+        stage["kwargs"] = [kv for kv in stage["kwargs"] if not kv[0].startswith("_")]
+    return fov.DatasetView._build(view._root_dataset, stages)
+
+
 def load_run_view(samples, run_key, cluster=None, representatives=False, outliers=None):
-    """A view of a run's samples.
+    """A view of a run's samples (of its patches, for a run on a patches view).
 
     Args:
         cluster: only this cluster, sorted by loss to its center (best first)
@@ -303,8 +341,8 @@ def load_run_view(samples, run_key, cluster=None, representatives=False, outlier
     from fiftyone import ViewField as F
 
     config = cr.get_clustering_run_config(samples, run_key)
-    label, loss, rep = config.label_field, config.loss_field, config.rep_field
-    view = samples._root_dataset.load_run_view(run_key).exists(label)
+    label, loss, rep = (cr.view_path(config, k) for k in ("label_field", "loss_field", "rep_field"))
+    view = _regenerated(samples._root_dataset.load_run_view(run_key)).exists(label)
     if cluster is not None:
         view = view.match(F(label) == int(cluster))
     if representatives:
@@ -326,8 +364,8 @@ def rename_run(samples, run_key, new_run_key):
         raise ValueError(f"A run with key '{new_run_key}' already exists")
     for k in cr.FIELD_KEYS:
         name = getattr(config, k, None)
-        if name and name.startswith(run_key + "_"):
-            target = new_run_key + name[len(run_key):]
+        target = name and cr.renamed_path(name, run_key, new_run_key)
+        if target:
             if dataset.has_field(target):
                 raise ValueError(f"Cannot rename: field '{target}' already exists")
     dataset.rename_run(run_key, new_run_key)

@@ -10,7 +10,8 @@ Results are written batch by batch, by sample id, on the root dataset, so a
 view's excluded fields, filtered labels or other stages never affect what is
 saved. Only two fields are written: the vector field and, on samples whose image
 could not be embedded, ``{embeddings_field}_error`` (a string; cleared when a
-later run succeeds).
+later run succeeds). With ``patches_field``, the crops of a ``Detections`` field
+are embedded instead and stored on the labels (:mod:`clustering.patches`).
 """
 
 import logging
@@ -242,15 +243,20 @@ def compute_embeddings(
     samples,
     model=DEFAULT_MODEL,
     embeddings_field="embeddings",
+    patches_field=None,
     batch_size=None,
     num_workers=None,
     device="auto",
     overwrite=True,
     skip_failures=True,
     progress=None,
+    force_square=False,
+    alpha=None,
 ):
     """Computes image embeddings for ``samples`` and stores them in
-    ``embeddings_field``.
+    ``embeddings_field``, or, with ``patches_field``, embeddings of the object
+    crops of that ``Detections`` field stored on each label (see
+    :func:`clustering.patches.compute_patch_embeddings`).
 
     Args:
         samples: a FiftyOne image dataset or view (only its samples are
@@ -258,6 +264,8 @@ def compute_embeddings(
         model ("efficientnet-lite0"): a name from :func:`available_models` or
             ``"zoo:<FiftyOne zoo model>"``
         embeddings_field ("embeddings"): the vector field to write
+        patches_field (None): a ``Detections`` field: embed its boxes instead
+            and store each vector in ``{patches_field}.detections.{embeddings_field}``
         batch_size (None): images per forward pass (device-dependent default)
         num_workers (None): image-decoding worker processes (default: from
             the CPU count and device)
@@ -269,6 +277,9 @@ def compute_embeddings(
             ``RuntimeError`` at the first failure (earlier batches stay written)
         progress (None): ``progress(fraction, message)``; a terminal progress
             bar when None
+        force_square (False): patches only: grow each box into a square
+        alpha (None): patches only: pad (``> 0``) or shrink (``< 0``) each box
+            by ``100 * alpha`` percent of its size
 
     Returns:
         a summary dict: ``model``, ``field``, ``error_field``, ``dim``,
@@ -279,6 +290,17 @@ def compute_embeddings(
     import fiftyone.core.media as fom
 
     from .progress import progress_or_bar
+
+    if patches_field is not None:
+        from .patches import compute_patch_embeddings
+
+        return compute_patch_embeddings(
+            samples, model, embeddings_field, patches_field, batch_size=batch_size,
+            num_workers=num_workers, device=device, overwrite=overwrite, skip_failures=skip_failures,
+            force_square=force_square, alpha=alpha, progress=progress,
+        )
+    if force_square or alpha is not None:
+        raise ValueError("force_square and alpha apply to patch embeddings only: pass patches_field")
 
     t0 = time.perf_counter()
     kind, name = validate_model(model)
@@ -295,7 +317,8 @@ def compute_embeddings(
     if samples._is_generated or samples._is_dynamic_groups:
         raise ValueError(
             "Patches, frames, clips and dynamic-group views are not supported: embed "
-            "the images of the underlying dataset (or a view of it) instead"
+            "the images of the underlying dataset (or a view of it) instead, or its "
+            "object patches with patches_field='<Detections field>'"
         )
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError("batch_size must be >= 1")

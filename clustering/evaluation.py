@@ -34,7 +34,9 @@ WEAK_SILHOUETTE = 0.25
 def _results(samples, run_key):
     from .api import load_clustering_results
 
-    return load_clustering_results(samples._root_dataset, run_key)
+    results = load_clustering_results(samples._root_dataset, run_key)
+    cr.require_sample_run(results.config, run_key, "judging and mapping")
+    return results
 
 
 def _run_labels(samples, run_key):
@@ -621,6 +623,7 @@ def _visualize(samples, run_key, method="umap", brain_key=None, num_dims=2, feat
     if features not in ("embeddings", "run"):
         raise ValueError("features must be 'embeddings' (the run's embeddings field) or 'run' (the run's preprocessed features)")
     config = cr.get_clustering_run_config(samples._root_dataset, run_key)
+    cr.require_sample_run(config, run_key, "visualize_run")
     label_field = config.label_field
     field = getattr(config, "embeddings_field", None)
     if not field:

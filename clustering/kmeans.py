@@ -39,12 +39,14 @@ _INNER_TOL = 1e-6
 # prune="auto" prunes euclidean losses on CPU from this many clusters on: the
 # bound upkeep costs about one O(n d) pass per iteration, the GEMM k of them
 _PRUNE_MIN_CLUSTERS = 64
-# euclidean pruning pauses while more than this fraction of samples needs a full
-# row, and resumes once fewer than _REBOUND_FRACTION of the labels change
+# euclidean pruning does a plain full pass (which renews the bounds) when the
+# bounds fail for more than this fraction of the samples
 _UNBOUND_FRACTION = 0.5
-_REBOUND_FRACTION = 0.05
 # a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param
 _PILOT_SAMPLES = 10_000
+# CPU blocks of the (rows, k) loss matrix: about this many elements (2 MB of
+# float32, cache-sized), >= this many rows
+_CPU_BLOCK, _MIN_CPU_ROWS = 1 << 19, 2048
 _SEEDING_SHARE = 0.1  # share of a restart's progress given to seeding
 
 
@@ -98,6 +100,14 @@ def _as_tensor(X, device, dtype, what="X"):
     return X
 
 
+def _rows_per_block(device, k):
+    """Default rows per block of an (rows, k) matrix: about ``_CPU_BLOCK``
+    elements on CPU, 65536 rows on a GPU."""
+    if device.type != "cpu":
+        return 1 << 16
+    return max(_MIN_CPU_ROWS, _CPU_BLOCK // max(1, k))
+
+
 def _make_rng(random_state):
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(2**32 - 1))
@@ -137,9 +147,9 @@ class _Engine:
         if self.geometry == "coordinatewise" and getattr(loss, "kind", None) is None:
             self.geometry = None  # custom coordinate-wise loss: generic path
         self.bounded = bool(prune) and self.geometry in ("coordinatewise", "euclidean")
-        if chunk_size is None:
-            chunk_size = 2048 if X.device.type == "cpu" else 1 << 16
-        self.chunk = max(1, min(n, int(chunk_size)))
+        self.chunk_size = chunk_size
+        default = _MIN_CPU_ROWS if X.device.type == "cpu" else 1 << 16
+        self.chunk = max(1, min(n, int(chunk_size or default)))
         self.scale = float(torch.maximum(X.max(), -X.min()))
         if self.geometry == "euclidean":
             self.x_sqnorm = K.row_sqnorms(X)
@@ -147,6 +157,7 @@ class _Engine:
             norms = K.row_sqnorms(X).sqrt()
             self.inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
         self._lower = None  # Hamerly lower bounds on the second-best bound value
+        self._upper = None  # euclidean: upper bounds on the distance to the own center
 
     # ---------------------------------------------------------------- losses
     def losses_to(self, C):
@@ -172,10 +183,13 @@ class _Engine:
         return out
 
     def _rows_per_chunk(self, k):
+        """Rows per block of an (rows, k) loss matrix."""
         if self.geometry is None:  # default Loss.pairwise forms (rows, k, d)
             per_row = max(1, k * self.X.shape[1])
             return max(1, min(self.chunk, K._budget(self.X) // per_row))
-        return self.chunk
+        if self.chunk_size is not None:
+            return self.chunk
+        return max(1, min(self.X.shape[0], _rows_per_block(self.X.device, k)))
 
     def exact_losses(self, C, labels):
         """(n,) loss of each sample to its assigned center, computed directly."""
@@ -210,12 +224,25 @@ class _Engine:
             labels, _, second = K.coord_assign(self.X, C, self.loss.kind,
                                                self.loss._delta(self.param), rows)
             return labels, second
-        labels, _, second = K.sqeuclidean_nearest(self.X, C, self.x_sqnorm, self.chunk, rows,
+        labels, _, second = K.sqeuclidean_nearest(self.X, C, self.x_sqnorm,
+                                                  self._rows_per_chunk(C.shape[0]), rows,
                                                   second=True)
-        # the GEMM expansion loses ~eps * (|x|^2 + |c|^2) to cancellation
+        return labels, (second - self._gemm_margin(C, rows)).clamp(min=0).sqrt()
+
+    def _gemm_margin(self, C, rows=None):
+        """Bound on the cancellation error ~eps * (|x|^2 + |c|^2) of GEMM distances."""
         x_sqnorm = self.x_sqnorm if rows is None else self.x_sqnorm[rows]
-        margin = 8 * torch.finfo(self.X.dtype).eps * (x_sqnorm + (C * C).sum(1).max())
-        return labels, (second - margin).clamp(min=0).sqrt()
+        return 8 * torch.finfo(self.X.dtype).eps * (x_sqnorm + (C * C).sum(1).max())
+
+    def _euclidean_pass(self, C):
+        """Full GEMM assignment that also renews the euclidean bounds: (labels, losses)."""
+        labels, d2, second = K.sqeuclidean_nearest(self.X, C, self.x_sqnorm,
+                                                   self._rows_per_chunk(C.shape[0]),
+                                                   second=True)
+        margin = self._gemm_margin(C)
+        self._upper = (d2 + margin).sqrt()
+        self._lower = (second - margin).clamp(min=0).sqrt()
+        return labels, self.loss.from_sqdist(d2, self.param)
 
     def _bound_to_loss(self, values):
         if self.geometry == "euclidean":
@@ -226,11 +253,14 @@ class _Engine:
         """Exact nearest center for every sample: (labels, losses)."""
         X, loss, param = self.X, self.loss, self.param
         n = X.shape[0]
+        if self.bounded and self.geometry == "euclidean":
+            return self._euclidean_pass(C)
         if self.bounded:
             labels, self._lower = self._top2(C)
             return labels, self._bound_to_loss(self._exact(C, labels))
         if self.geometry == "euclidean":
-            labels, d2, _ = K.sqeuclidean_nearest(X, C, self.x_sqnorm, self.chunk)
+            labels, d2, _ = K.sqeuclidean_nearest(X, C, self.x_sqnorm,
+                                                  self._rows_per_chunk(C.shape[0]))
             return labels, loss.from_sqdist(d2, param)
         labels = torch.empty(n, dtype=torch.int64, device=X.device)
         losses = torch.empty(n, dtype=X.dtype, device=X.device)
@@ -255,14 +285,12 @@ class _Engine:
         (O(n d)), lower bounds drop by the largest shift of another center, and
         only samples whose bound value exceeds their lower bound get a full row
         (O(k d)). ``moved`` are samples relabeled by empty-cluster reseeding.
+        Euclidean losses first test the moved upper bounds: when they fail for
+        most samples (overlapping clusters, early iterations) one plain GEMM pass,
+        whose top-2 renews the bounds, is cheaper than an exact pass plus a top-2.
         """
         if not self.bounded:
             return self.assign(C_new)
-        if self._lower is None:  # euclidean bounds dropped (see below): plain GEMM pass
-            new_labels, d2, _ = K.sqeuclidean_nearest(self.X, C_new, self.x_sqnorm, self.chunk)
-            if float((new_labels != labels).float().mean()) < _REBOUND_FRACTION:
-                return self.assign(C_new)  # settling down: rebuild the bounds
-            return new_labels, self.loss.from_sqdist(d2, self.param)
         if self.geometry == "euclidean":
             shift = (C_new - C_old).norm(dim=1)
         else:
@@ -275,6 +303,10 @@ class _Engine:
         lower = self._lower - decrease
         if moved is not None:
             lower[moved] = -math.inf
+        if self.geometry == "euclidean":
+            moved_upper = self._upper + shift[labels]
+            if int((moved_upper > lower).sum()) > _UNBOUND_FRACTION * labels.numel():
+                return self._euclidean_pass(C_new)
         upper = self._exact(C_new, labels)
         rows = torch.nonzero(upper > lower).flatten()
         if rows.numel():
@@ -283,13 +315,18 @@ class _Engine:
             upper[rows] = self._exact(C_new, lab, rows)
             lower[rows] = second
         self._lower = lower
-        if self.geometry == "euclidean" and rows.numel() > _UNBOUND_FRACTION * labels.numel():
-            # bounds too loose to pay for their upkeep (an exact pass plus a top-2
-            # instead of an argmin): plain passes until the labels settle down
-            self._lower = None
+        self._upper = upper
         return labels, self._bound_to_loss(upper)
 
     # --------------------------------------------------------------- seeding
+    def _seed_losses(self, C):
+        """(n, m) float64 loss of every sample to each of a few candidate centers C
+        (euclidean losses on the numba path: direct differences, no GEMM)."""
+        if self.geometry == "euclidean" and K.numba_active(self.X):
+            d2 = K.coord_pairwise(self.X, C, K.SQUARED, 1.0).double()
+            return self.loss.from_sqdist(d2, self.param)
+        return self.losses_to(C).double()
+
     def kmeans_plusplus(self, k, rng, n_trials=None):
         """Greedy k-means++ under the loss: each new center is the best of
         ``n_trials`` samples drawn proportionally to their loss to the nearest chosen center."""
@@ -297,22 +334,24 @@ class _Engine:
         n = X.shape[0]
         trials = n_trials or 2 + int(math.log(k))
         chosen = [int(rng.integers(n))]
-        closest = self.losses_to(X[chosen[0]:chosen[0] + 1])[:, 0].double().clamp_(min=0)
+        closest = self._seed_losses(X[chosen[0]:chosen[0] + 1])[:, 0].clamp_(min=0)
+        cumulative = torch.cumsum(closest, 0)
         for _ in range(1, k):
-            potential = float(closest.sum())
+            potential = float(cumulative[-1])
             if not (potential > 0 and math.isfinite(potential)):
                 # every sample sits on a chosen center (duplicates): pick an unused one
                 unused = np.setdiff1d(np.arange(n), np.asarray(chosen))
                 j = int(rng.choice(unused))
-                closest = torch.minimum(closest, self.losses_to(X[j:j + 1])[:, 0].double())
+                closest = torch.minimum(closest, self._seed_losses(X[j:j + 1])[:, 0])
+                cumulative = torch.cumsum(closest, 0)
                 chosen.append(j)
                 continue
             targets = torch.as_tensor(rng.random(trials) * potential, device=X.device)
-            candidates = torch.searchsorted(torch.cumsum(closest, 0), targets, right=True)
-            candidates.clamp_(max=n - 1)
-            trial = torch.minimum(closest[:, None], self.losses_to(X[candidates]).double())
+            candidates = torch.searchsorted(cumulative, targets, right=True).clamp_(max=n - 1)
+            trial = torch.minimum(closest[:, None], self._seed_losses(X[candidates]))
             best = int(torch.argmin(trial.sum(0)))
             closest = trial[:, best].contiguous()
+            cumulative = torch.cumsum(closest, 0)
             chosen.append(int(candidates[best]))
         return X[torch.as_tensor(chosen, device=X.device)].clone()
 
@@ -428,8 +467,8 @@ class GeneralizedKMeans:
     dtype : "float32" or "float64"
         Compute precision.
     chunk_size : int or None
-        Rows per block of the pairwise loss matrix (default: 2048 on CPU,
-        65536 on GPU).
+        Rows per block of the pairwise loss matrix (default: on CPU blocks of
+        about 2^19 losses, at least 2048 rows; 65536 rows on GPU).
     prune : "auto", True or False
         Exact bound-based (Hamerly) pruning of the assignment step for the
         coordinate-wise and euclidean losses: samples whose bounds prove that
@@ -437,7 +476,9 @@ class GeneralizedKMeans:
         is the same as without pruning, up to float rounding). "auto" prunes
         coordinate-wise losses always, and euclidean losses on GPU or from 64
         clusters on: the bound upkeep costs about one O(n d) pass per
-        iteration, which a GEMM over k centers only amortizes for larger k.
+        iteration, which a GEMM over k centers only amortizes for larger k
+        (an iteration where the bounds fail for most samples is a plain GEMM
+        pass, which renews them).
     verbose : bool
         Print the objective of every iteration.
 

@@ -497,6 +497,7 @@ def label_clusters(
 
     dataset = samples._root_dataset
     config = cr.get_clustering_run_config(dataset, run_key)
+    cr.require_sample_run(config, run_key, "label_clusters")
     results = load_clustering_results(dataset, run_key)
     name_field = _name_field(dataset, run_key, config)
     model = model or DEFAULT_MODEL

@@ -1,7 +1,8 @@
 """Clustering runs stored as FiftyOne custom runs.
 
 A run's config (:class:`ClusteringRunConfig`) records every parameter actually
-used; its results (:class:`ClusteringResults`) hold centers, labels, losses,
+used (for a run on a patches view, ``patches_field`` and output fields that are
+label attributes such as ``ground_truth.detections.objs_cluster``); its results (:class:`ClusteringResults`) hold centers, labels, losses,
 representatives and timings, with arrays stored as compact numpy bytes. Deleting
 or renaming the run through FiftyOne (``dataset.delete_run``/``rename_run``)
 also deletes or renames its sample fields.
@@ -22,6 +23,45 @@ def default_fields(run_key):
         "loss_field": f"{run_key}_loss",
         "rep_field": f"{run_key}_rep",
     }
+
+
+def output_path(dataset, patches_field, name):
+    """Dataset path of output field ``name``: a sample field, or an attribute of
+    the labels of ``patches_field`` for a run on patches."""
+    return dataset._get_label_field_path(patches_field, name)[1] if patches_field else name
+
+
+def view_path(config, key):
+    """Path of the run's ``key`` field (e.g. ``"label_field"``) in the view the run
+    was computed on (``<patches_field>.<name>`` in a patches view)."""
+    name = getattr(config, key)
+    patches_field = getattr(config, "patches_field", None)
+    return f"{patches_field}.{name.rpartition('.')[2]}" if patches_field else name
+
+
+def renamed_path(path, key, new_key):
+    """``path`` with its ``{key}_`` name prefix changed to ``{new_key}_``, or None."""
+    parent, dot, name = path.rpartition(".")
+    if not name.startswith(key + "_"):
+        return None
+    return parent + dot + new_key + name[len(key) :]
+
+
+def set_run_values(dataset, config, path, values):
+    """Writes ``{id: value}`` to ``path``: sample ids, or label ids for a run on patches."""
+    if getattr(config, "patches_field", None):
+        dataset.set_label_values(path, values)
+    else:
+        dataset.set_values(path, values, key_field="id")
+
+
+def require_sample_run(config, run_key, action):
+    """Refuses ``action`` on a run over patches, with a clear error."""
+    if getattr(config, "patches_field", None):
+        raise ValueError(
+            f"Run '{run_key}' clusters patches of '{config.patches_field}'; {action} "
+            "supports runs on images only"
+        )
 
 
 class ClusteringRunConfig(fors.RunConfig):
@@ -57,9 +97,10 @@ class ClusteringRun(fors.Run):
         renames = {}
         for k in FIELD_KEYS:
             name = getattr(self.config, k, None)
-            if name and name.startswith(key + "_") and dataset.has_field(name):
-                renames[name] = new_key + name[len(key) :]
-                setattr(self.config, k, renames[name])
+            target = name and renamed_path(name, key, new_key)
+            if target and dataset.has_field(name):
+                renames[name] = target
+                setattr(self.config, k, target)
         conflicts = [n for n in renames.values() if dataset.has_field(n)]
         if conflicts:
             raise ValueError(f"Cannot rename: fields {conflicts} already exist")

@@ -54,7 +54,7 @@ def _method_choices():
 
 def _features_inputs(ctx, inputs, target_view):
     """Embeddings source; returns (field, number of samples with embeddings or None)."""
-    fields = vector_fields(ctx.dataset)
+    fields = vector_fields(target_view)
     source_view = types.RadioGroup(orientation="horizontal")
     source_view.add_choice("field", label="Existing embeddings field")
     source_view.add_choice("model", label="Compute with a model")

@@ -5,13 +5,18 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import clustering.embeddings as ce
+import clustering.patches as cp
 
 from .common import add_delegate_input, execute_from_sdk, progress_callback
 
 DEVICES = ("auto", "cpu", "cuda")
+NO_PATCHES = "(whole images)"
 PARAMS = (
     "model",
     "embeddings_field",
+    "patches_field",
+    "force_square",
+    "alpha",
     "batch_size",
     "num_workers",
     "device",
@@ -31,14 +36,51 @@ def _model_choices(models):
     return view
 
 
-def _field_input(ctx, inputs, target, model):
+def _patches_input(ctx, inputs, target):
+    """The optional Detections field whose boxes are embedded; returns it."""
+    fields = cp.detections_fields(target)
+    if not fields:
+        return None
+    choices = types.DropdownView()
+    choices.add_choice(NO_PATCHES, label=NO_PATCHES, description="One vector per sample")
+    for name in fields:
+        choices.add_choice(name, label=name, description="One vector per box, stored on its label")
+    inputs.enum(
+        "patches_field",
+        choices.values(),
+        default=NO_PATCHES,
+        label="Patches field",
+        description="Embed the object crops of a Detections field instead of whole images",
+        view=choices,
+    )
+    patches_field = ctx.params.get("patches_field") or NO_PATCHES
+    if patches_field == NO_PATCHES:
+        return None
+    inputs.bool("force_square", default=False, label="Square crops", description="Grow each box into a square")
+    prop = inputs.float(
+        "alpha",
+        label="Box padding (optional)",
+        description="Grow (e.g. 0.1 = +10%) or shrink (< 0) each box before cropping",
+    )
+    alpha = ctx.params.get("alpha")
+    if alpha is not None and not alpha > -1:
+        prop.invalid = True
+        prop.error_message = "Padding must be > -1"
+    return patches_field
+
+
+def _field_input(ctx, inputs, target, model, patches_field):
     default = ce.default_embeddings_field(model)
     prop = inputs.str(
         "embeddings_field",
         default=default,
         required=True,
-        label="Embeddings field",
-        description="Vector field to store the embeddings in",
+        label="Embeddings field" if patches_field is None else "Embeddings attribute",
+        description=(
+            "Vector field to store the embeddings in"
+            if patches_field is None
+            else f"Label attribute to store the embeddings in ('{patches_field}.detections.<attribute>')"
+        ),
     )
     field = ctx.params.get("embeddings_field") or default
     try:
@@ -47,29 +89,32 @@ def _field_input(ctx, inputs, target, model):
         prop.invalid = True
         prop.error_message = str(e)
         return
+    path = field if patches_field is None else f"{patches_field}.detections.{field}"
     schema = ctx.dataset.get_field_schema(flat=True)
-    if field not in schema:
+    if path not in schema:
         return
-    ftype = schema[field]
+    ftype = schema[path]
     import fiftyone as fo
 
     if not isinstance(ftype, (fo.VectorField, fo.ArrayField)):
         prop.invalid = True
-        prop.error_message = f"Field '{field}' exists with type {type(ftype).__name__}; choose another name"
+        prop.error_message = f"Field '{path}' exists with type {type(ftype).__name__}; choose another name"
         return
-    have = target.exists(field).count()
+    have = target.count(path) if patches_field else target.exists(field).count()
+    total = target.count(f"{patches_field}.detections") if patches_field else len(target)
+    unit = "labels" if patches_field else "samples"
     inputs.bool(
         "overwrite",
         default=True,
-        label="Recompute samples that already have embeddings",
-        description="When unchecked only samples missing the field are embedded",
+        label=f"Recompute {unit} that already have embeddings",
+        description=f"When unchecked only {unit} missing the field are embedded",
     )
     inputs.view(
         "exists_warning",
         types.Warning(
-            label=f"Field '{field}' already exists",
+            label=f"Field '{path}' already exists",
             description=(
-                f"{have} of the {len(target)} target samples have a value"
+                f"{have} of the {total} target {unit} have a value"
                 + (" that will be overwritten" if ctx.params.get("overwrite", True) else "")
             ),
         ),
@@ -94,11 +139,14 @@ class ComputeEmbeddings(foo.Operator):
         sample_collection,
         model=ce.DEFAULT_MODEL,
         embeddings_field="embeddings",
+        patches_field=None,
         batch_size=None,
         num_workers=None,
         device="auto",
         overwrite=True,
         skip_failures=True,
+        force_square=False,
+        alpha=None,
         delegate=False,
     ):
         """SDK entry: same parameters as
@@ -107,11 +155,14 @@ class ComputeEmbeddings(foo.Operator):
         params = dict(
             model=model,
             embeddings_field=embeddings_field,
+            patches_field=patches_field,
             batch_size=batch_size,
             num_workers=num_workers,
             device=device,
             overwrite=overwrite,
             skip_failures=skip_failures,
+            force_square=force_square or None,
+            alpha=alpha,
         )
         result = execute_from_sdk(self, sample_collection, params, delegate=delegate)
         if delegate:
@@ -142,7 +193,8 @@ class ComputeEmbeddings(foo.Operator):
         if model in models:
             inputs.view("model_info", types.Notice(label=ce.model_description(model)))
 
-        _field_input(ctx, inputs, target, model)
+        patches_field = _patches_input(ctx, inputs, target)
+        _field_input(ctx, inputs, target, model, patches_field)
 
         prop = inputs.int("batch_size", label="Batch size (optional)", description="Default: 32 on CPU, 256 on GPU", min=1)
         if (ctx.params.get("batch_size") or 1) < 1:
@@ -174,7 +226,10 @@ class ComputeEmbeddings(foo.Operator):
         return ctx.params.get("delegate", False)
 
     def execute(self, ctx):
-        kwargs = {k: ctx.params[k] for k in PARAMS if ctx.params.get(k) not in (None, "")}
+        kwargs = {k: ctx.params[k] for k in PARAMS if ctx.params.get(k) not in (None, "", NO_PATCHES)}
+        if "patches_field" not in kwargs:  # patch options left over from the form
+            kwargs.pop("force_square", None)
+            kwargs.pop("alpha", None)
         summary = ce.compute_embeddings(
             ctx.target_view(require_flat=True),
             progress=progress_callback(ctx, "Embedding"),
@@ -197,6 +252,8 @@ class ComputeEmbeddings(foo.Operator):
 
 
 def _markdown(summary):
+    if "patches_field" in summary:
+        return _patches_markdown(summary)
     lines = [
         f"**{summary['num_embedded']}** images embedded with `{summary['model']}` "
         f"into `{summary['field']}` ({summary['dim']}-d) in {summary['seconds']:.1f} s",
@@ -207,5 +264,22 @@ def _markdown(summary):
         lines.append(
             f"**{summary['num_failed']}** images could not be read; see field "
             f"`{summary['error_field']}` (e.g. `{summary['error_field']} != None`)"
+        )
+    return "\n\n".join(lines)
+
+
+def _patches_markdown(summary):
+    lines = [
+        f"**{summary['num_embedded']}** patches of `{summary['patches_field']}` embedded with "
+        f"`{summary['model']}` into `{summary['field']}` ({summary['dim']}-d) in {summary['seconds']:.1f} s",
+    ]
+    if summary["num_skipped"]:
+        lines.append(f"{summary['num_skipped']} labels already had embeddings")
+    if summary["num_degenerate"]:
+        lines.append(f"{summary['num_degenerate']} boxes have no area inside their image (not embedded)")
+    if summary["num_failed"]:
+        lines.append(
+            f"**{summary['num_failed']}** patches of {summary['num_failed_images']} unreadable "
+            "images were not embedded (see Failures)"
         )
     return "\n\n".join(lines)

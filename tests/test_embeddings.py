@@ -506,3 +506,24 @@ def test_form_offers_target_models_and_validates_the_field(demo_dataset):
     props = form(embeddings_field="emb")
     assert not getattr(props["embeddings_field"], "invalid", False)
     assert "exists_warning" in props and "overwrite" in props
+
+
+def test_bench_pure_mode_runs_without_fiftyone_or_downloadable_weights(image_files, tmp_path):
+    """The benchmark command for a GPU box (no FiftyOne, random weights), on CPU."""
+    paths, _ = image_files
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    for p in paths:
+        if p.endswith(".jpg") and os.path.isfile(p) and "corrupt" not in p:
+            shutil.copy(p, folder)
+    bench = os.path.join(REPO_ROOT, "bench", "bench_embeddings.py")
+    argv = [bench, "--no-fiftyone", "--device", "cpu", "--model", "resnet18", "--random-weights"]
+    argv += ["--data", str(tmp_path / "images"), "--repeats", "1"]
+    code = (
+        f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__'); "
+        "assert 'fiftyone' not in sys.modules, 'fiftyone imported'"
+    )
+    env = dict(os.environ, IMGCLUST_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "resnet18-random" in out.stdout and "Limited by" in out.stdout and "Failed images: 0" in out.stdout

@@ -345,3 +345,28 @@ def test_triton_kernel_in_interpreter_mode():
     result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("m,k,d", [(1, 1, 3), (7, 9, 5), (33, 50, 16), (10, 8, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tiled_coord_assign_matches_brute_force(m, k, d, dtype):
+    """The 4-sample x 8-center tiled kernels: tails, ties and the rows argument."""
+    g = torch.Generator().manual_seed(m * 100 + k)
+    X = torch.randn(m, d, generator=g).to(dtype)
+    C = torch.cat([X[:1], torch.randn(k - 1, d, generator=g).to(dtype)])
+    if k > 2:
+        C[2] = C[1]  # a tie: the first of equal centers wins, second == best
+    rows = torch.randperm(m, generator=g)[: max(1, m // 2)]
+    for kind in (K.ABS, K.HUBER, K.PSEUDO_HUBER):
+        full = K.rho_torch(X[:, None] - C[None], kind, 0.7).sum(-1)
+        assert torch.allclose(K.coord_pairwise(X, C, kind, 0.7), full, rtol=1e-4, atol=1e-5)
+        for r in (None, rows):
+            labels, best, second = K.coord_assign(X, C, kind, 0.7, r)
+            D = full if r is None else full[r]
+            vals, _ = D.sort(1)
+            assert torch.allclose(best, vals[:, 0], rtol=1e-4, atol=1e-4)
+            assert torch.allclose(D.gather(1, labels[:, None])[:, 0], vals[:, 0], rtol=1e-4, atol=1e-4)
+            if k > 1:
+                assert torch.allclose(second, vals[:, 1], rtol=1e-4, atol=1e-4)
+            else:
+                assert torch.isinf(second).all()
