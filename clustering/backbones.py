@@ -762,21 +762,6 @@ def _identity(item):
     return item
 
 
-def _warm_up(backbone, batch_size):
-    """Runs the model once, single-threaded, at the batch shape of the run so
-    that forked workers inherit the kernel caches. (``iter_embeddings`` no
-    longer does: measured, it saves the workers nothing and costs a whole
-    single-threaded batch, 4 s for VGG16.)"""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            size = backbone.image_size
-            backbone.forward_uint8(torch.zeros(batch_size, 3, size, size, dtype=torch.uint8))
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _retain_freed_memory(worker_id=None):
     """Makes glibc malloc keep freed memory in this (worker) process.
 

@@ -228,7 +228,7 @@ def iter_patch_embeddings(
     if workers > 0:
         kwargs = {"prefetch_factor": 4 if device.type == "cuda" else 2, "timeout": bb.WORKER_TIMEOUT}
         if replicas:
-            bb._warm_up(backbone, batch_size)  # forked replicas inherit the kernel caches
+            kwargs["worker_init_fn"] = bb._retain_freed_memory
     dataset = PatchChunks(
         filepaths, patches, chunks, backbone.image_size, force_square,
         backbone if replicas else None, batch_size,

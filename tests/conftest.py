@@ -145,3 +145,15 @@ def pixel_dataset(demo_dataset):
     X = pixel_features(paths)
     demo_dataset.set_values("pixels", dict(zip(ids, list(X))), key_field="id")
     return demo_dataset
+
+
+@pytest.fixture(autouse=True)
+def _isolated_model_registry():
+    """Models a test registers do not leak into later tests (order-independent runs)."""
+    import clustering.backbones as bb
+
+    saved = dict(bb._REGISTRY)
+    yield
+    with bb._REGISTRY_LOCK:
+        bb._REGISTRY.clear()
+        bb._REGISTRY.update(saved)
