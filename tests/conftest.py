@@ -157,3 +157,22 @@ def _isolated_model_registry():
     with bb._REGISTRY_LOCK:
         bb._REGISTRY.clear()
         bb._REGISTRY.update(saved)
+
+
+@pytest.fixture
+def tiny_model():
+    """Name of a registered 3-d model (mean colour at 32 px): a second, cheap
+    network; the registry is restored after the test."""
+    import torch
+
+    import clustering.backbones as bb
+
+    name = "test-tiny"
+    bb.register_model(
+        name,
+        lambda: torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1)),
+        dim=3,
+        image_size=32,
+        overwrite=True,
+    )
+    return name

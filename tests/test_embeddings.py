@@ -346,10 +346,7 @@ def test_view_with_excluded_fields_and_filtered_labels_keeps_other_fields(demo_d
     assert ds.count("pred") == n and ds.exists("note").count() == n
 
 
-def test_ensure_embeddings_computes_only_missing_and_refuses_mixing(demo_dataset):
-    import torch
-
-    import clustering.backbones as bb
+def test_ensure_embeddings_computes_only_missing_and_refuses_mixing(demo_dataset, tiny_model):
     import clustering.embeddings as ce
 
     first = demo_dataset.limit(6)
@@ -363,15 +360,8 @@ def test_ensure_embeddings_computes_only_missing_and_refuses_mixing(demo_dataset
         np.testing.assert_array_equal(v, kept[i])
     assert ce.ensure_embeddings(target, "emb", MODEL, progress=lambda *a: None)["num_embedded"] == 0
 
-    bb.register_model(
-        "test-tiny",
-        lambda: torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1)),
-        dim=3,
-        image_size=32,
-        overwrite=True,
-    )
     with pytest.raises(ValueError, match="mix models"):
-        ce.ensure_embeddings(demo_dataset.limit(12), "emb", "test-tiny", progress=lambda *a: None)
+        ce.ensure_embeddings(demo_dataset.limit(12), "emb", tiny_model, progress=lambda *a: None)
 
 
 def test_invalid_arguments(demo_dataset):

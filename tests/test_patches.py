@@ -256,11 +256,8 @@ def test_unreadable_images_are_skipped_counted_and_cleared(patches_dataset, tmp_
         clustering.compute_embeddings(ds, MODEL, "emb2", patches_field="gt", skip_failures=False, progress=quiet)
 
 
-def test_only_missing_labels_are_embedded_and_models_are_not_mixed(patches_dataset):
-    import torch
-
+def test_only_missing_labels_are_embedded_and_models_are_not_mixed(patches_dataset, tiny_model):
     import clustering
-    import clustering.backbones as bb
 
     ds = patches_dataset
     from fiftyone import ViewField as F
@@ -278,16 +275,9 @@ def test_only_missing_labels_are_embedded_and_models_are_not_mixed(patches_datas
             np.testing.assert_array_equal(after[key], v)
     assert all(after[k] is not None for k in after if k[1] not in DEGENERATE)
 
-    bb.register_model(
-        "test-tiny-patches",
-        lambda: torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1)),
-        dim=3,
-        image_size=32,
-        overwrite=True,
-    )
     with pytest.raises(ValueError, match="mix models"):
-        clustering.compute_embeddings(lefts, "test-tiny-patches", "emb", patches_field="gt", progress=quiet)
-    s = clustering.compute_embeddings(lefts, "test-tiny-patches", "tiny", patches_field="gt", progress=quiet)
+        clustering.compute_embeddings(lefts, tiny_model, "emb", patches_field="gt", progress=quiet)
+    s = clustering.compute_embeddings(lefts, tiny_model, "tiny", patches_field="gt", progress=quiet)
     assert s["dim"] == 3 and {v.shape for v in ds.values("gt.detections.tiny", unwind=True) if v is not None} == {(3,)}
 
 
