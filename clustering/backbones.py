@@ -584,6 +584,16 @@ def _torchvision_io():
     return decode_image, ImageReadMode.RGB
 
 
+def as_uint8_frame(img):
+    """A decoded image as one uint8 frame: the first frame of an animated GIF,
+    16-bit PNGs scaled to 8 bits."""
+    if img.ndim == 4:
+        img = img[0]
+    if img.dtype != torch.uint8:
+        img = (img.to(torch.float32) * (255.0 / 65535.0)).round_().to(torch.uint8)
+    return img
+
+
 def load_image(path, size):
     """Decodes ``path`` to a ``(3, size, size)`` uint8 RGB tensor (whole image
     resized, no crop). Raises on unreadable, missing or non-image files."""
@@ -611,10 +621,7 @@ def load_image(path, size):
             img = decode_image(torch.from_numpy(data), mode=rgb)
         except Exception:
             img = _decode_pil(data.tobytes(), size)  # raises for non-images
-    if img.ndim == 4:  # animated GIF: first frame
-        img = img[0]
-    if img.dtype != torch.uint8:  # 16-bit PNG
-        img = (img.to(torch.float32) * (255.0 / 65535.0)).round_().to(torch.uint8)
+    img = as_uint8_frame(img)
     if img.shape[0] != 3:
         img = img[:1].expand(3, -1, -1) if img.shape[0] == 1 else img[:3]
     if tuple(img.shape[-2:]) != (size, size):

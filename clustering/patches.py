@@ -111,11 +111,7 @@ def decode_image(path, min_box_side=None, size=224):
         img = tv_decode(torch.from_numpy(data), mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except Exception:  # formats torchvision cannot decode (raises for non-images)
         return _pil_tensor(_open_pil(data))
-    if img.ndim == 4:  # animated GIF: first frame
-        img = img[0]
-    if img.dtype != torch.uint8:  # 16-bit PNG
-        img = (img.to(torch.float32) * (255.0 / 65535.0)).round_().to(torch.uint8)
-    return img.contiguous()
+    return bb.as_uint8_frame(img).contiguous()
 
 
 def _open_pil(data):
