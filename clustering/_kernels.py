@@ -412,6 +412,54 @@ if numba is not None:
                     out[c, j, t] += s * (np.float64(X[i, t]) - C[j, t])
 
     @njit(fastmath=_FM, cache=True)
+    def _partition(src, dst, lo, hi, p):
+        """Branch-free partition of src[lo:hi] around p into dst: values < p to the
+        front, the others to the back (reversed); returns the end of the front.
+        Unsigned cursors spare numba's negative-index checks (about 1.7x faster)."""
+        one = np.uint64(1)
+        nl = np.uint64(lo)
+        ng = np.uint64(hi - 1)
+        for i in range(np.uint64(lo), np.uint64(hi)):
+            v = src[i]
+            dst[nl] = v
+            dst[ng] = v
+            less = np.uint64(v < p)
+            nl += less
+            ng -= one - less
+        return np.int64(nl)
+
+    @njit(fastmath=_FM, cache=True)
+    def _bracket(a, work, tmp, first, last):
+        """Copy to ``work`` the values of ``a`` between two quantiles of a sample of
+        32 that should enclose the ranks first..last; returns (count copied, count
+        below), or (0, 0) when the ranks fell outside (a few % of calls; the
+        caller then selects in all of ``a``). Leaves ~40% of the values to select
+        from, after one pass of two comparisons."""
+        n = a.shape[0]
+        s, gap = 32, 6  # gap: ~2 standard deviations of the sample rank of the median
+        for i in range(s):  # insertion sort of a strided sample into tmp[:s]
+            v = a[(i * n) // s]
+            j = i - 1
+            while j >= 0 and tmp[j] > v:
+                tmp[j + 1] = tmp[j]
+                j -= 1
+            tmp[j + 1] = v
+        lo_value = tmp[max((first * s) // n - gap, 0)]
+        hi_value = tmp[min((last * s) // n + gap, s - 1)]
+        m = np.uint64(0)
+        below = np.uint64(0)
+        for i in range(np.uint64(0), np.uint64(n)):
+            v = a[i]
+            work[m] = v
+            m += np.uint64((v >= lo_value) & (v <= hi_value))
+            below += np.uint64(v < lo_value)
+        m = np.int64(m)
+        below = np.int64(below)
+        if below <= first and last < below + m:
+            return m, below
+        return 0, 0
+
+    @njit(fastmath=_FM, cache=True)
     def _select(a, tmp, kth):
         """(value of rank kth - 1 or NaN when not at hand, value of rank kth) of ``a``
         (destroyed; ``tmp`` is scratch of the same size).
@@ -430,15 +478,7 @@ if numba is not None:
             x1 = src[(lo + hi) // 2]
             x2 = src[hi - 1]
             p = max(min(x0, x1), min(max(x0, x1), x2))
-            nl = lo
-            ng = hi - 1
-            for i in range(lo, hi):
-                v = src[i]
-                dst[nl] = v
-                dst[ng] = v
-                less = v < p
-                nl += less
-                ng -= 1 - less
+            nl = _partition(src, dst, lo, hi, p)
             if kth < nl:
                 hi = nl
             elif nl > lo:
@@ -471,8 +511,12 @@ if numba is not None:
         """Median of ``a`` (kept intact; mean of the two middle values for even sizes)."""
         n = a.shape[0]
         h = n // 2
-        work[:n] = a
-        lower, upper = _select(work[:n], tmp, h)
+        m, below = _bracket(a, work, tmp, h - 1 + n % 2, h) if n >= 256 else (0, 0)
+        if m > 0:
+            lower, upper = _select(work[:m], tmp, h - below)
+        else:
+            work[:n] = a
+            lower, upper = _select(work[:n], tmp, h)
         if n % 2 == 1:
             return upper
         if lower == lower:  # not NaN: the final sorted run held rank h - 1 too
@@ -485,6 +529,21 @@ if numba is not None:
             below += v < upper
             lower = max(lower, v if v < upper else neg)
         return 0.5 * (upper + (upper if below < h else lower))
+
+    @njit(nogil=True, cache=True)
+    def _nb_group(labels, k, perm, offsets):
+        """Counting sort: ``perm[offsets[j]:offsets[j + 1]]`` are the rows of cluster j
+        (in order)."""
+        offsets[:] = 0
+        for i in range(labels.shape[0]):
+            offsets[labels[i] + 1] += 1
+        for j in range(k):
+            offsets[j + 1] += offsets[j]
+        fill = offsets[:k].copy()
+        for i in range(labels.shape[0]):
+            j = labels[i]
+            perm[fill[j]] = i
+            fill[j] += 1
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_medians(X, perm, offsets, width, out):
@@ -1086,12 +1145,11 @@ def coord_centers(X, labels, prev, kind, delta, max_iter=100, xtol=1e-10):
 def _numba_medians(X, labels, prev):
     x, lab = _np(X), _np(labels)
     k = prev.shape[0]
-    counts = np.bincount(lab, minlength=k)
-    perm = np.argsort(lab, kind="stable")
-    offsets = np.zeros(k + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    perm = np.empty(lab.shape[0], dtype=np.int64)
+    offsets = np.empty(k + 1, dtype=np.int64)
+    _nb_group(lab, k, perm, offsets)
     out = _np(prev).astype(x.dtype, copy=True)  # empty clusters keep their center
-    width = int(min(64, max(1, (1 << 16) // max(1, int(counts.max())))))
+    width = int(min(64, max(1, (1 << 16) // max(1, int(np.diff(offsets).max())))))
     _call(_nb_medians, 16 * x.size, x, perm, offsets, width, out)
     return torch.from_numpy(out)
 

@@ -157,7 +157,7 @@ class _Engine:
             norms = K.row_sqnorms(X).sqrt()
             self.inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
         self._lower = None  # Hamerly lower bounds on the second-best bound value
-        self._upper = None  # euclidean: upper bounds on the distance to the own center
+        self._upper = None  # bound value to the own center (euclidean: an upper bound)
 
     # ---------------------------------------------------------------- losses
     def losses_to(self, C):
@@ -218,12 +218,17 @@ class _Engine:
         return K.rowwise_loss(self.X, C, labels, self.loss.kind, self.loss._delta(self.param),
                               rows=rows)
 
+    def _coord_pass(self, C, rows=None):
+        """Full coordinate-wise assignment of X[rows] (all rows if None):
+        (labels, loss to the own center, second-best loss)."""
+        kind = self.loss.kind
+        labels, best, second = K.coord_assign(self.X, C, kind, self.loss._delta(self.param), rows)
+        if kind == K.PSEUDO_HUBER:  # the CPU kernel ranks by a cheaper, less accurate form
+            best = self._exact(C, labels, rows)
+        return labels, best, second
+
     def _top2(self, C, rows=None):
-        """(nearest center, lower bound on the second-best bound value) of X[rows]."""
-        if self.geometry == "coordinatewise":
-            labels, _, second = K.coord_assign(self.X, C, self.loss.kind,
-                                               self.loss._delta(self.param), rows)
-            return labels, second
+        """Euclidean (nearest center, lower bound on the second-nearest distance) of X[rows]."""
         labels, _, second = K.sqeuclidean_nearest(self.X, C, self.x_sqnorm,
                                                   self._rows_per_chunk(C.shape[0]), rows,
                                                   second=True)
@@ -256,8 +261,8 @@ class _Engine:
         if self.bounded and self.geometry == "euclidean":
             return self._euclidean_pass(C)
         if self.bounded:
-            labels, self._lower = self._top2(C)
-            return labels, self._bound_to_loss(self._exact(C, labels))
+            labels, self._upper, self._lower = self._coord_pass(C)
+            return labels, self._upper
         if self.geometry == "euclidean":
             labels, d2, _ = K.sqeuclidean_nearest(X, C, self.x_sqnorm,
                                                   self._rows_per_chunk(C.shape[0]))
@@ -303,16 +308,21 @@ class _Engine:
         lower = self._lower - decrease
         if moved is not None:
             lower[moved] = -math.inf
-        if self.geometry == "euclidean":
-            moved_upper = self._upper + shift[labels]
-            if int((moved_upper > lower).sum()) > _UNBOUND_FRACTION * labels.numel():
+        moved_upper = self._upper + shift[labels]
+        if int((moved_upper > lower).sum()) > _UNBOUND_FRACTION * labels.numel():
+            if self.geometry == "euclidean":
                 return self._euclidean_pass(C_new)
+            labels, self._upper, self._lower = self._coord_pass(C_new)
+            return labels, self._upper
         upper = self._exact(C_new, labels)
         rows = torch.nonzero(upper > lower).flatten()
         if rows.numel():
-            lab, second = self._top2(C_new, rows)
+            if self.geometry == "euclidean":
+                lab, second = self._top2(C_new, rows)
+                upper[rows] = self._exact(C_new, lab, rows)
+            else:
+                lab, upper[rows], second = self._coord_pass(C_new, rows)
             labels[rows] = lab
-            upper[rows] = self._exact(C_new, lab, rows)
             lower[rows] = second
         self._lower = lower
         self._upper = upper
