@@ -379,6 +379,26 @@ def test_patch_embeddings_cluster_faces_apart_from_textures(patches_dataset):
     assert len(left) == 1 and len(right) == 1 and left != right
 
 
+def test_evaluation_patches_are_refused_before_any_write(patches_dataset):
+    """An evaluation patches view (true/false positives of two fields) has no
+    single label field to store a run on: clustering it fails with a message
+    that names the fix, and writes nothing."""
+    import clustering
+    from fiftyone import ViewField as F
+
+    ds = patches_dataset
+    ds.clone_sample_field("gt", "pred")
+    boxes = ds.filter_labels("gt", F("label").is_in(["left", "right"]))  # no degenerate box
+    boxes.evaluate_detections("pred", gt_field="gt", eval_key="ev")
+    before = ds.get_field_schema(flat=True)
+    eval_patches = ds.to_evaluation_patches("ev")
+    assert len(eval_patches) > 0
+    with pytest.raises(ValueError, match="Evaluation patches views cannot be clustered; use to_patches"):
+        clustering.compute_clusters(eval_patches, "ev_run", embeddings="gt.emb", k=2, progress=quiet)
+    assert ds.get_field_schema(flat=True) == before
+    assert "ev_run" not in ds.list_runs()
+
+
 def test_patch_runs_store_on_the_labels_and_are_managed_like_image_runs(patches_dataset, plugin_operator):
     """A run on a patches view writes its cluster / loss / rank on the detections
     (by label id) and nothing else; its view, rename and delete work on those
