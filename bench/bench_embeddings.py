@@ -274,10 +274,11 @@ def _bench_fiftyone(args):
     n = len(paths)
     spec = bb.get_spec(args.model)
     batch_size = args.batch_size or bb.default_batch_size("cpu")
+    precision = bb.resolve_precision("cpu", "auto")
     print(
         f"{n} images from {args.data}; model {args.model} ({spec.dim}-d); batch size "
         f"{batch_size}; {bb.cpu_count()} CPU cores; torch threads {torch.get_num_threads()}; "
-        f"load average {load_avg()}",
+        f"precision auto = {precision} (AMX: {bb.cpu_has_bf16_matrix_units()}); load average {load_avg()}",
         flush=True,
     )
 
@@ -302,7 +303,7 @@ def _bench_fiftyone(args):
         return fout.TorchImageModel(config)
 
     fo_plain = fo_model(net_plain)
-    fo_opt = fo_model(backbone.features)  # our folded, channels-last network
+    fo_opt = fo_model(bb.get_backbone(args.model, "cpu", "fp32").features)  # our fused fp32 network
 
     quiet = lambda *a: None  # noqa: E731
 
@@ -311,6 +312,10 @@ def _bench_fiftyone(args):
             dataset, args.model, "ours", batch_size=batch_size, num_workers=args.num_workers, device="cpu", progress=quiet
         ),
         "ours_pure": lambda: bb.embed_files(paths, backbone, batch_size=batch_size, num_workers=args.num_workers),
+        "ours_fp32": lambda: ce.compute_embeddings(
+            dataset, args.model, "ours_fp32", batch_size=batch_size, num_workers=args.num_workers, device="cpu",
+            precision="fp32", progress=quiet,
+        ),
         "fo_plain": lambda: dataset.compute_embeddings(
             fo_plain, embeddings_field="fo_plain", batch_size=batch_size, progress=False
         ),
@@ -319,16 +324,18 @@ def _bench_fiftyone(args):
         ),
     }
     labels_txt = {
-        "ours": "this plugin: `compute_embeddings` (FiftyOne dataset, writes field)",
+        "ours": f"this plugin: `compute_embeddings` (writes the field; precision auto = {precision})",
         "ours_pure": "this plugin: `backbones.embed_files` (no database)",
+        "ours_fp32": "this plugin: `compute_embeddings`, `precision=\"fp32\"` (fused convolutions only)",
         "fo_plain": "FiftyOne `compute_embeddings` + TorchImageModel (same network)",
-        "fo_opt": "FiftyOne `compute_embeddings` + TorchImageModel (our BN-folded channels-last network)",
+        "fo_opt": "FiftyOne `compute_embeddings` + TorchImageModel (our fused fp32 network)",
         "loop": "source documents' loop (one image at a time)",
     }
 
     # warm-up: worker start, oneDNN kernels for the batch shapes, page cache
     warm = dataset.limit(batch_size + 3)
     ce.compute_embeddings(warm, args.model, "warm", batch_size=batch_size, device="cpu", progress=quiet)
+    ce.compute_embeddings(warm, args.model, "warm32", batch_size=batch_size, device="cpu", precision="fp32", progress=quiet)
     warm.compute_embeddings(fo_plain, batch_size=batch_size, progress=False)
     warm.compute_embeddings(fo_opt, batch_size=batch_size, progress=False)
     run_source_loop(paths[:3], net_plain, spec)
@@ -357,7 +364,7 @@ def _bench_fiftyone(args):
     rate = {k: counts[k] / best[k] for k in best}
 
     rows = []
-    for k in ("ours", "ours_pure", "fo_plain", "fo_opt", "loop"):
+    for k in ("ours", "ours_pure", "ours_fp32", "fo_plain", "fo_opt", "loop"):
         if k in rate:
             rows.append(
                 [labels_txt[k], counts[k], f"{best[k]:.2f}", f"{rate[k]:.1f}", f"{rate['ours'] / rate[k]:.2f}x"]
@@ -372,6 +379,7 @@ def _bench_fiftyone(args):
 
     # quality and agreement
     X_ours = np.stack(dataset.values("ours"))
+    X_fp32 = np.stack(dataset.values("ours_fp32"))
     X_fo = np.stack(dataset.values("fo_plain"))
     y = dataset.values("label.label")
 
@@ -380,8 +388,18 @@ def _bench_fiftyone(args):
         B = B / np.linalg.norm(B, axis=1, keepdims=True)
         return float((A * B).sum(axis=1).mean())
 
+    def min_cos(A, B):
+        A = A / np.linalg.norm(A, axis=1, keepdims=True)
+        B = B / np.linalg.norm(B, axis=1, keepdims=True)
+        return float((A * B).sum(axis=1).min())
+
     qrows = [
-        ["this plugin", f"{nmi_kmeans(X_ours, y):.3f}", "1.000"],
+        [f"this plugin ({precision})", f"{nmi_kmeans(X_ours, y):.3f}", "1.000"],
+        [
+            f"this plugin (fp32; min cosine to {precision}: {min_cos(X_ours, X_fp32):.4f})",
+            f"{nmi_kmeans(X_fp32, y):.3f}",
+            f"{mean_cos(X_ours, X_fp32):.4f}",
+        ],
         ["FiftyOne + TorchImageModel", f"{nmi_kmeans(X_fo, y):.3f}", f"{mean_cos(X_ours, X_fo):.4f}"],
     ]
     if loop_X is not None and len(loop_X) == n:
@@ -404,7 +422,8 @@ def _bench_fiftyone(args):
     print(
         f"Ratios: ours / FiftyOne (same network) = **{rate['ours'] / rate['fo_plain']:.2f}x** "
         f"(target >= 1.5); ours / source loop = **{rate['ours'] / rate['loop']:.2f}x** "
-        f"(target >= 5); ours / FiftyOne with our optimized network = "
+        f"(target >= 5); ours in fp32 / source loop = {rate['ours_fp32'] / rate['loop']:.2f}x; "
+        f"ours / FiftyOne with our optimized network = "
         f"{rate['ours'] / rate['fo_opt']:.2f}x. Load average at the end: {load_avg()}"
     )
     fo.delete_dataset(dataset.name)

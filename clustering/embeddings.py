@@ -252,6 +252,7 @@ def compute_embeddings(
     progress=None,
     force_square=False,
     alpha=None,
+    precision="auto",
 ):
     """Computes image embeddings for ``samples`` and stores them in
     ``embeddings_field``, or, with ``patches_field``, embeddings of the object
@@ -270,6 +271,10 @@ def compute_embeddings(
         num_workers (None): image-decoding worker processes (default: from
             the CPU count and device)
         device ("auto"): "auto", "cpu", "cuda", "cuda:N" or "mps"
+        precision ("auto"): built-in models: ``"fp32"``, ``"bf16"``,
+            ``"fp16"`` (GPUs), or ``"auto"``: fp16 on CUDA, bf16 on CPUs with
+            AMX matrix units (several times faster; cosine similarity to fp32
+            about 0.997), fp32 elsewhere
         overwrite (True): recompute samples that already have a value; when
             False only samples missing ``embeddings_field`` are embedded
         skip_failures (True): mark unreadable images in
@@ -297,7 +302,7 @@ def compute_embeddings(
         return compute_patch_embeddings(
             samples, model, embeddings_field, patches_field, batch_size=batch_size,
             num_workers=num_workers, device=device, overwrite=overwrite, skip_failures=skip_failures,
-            force_square=force_square, alpha=alpha, progress=progress,
+            force_square=force_square, alpha=alpha, progress=progress, precision=precision,
         )
     if force_square or alpha is not None:
         raise ValueError("force_square and alpha apply to patch embeddings only: pass patches_field")
@@ -325,7 +330,7 @@ def compute_embeddings(
     if num_workers is not None and int(num_workers) < 0:
         raise ValueError("num_workers must be >= 0")
     if kind == "builtin":
-        bb.resolve_device(device)  # fails early on an unavailable device
+        bb.resolve_precision(device, precision)  # fails early on a bad device or precision
 
     dataset = samples._root_dataset
     exists, error_exists = _check_field_types(dataset, embeddings_field, error_field)
@@ -357,7 +362,7 @@ def compute_embeddings(
     runner = None
     if ids:
         # load the model before touching the schema (missing weights fail here)
-        runner = bb.get_backbone(name, device) if kind == "builtin" else _load_zoo_model(name, device)
+        runner = bb.get_backbone(name, device, precision) if kind == "builtin" else _load_zoo_model(name, device)
 
     if not exists:
         import fiftyone as fo
@@ -397,7 +402,7 @@ def compute_embeddings(
         dim = writer.dim or summary.get("dim")
         _stamp_field(dataset, embeddings_field, model, dim)
     else:
-        info = {"device": None, "batch_size": None, "num_workers": None}
+        info = {"device": None, "precision": None, "batch_size": None, "num_workers": None}
         summary.update(info)
         dim = _existing_dim(samples, embeddings_field) if exists else None
         if dim is None and kind == "builtin":
@@ -451,7 +456,13 @@ def _compute_builtin(backbone, ids, filepaths, writer, batch_size, num_workers, 
         if failures and not skip_failures:
             _raise_failure(failures)
     workers = bb.resolve_num_workers(len(ids), batch_size, dev, num_workers)
-    return {"device": str(dev), "batch_size": batch_size, "num_workers": workers, "dim": backbone.dim}
+    return {
+        "device": str(dev),
+        "precision": backbone.precision,
+        "batch_size": batch_size,
+        "num_workers": workers,
+        "dim": backbone.dim,
+    }
 
 
 def _read_error(filepath):

@@ -330,6 +330,7 @@ def compute_patch_embeddings(
     force_square=False,
     alpha=None,
     progress=None,
+    precision="auto",
 ):
     """Embeds the boxes of ``patches_field`` and stores each vector on its
     label, in ``{patches_field}.detections.{embeddings_field}``.
@@ -371,7 +372,7 @@ def compute_patch_embeddings(
     if num_workers is not None and int(num_workers) < 0:
         raise ValueError("num_workers must be >= 0")
     if kind == "builtin":
-        bb.resolve_device(device)
+        bb.resolve_precision(device, precision)  # fails early on a bad device or precision
 
     dataset = samples._root_dataset
     labels_path = f"{patches_field}.detections"
@@ -417,7 +418,7 @@ def compute_patch_embeddings(
 
     runner = None
     if refs:
-        runner = bb.get_backbone(name, device) if kind == "builtin" else ce._load_zoo_model(name, device)
+        runner = bb.get_backbone(name, device, precision) if kind == "builtin" else ce._load_zoo_model(name, device)
     if ftype is None and num_target:
         dataset.add_sample_field(path, fo.VectorField, description=f"Patch embeddings ({model})")
 
@@ -425,7 +426,7 @@ def compute_patch_embeddings(
     if degenerate:
         writer.write(*zip(*degenerate), [None] * len(degenerate))
     failures = {}
-    info = {"device": None, "batch_size": None, "num_workers": None}
+    info = {"device": None, "precision": None, "batch_size": None, "num_workers": None}
     if refs:
         with progress_or_bar(progress, f"Embedding patches ({model})") as report:
             try:
@@ -503,7 +504,7 @@ def _compute_builtin(
         _fail(failures, writer, refs, sample_ids, patches, errors, skip_failures)
     chunks = len(plan_chunks([len(p) for p in patches], batch_size))
     workers = bb.resolve_num_workers(chunks, 1, dev, num_workers)
-    return {"device": str(dev), "batch_size": batch_size, "num_workers": workers}
+    return {"device": str(dev), "precision": backbone.precision, "batch_size": batch_size, "num_workers": workers}
 
 
 def _compute_zoo(
