@@ -296,48 +296,47 @@ if numba is not None:
             out[q] = _pair1(X[rows[q]], C[labels[q]], kind, delta)
 
     @njit(nogil=True, fastmath=_FM, cache=True)
-    def _nb_gemm_top2(G, c_sqnorm, pick, labels, best, second, want_second):
-        """Nearest (and second-nearest) center of the rows ``pick`` of a GEMM block
-        G = X C^T, by c_sqnorm - 2 G (the samples' own norms are added later).
-        Four rows at a time, branch-free (four independent dependency chains:
-        3-4x faster than one branchy scan for k <= 100). Serial and GIL-free:
-        blocks run on the threads of ``_run_blocks``."""
-        k = G.shape[1]
-        m = pick.shape[0]
+    def _nb_gemm_top2(GT, c_sqnorm, labels, best, second, want_second):
+        """Nearest (and second-nearest) center of every column of a GEMM block
+        GT = C X^T (k, m), by c_sqnorm - 2 GT (the samples' own norms are added
+        later). The inner loop runs over a tile of 256 samples held in local
+        arrays (float32 lanes, int32 labels), so it vectorizes across samples;
+        branch-free. Serial and GIL-free: blocks run on the threads of
+        ``_run_blocks``."""
+        k, m = GT.shape
+        tile = 256
         inf = c_sqnorm.dtype.type(np.inf)
         two = c_sqnorm.dtype.type(2.0)
-        for q0 in range(0, m, 4):
-            g0 = G[pick[q0]]
-            g1 = G[pick[min(q0 + 1, m - 1)]]
-            g2 = G[pick[min(q0 + 2, m - 1)]]
-            g3 = G[pick[min(q0 + 3, m - 1)]]
-            b0 = b1 = b2 = b3 = inf
-            s0 = s1 = s2 = s3 = inf
-            j0 = j1 = j2 = j3 = 0
-            for j in range(k):  # same result as: if v < b: s, b = b, v  elif v < s: s = v
+        b = np.empty(tile, GT.dtype)
+        s = np.empty(tile, GT.dtype)
+        lab = np.empty(tile, np.int32)
+        for t0 in range(0, m, tile):
+            w = min(tile, m - t0)
+            b[:] = inf
+            s[:] = inf
+            lab[:] = 0
+            for j in range(k):
                 c = c_sqnorm[j]
-                v = c - two * g0[j]
-                j0 = j if v < b0 else j0
-                s0 = min(s0, max(v, b0))
-                b0 = min(b0, v)
-                v = c - two * g1[j]
-                j1 = j if v < b1 else j1
-                s1 = min(s1, max(v, b1))
-                b1 = min(b1, v)
-                v = c - two * g2[j]
-                j2 = j if v < b2 else j2
-                s2 = min(s2, max(v, b2))
-                b2 = min(b2, v)
-                v = c - two * g3[j]
-                j3 = j if v < b3 else j3
-                s3 = min(s3, max(v, b3))
-                b3 = min(b3, v)
-            for r in range(min(4, m - q0)):
-                q = q0 + r
-                labels[q] = (j0, j1, j2, j3)[r]
-                best[q] = (b0, b1, b2, b3)[r]
-                if want_second:  # ``second`` may alias ``best`` when not wanted
-                    second[q] = (s0, s1, s2, s3)[r]
+                row = GT[j, t0:t0 + w]
+                jj = np.int32(j)
+                if want_second:
+                    for t in range(w):
+                        v = c - two * row[t]
+                        bt = b[t]
+                        lab[t] = jj if v < bt else lab[t]
+                        s[t] = min(s[t], max(v, bt))
+                        b[t] = min(bt, v)
+                else:
+                    for t in range(w):
+                        v = c - two * row[t]
+                        bt = b[t]
+                        lab[t] = jj if v < bt else lab[t]
+                        b[t] = min(bt, v)
+            for t in range(w):
+                labels[t0 + t] = lab[t]
+                best[t0 + t] = b[t]
+                if want_second:
+                    second[t0 + t] = s[t]
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_row_sqnorms(X, out):
@@ -888,16 +887,27 @@ def sqeuclidean_nearest(X, C, x_sqnorm, chunk, rows=None, second=False):
         blocks.append((slice(s, e), rows[lo:hi] - s, slice(lo, hi)) if dense
                       else (rows[lo:hi], None, slice(lo, hi)))
     if fused:
-        x, CT, c_sq = _np(X), np.ascontiguousarray(_np(C).T), _np(c_sqnorm)
+        x, c, c_sq = _np(X), _np(C), _np(c_sqnorm)
         lab_np, best_np = labels.numpy(), best.numpy()
-        second_np = runner_up.numpy() if second else best_np
+        second_np = runner_up.numpy() if second else None
+        want_second = second and k > 1
 
         def scan(block):
             samples, pick, out_rows = block
-            G = np.matmul(x[samples if isinstance(samples, slice) else samples.numpy()], CT)
-            idx = np.arange(G.shape[0]) if pick is None else pick.numpy()
-            _nb_gemm_top2(G, c_sq, idx, lab_np[out_rows], best_np[out_rows],
-                          second_np[out_rows], second and k > 1)
+            part = x[samples if isinstance(samples, slice) else samples.numpy()]
+            GT = np.matmul(c, part.T)  # (k, rows): samples along the vector lanes
+            if pick is None:
+                lab, dist = lab_np[out_rows], best_np[out_rows]
+                sec = second_np[out_rows] if want_second else dist
+            else:  # a dense block with some rows wanted: scan all, keep those
+                lab = np.empty(part.shape[0], np.int64)
+                dist, sec = np.empty_like(part[:, 0]), np.empty_like(part[:, 0])
+            _nb_gemm_top2(GT, c_sq, lab, dist, sec, want_second)
+            if pick is not None:
+                idx = pick.numpy()
+                lab_np[out_rows], best_np[out_rows] = lab[idx], dist[idx]
+                if want_second:
+                    second_np[out_rows] = sec[idx]
 
         with _single_threaded_blas():
             _run_blocks(scan, blocks)

@@ -370,3 +370,29 @@ def test_tiled_coord_assign_matches_brute_force(m, k, d, dtype):
                 assert torch.allclose(second, vals[:, 1], rtol=1e-4, atol=1e-4)
             else:
                 assert torch.isinf(second).all()
+
+
+@pytest.mark.parametrize("k", [1, 7, 70])
+@pytest.mark.parametrize("chunk", [300, 5000])
+def test_gemm_nearest_and_second_nearest_match_brute_force(k, chunk):
+    """The blocked GEMM + top-2 scan (numba path when available): whole blocks,
+    dense blocks with some rows wanted and gathered sparse rows."""
+    rng = np.random.default_rng(k * chunk)
+    X = torch.from_numpy(rng.normal(size=(1037, 12)).astype(np.float32))
+    C = torch.from_numpy(rng.normal(size=(k, 12)).astype(np.float32))
+    D = ((X[:, None, :].double() - C[None].double()) ** 2).sum(-1).numpy()
+    order = np.sort(D, axis=1)
+    sqnorm = (X * X).sum(1)
+    dense = torch.arange(0, 1037, 2)  # half of each block: scanned whole, then picked
+    sparse = torch.tensor([3, 500, 1036])  # gathered rows
+    for rows in (None, dense, sparse):
+        idx = np.arange(1037) if rows is None else rows.numpy()
+        labels, best, second = K.sqeuclidean_nearest(X, C, sqnorm, chunk, rows, second=True)
+        np.testing.assert_array_equal(labels.numpy(), D[idx].argmin(1))
+        np.testing.assert_allclose(best.numpy(), order[idx, 0], rtol=1e-4, atol=1e-4)
+        expected = order[idx, 1] if k > 1 else np.full(len(idx), np.inf)
+        np.testing.assert_allclose(second.numpy(), expected, rtol=1e-4, atol=1e-4)
+        labels1, best1, none = K.sqeuclidean_nearest(X, C, sqnorm, chunk, rows)
+        assert none is None
+        np.testing.assert_array_equal(labels1.numpy(), labels.numpy())
+        np.testing.assert_array_equal(best1.numpy(), best.numpy())
