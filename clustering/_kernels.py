@@ -413,9 +413,13 @@ if numba is not None:
                     b[i] = 2.0 * (radial - 0.5 / eps) / d2 if d2 > 0.0 else 0.0
 
     @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_lowrank_matvec(X, C, labels, rows, b, P, out):
+    def _nb_lowrank_matvec(X, cp, labels, rows, b, P, out, wsum):
+        """Per chunk: out[j] = sum_i s_i x_i and wsum[j] = sum_i s_i with
+        s_i = b_i (x_i . P_j - c_j . P_j) (cp[j] = c_j . P_j): the same sum as
+        sum_i b_i (v_i . P_j) v_i once wsum_j c_j is subtracted, with two
+        float64 FMAs per coordinate instead of two subtractions more."""
         m = rows.shape[0]
-        d = C.shape[1]
+        d = P.shape[1]
         nchunks = out.shape[0]
         for c in prange(nchunks):
             for q in range(c * m // nchunks, (c + 1) * m // nchunks):
@@ -423,10 +427,11 @@ if numba is not None:
                 j = labels[i]
                 s = 0.0
                 for t in range(d):
-                    s += (np.float64(X[i, t]) - C[j, t]) * P[j, t]
-                s *= b[i]
+                    s += np.float64(X[i, t]) * P[j, t]
+                s = b[i] * (s - cp[j])
+                wsum[c, j] += s
                 for t in range(d):
-                    out[c, j, t] += s * (np.float64(X[i, t]) - C[j, t])
+                    out[c, j, t] += s * np.float64(X[i, t])
 
     @njit(fastmath=_FM, cache=True)
     def _partition(src, dst, lo, hi, p):
@@ -1163,10 +1168,14 @@ def lowrank_matvec(X, C, labels, rows, b, P):
     """sum over ``rows`` i of b_i ((x_i - c_j) . P_j) (x_i - c_j), per cluster j = labels_i."""
     if numba_active(X):
         work = rows.shape[0] * X.shape[1]
-        out = np.zeros((_n_chunks(max(1, rows.shape[0]), work),) + tuple(P.shape))
-        _call(_nb_lowrank_matvec, work, _np(X), _np(C.double()), _np(labels), _np(rows), _np(b),
-              _np(P.double()), out)
-        return torch.from_numpy(out.sum(0))
+        chunks = _n_chunks(max(1, rows.shape[0]), work)
+        out = np.zeros((chunks,) + tuple(P.shape))
+        wsum = np.zeros((chunks, P.shape[0]))
+        P64, C64 = P.double(), C.double()
+        cp = (C64 * P64).sum(1)
+        _call(_nb_lowrank_matvec, work, _np(X), _np(cp), _np(labels), _np(rows), _np(b),
+              _np(P64), out, wsum)
+        return torch.from_numpy(out.sum(0)) - torch.from_numpy(wsum.sum(0))[:, None] * C64
     out = torch.zeros_like(P)
     step = _row_chunk(rows.shape[0], X.shape[1], _budget(X) // 4)
     for s in range(0, rows.shape[0], step):
