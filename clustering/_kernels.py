@@ -295,23 +295,22 @@ if numba is not None:
         for q in prange(out.shape[0]):
             out[q] = _pair1(X[rows[q]], C[labels[q]], kind, delta)
 
-    @njit(nogil=True, fastmath=_FM, cache=True)
-    def _nb_gemm_top2(GT, c_sqnorm, labels, best, second, want_second):
-        """Nearest (and second-nearest) center of every column of a GEMM block
-        GT = C X^T (k, m), by c_sqnorm - 2 GT (the samples' own norms are added
-        later). The inner loop runs over a tile of 256 samples held in local
-        arrays (float32 lanes, int32 labels), so it vectorizes across samples;
-        branch-free. Serial and GIL-free: blocks run on the threads of
-        ``_run_blocks``."""
-        k, m = GT.shape
+    @njit(inline="always", fastmath=_FM)
+    def _top2_columns(GT, c_sqnorm, lo, hi, labels, best, second, want_second):
+        """Nearest (and second-nearest) center of the columns lo:hi of a GEMM
+        block GT = C X^T (k, m), by c_sqnorm - 2 GT (the samples' own norms are
+        added later). The inner loop runs over a tile of 256 samples held in
+        local arrays (float32 lanes, int32 labels), so it vectorizes across
+        samples; branch-free."""
+        k = GT.shape[0]
         tile = 256
         inf = c_sqnorm.dtype.type(np.inf)
         two = c_sqnorm.dtype.type(2.0)
         b = np.empty(tile, GT.dtype)
         s = np.empty(tile, GT.dtype)
         lab = np.empty(tile, np.int32)
-        for t0 in range(0, m, tile):
-            w = min(tile, m - t0)
+        for t0 in range(lo, hi, tile):
+            w = min(tile, hi - t0)
             b[:] = inf
             s[:] = inf
             lab[:] = 0
@@ -337,6 +336,20 @@ if numba is not None:
                 best[t0 + t] = b[t]
                 if want_second:
                     second[t0 + t] = s[t]
+
+    @njit(nogil=True, fastmath=_FM, cache=True)
+    def _nb_gemm_top2(GT, c_sqnorm, labels, best, second, want_second):
+        """:func:`_top2_columns` of every column, serial and GIL-free (blocks run
+        on the threads of ``_run_blocks``)."""
+        _top2_columns(GT, c_sqnorm, 0, GT.shape[1], labels, best, second, want_second)
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_gemm_top2_parallel(GT, c_sqnorm, labels, best, second, want_second, nchunks):
+        """:func:`_top2_columns` of every column, in ``nchunks`` parallel chunks."""
+        m = GT.shape[1]
+        for c in prange(nchunks):
+            _top2_columns(GT, c_sqnorm, c * m // nchunks, (c + 1) * m // nchunks,
+                          labels, best, second, want_second)
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_row_sqnorms(X, out):
@@ -813,6 +826,9 @@ def row_sqnorms(X):
 
 
 _POOL = []  # [(threads, ThreadPoolExecutor)] of _run_blocks
+#: sqeuclidean_nearest over all samples with n * k at most this (16 MB of
+#: float32 distances) runs as one GEMM + one parallel scan instead of blocks
+_ONE_GEMM = 1 << 22
 
 
 def _run_blocks(work, blocks):
@@ -891,7 +907,16 @@ def sqeuclidean_nearest(X, C, x_sqnorm, chunk, rows=None, second=False):
         dense = hi - lo > (e - s) // 3
         blocks.append((slice(s, e), rows[lo:hi] - s, slice(lo, hi)) if dense
                       else (rows[lo:hi], None, slice(lo, hi)))
-    if fused:
+    if fused and rows is None and n * k <= _ONE_GEMM:
+        # small problem: one multi-threaded GEMM and a parallel scan beat
+        # per-block work items, whose hand-offs would cost as much as the work
+        x, c, c_sq = _np(X), _np(C), _np(c_sqnorm)
+        want_second = second and k > 1
+        lab_np, best_np = labels.numpy(), best.numpy()
+        work = n * k * 4
+        _call(_nb_gemm_top2_parallel, work, np.matmul(c, x.T), c_sq, lab_np, best_np,
+              runner_up.numpy() if want_second else best_np, want_second, _n_chunks(n, work))
+    elif fused:
         x, c, c_sq = _np(X), _np(C), _np(c_sqnorm)
         lab_np, best_np = labels.numpy(), best.numpy()
         second_np = runner_up.numpy() if second else None

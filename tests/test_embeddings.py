@@ -240,6 +240,8 @@ def test_operator_embeds_demo_images_and_separates_classes(demo_dataset, plugin_
     assert summary["num_embedded"] == n and summary["num_failed"] == 0
     assert summary["dim"] == 1280 and summary["field"] == "emb" and summary["model"] == MODEL
     assert summary["seconds"] > 0
+    assert summary["precision"] == clustering.backbones.resolve_precision("cpu", "auto")
+    assert f"on cpu ({summary['precision']})" in summary["message"]
 
     X = np.stack(view.values("emb"))
     assert X.shape == (n, 1280) and np.isfinite(X).all()
@@ -364,6 +366,22 @@ def test_ensure_embeddings_computes_only_missing_and_refuses_mixing(demo_dataset
         ce.ensure_embeddings(demo_dataset.limit(12), "emb", tiny_model, progress=lambda *a: None)
 
 
+def test_precision_through_the_operator(demo_dataset, plugin_operator):
+    """fp32 and bf16 through the operator: both recorded, close, and refused
+    before any write when not valid for the device."""
+    view = demo_dataset.limit(10)
+    run = plugin_operator("compute_embeddings")
+    fp32 = run(view, model=MODEL, embeddings_field="emb32", precision="fp32")
+    bf16 = run(view, model=MODEL, embeddings_field="emb16", precision="bf16", device="cpu")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    A, B = np.stack(view.values("emb32")), np.stack(view.values("emb16"))
+    cos = (A * B).sum(1) / np.linalg.norm(A, axis=1) / np.linalg.norm(B, axis=1)
+    assert cos.min() > 0.95 and cos.mean() > 0.99
+    with pytest.raises(Exception, match="precision=.fp16. is for GPUs"):
+        run(view, model=MODEL, embeddings_field="emb_fp16", precision="fp16", device="cpu")
+    assert "emb_fp16" not in demo_dataset.get_field_schema()
+
+
 def test_invalid_arguments(demo_dataset):
     import clustering.embeddings as ce
 
@@ -482,7 +500,9 @@ def test_form_offers_target_models_and_validates_the_field(demo_dataset):
 
     props = form()
     assert list(props)[0] == "view_target"  # added by ctx.target_view()
-    assert {"model", "embeddings_field", "batch_size", "num_workers", "device", "skip_failures", "delegate"} <= set(props)
+    assert {"model", "embeddings_field", "batch_size", "num_workers", "device", "precision", "skip_failures",
+            "delegate"} <= set(props)
+    assert [c.value for c in props["precision"].view.choices] == ["auto", "fp32", "bf16", "fp16"]
     choices = {c.value: c for c in props["model"].view.choices}
     assert {MODEL, "vgg16", "resnet50", "zoo:clip-vit-base32-torch"} <= set(choices)
     assert "1280-d" in choices[MODEL].description and "512-d" in choices["vgg16"].description

@@ -372,11 +372,15 @@ def test_tiled_coord_assign_matches_brute_force(m, k, d, dtype):
                 assert torch.isinf(second).all()
 
 
+@pytest.mark.parametrize("one_gemm", [True, False])
 @pytest.mark.parametrize("k", [1, 7, 70])
 @pytest.mark.parametrize("chunk", [300, 5000])
-def test_gemm_nearest_and_second_nearest_match_brute_force(k, chunk):
-    """The blocked GEMM + top-2 scan (numba path when available): whole blocks,
-    dense blocks with some rows wanted and gathered sparse rows."""
+def test_gemm_nearest_and_second_nearest_match_brute_force(k, chunk, one_gemm, monkeypatch):
+    """GEMM + top-2 scan (numba path when available): one GEMM for small
+    problems or blocks of ``chunk`` samples (whole blocks, dense blocks with
+    some rows wanted, gathered sparse rows)."""
+    if not one_gemm:
+        monkeypatch.setattr(K, "_ONE_GEMM", 0)
     rng = np.random.default_rng(k * chunk)
     X = torch.from_numpy(rng.normal(size=(1037, 12)).astype(np.float32))
     C = torch.from_numpy(rng.normal(size=(k, 12)).astype(np.float32))
