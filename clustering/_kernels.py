@@ -464,26 +464,13 @@ if numba is not None:
         return np.int64(nl)
 
     @njit(fastmath=_FM, cache=True)
-    def _bracket(a, work, tmp, first, last):
-        """Copy to ``work`` the values of ``a`` between two quantiles of a sample of
-        32 that should enclose the ranks first..last; returns (count copied, count
-        below), or (0, 0) when the ranks fell outside (a few % of calls; the
-        caller then selects in all of ``a``). Leaves ~40% of the values to select
-        from, after one pass of two comparisons."""
-        n = a.shape[0]
-        s, gap = 32, 6  # gap: ~2 standard deviations of the sample rank of the median
-        for i in range(s):  # insertion sort of a strided sample into tmp[:s]
-            v = a[(i * n) // s]
-            j = i - 1
-            while j >= 0 and tmp[j] > v:
-                tmp[j + 1] = tmp[j]
-                j -= 1
-            tmp[j + 1] = v
-        lo_value = tmp[max((first * s) // n - gap, 0)]
-        hi_value = tmp[min((last * s) // n + gap, s - 1)]
+    def _window(a, work, lo_value, hi_value, first, last):
+        """Copy to ``work`` the values of ``a`` in [lo_value, hi_value]; returns
+        (count copied, count below) when that window holds the ranks
+        first..last, else (0, 0). One pass of two comparisons."""
         m = np.uint64(0)
         below = np.uint64(0)
-        for i in range(np.uint64(0), np.uint64(n)):
+        for i in range(np.uint64(0), np.uint64(a.shape[0])):
             v = a[i]
             work[m] = v
             m += np.uint64((v >= lo_value) & (v <= hi_value))
@@ -493,6 +480,36 @@ if numba is not None:
         if below <= first and last < below + m:
             return m, below
         return 0, 0
+
+    @njit(fastmath=_FM, cache=True)
+    def _bracket(a, work, tmp, first, last, hint):
+        """Copy to ``work`` a window of the values of ``a`` that holds the ranks
+        first..last; returns (count copied, count below), or (0, 0) when no
+        window did (a few % of calls; the caller then selects in all of ``a``).
+
+        Windows come from a sorted strided sample of 32 values: first 5 sample
+        gaps (~15% of the values) around ``hint`` (the previous median, which
+        the new one is usually close to; NaN for none), then ~2 standard
+        deviations of the sample rank around the sample's own quantiles (~40%)."""
+        n = a.shape[0]
+        s, gap = 32, 6  # gap: ~2 standard deviations of the sample rank of the median
+        for i in range(s):  # insertion sort of a strided sample into tmp[:s]
+            v = a[(i * n) // s]
+            j = i - 1
+            while j >= 0 and tmp[j] > v:
+                tmp[j + 1] = tmp[j]
+                j -= 1
+            tmp[j + 1] = v
+        if hint == hint:
+            p = 0
+            while p < s and tmp[p] < hint:
+                p += 1
+            m, below = _window(a, work, tmp[max(p - 3, 0)], tmp[min(p + 2, s - 1)], first, last)
+            if m > 0:
+                return m, below
+        lo_value = tmp[max((first * s) // n - gap, 0)]
+        hi_value = tmp[min((last * s) // n + gap, s - 1)]
+        return _window(a, work, lo_value, hi_value, first, last)
 
     @njit(fastmath=_FM, cache=True)
     def _select(a, tmp, kth):
@@ -542,11 +559,12 @@ if numba is not None:
         return (src[kth - 1] if kth > lo else nan), src[kth]
 
     @njit(fastmath=_FM, cache=True)
-    def _median(a, work, tmp):
-        """Median of ``a`` (kept intact; mean of the two middle values for even sizes)."""
+    def _median(a, work, tmp, hint):
+        """Median of ``a`` (kept intact; mean of the two middle values for even
+        sizes); ``hint``: a value near it, or NaN."""
         n = a.shape[0]
         h = n // 2
-        m, below = _bracket(a, work, tmp, h - 1 + n % 2, h) if n >= 256 else (0, 0)
+        m, below = _bracket(a, work, tmp, h - 1 + n % 2, h, hint) if n >= 256 else (0, 0)
         if m > 0:
             lower, upper = _select(work[:m], tmp, h - below)
         else:
@@ -583,7 +601,8 @@ if numba is not None:
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_medians(X, perm, offsets, width, out):
         """Exact per-cluster medians: gather blocks of ``width`` columns of each
-        cluster's rows (``perm[offsets[j]:offsets[j + 1]]``), then quickselect."""
+        cluster's rows (``perm[offsets[j]:offsets[j + 1]]``), then quickselect.
+        ``out`` holds the previous centers on entry: hints for the bracket."""
         k = offsets.shape[0] - 1
         d = X.shape[1]
         n_blocks = (d + width - 1) // width
@@ -603,7 +622,7 @@ if numba is not None:
                 for c in range(w):
                     buf[c, m] = X[i, c0 + c]
             for c in range(w):
-                out[j, c0 + c] = _median(buf[c], work, tmp)
+                out[j, c0 + c] = _median(buf[c], work, tmp, out[j, c0 + c])  # out: previous centers
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_psi_sums_active(X, rows, labels, mu, kind, delta, ptr, cols, g, h):
@@ -1233,7 +1252,9 @@ def _numba_medians(X, labels, prev):
     offsets = np.empty(k + 1, dtype=np.int64)
     _nb_group(lab, k, perm, offsets)
     out = _np(prev).astype(x.dtype, copy=True)  # empty clusters keep their center
-    width = int(min(64, max(1, (1 << 16) // max(1, int(np.diff(offsets).max())))))
+    # columns gathered per task: a 128 KB buffer (cache-resident on a core),
+    # but at least 16 (one cache line of each row read)
+    width = int(min(64, max(16, (1 << 15) // max(1, int(np.diff(offsets).max())))))
     _call(_nb_medians, 16 * x.size, x, perm, offsets, width, out)
     return torch.from_numpy(out)
 

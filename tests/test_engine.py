@@ -400,3 +400,25 @@ def test_gemm_nearest_and_second_nearest_match_brute_force(k, chunk, one_gemm, m
         assert none is None
         np.testing.assert_array_equal(labels1.numpy(), labels.numpy())
         np.testing.assert_array_equal(best1.numpy(), best.numpy())
+
+
+@pytest.mark.parametrize("hint", ["none", "exact", "near", "far"])
+def test_exact_medians_of_large_clusters_whatever_the_previous_centers(hint, backend):
+    """Clusters of >= 256 samples take the bracketed selection, which first
+    tries a window around the previous center: the median is exact whether
+    that window holds it or not (ties, even and odd sizes)."""
+    rng = np.random.default_rng(7)
+    sizes = [256, 257, 1000, 3001]
+    labels = np.repeat(np.arange(4), sizes)
+    X = rng.normal(size=(labels.size, 40)).astype(np.float32)
+    X[:, :10] = np.round(X[:, :10] * 2)  # many ties
+    expected = np.stack([np.median(X[labels == j], axis=0) for j in range(4)])
+    prev = {
+        "none": np.full_like(expected, np.nan),
+        "exact": expected,
+        "near": expected + 0.05,
+        "far": expected + 100.0,
+    }[hint]
+    got = K.coord_centers(torch.from_numpy(X), torch.from_numpy(labels),
+                          torch.from_numpy(prev.astype(np.float32)), K.ABS, 1.0)
+    np.testing.assert_array_equal(got.numpy(), expected.astype(np.float32))
