@@ -526,14 +526,17 @@ class Backbone:
         features = features.to(device)
         if self.channels_last:
             features = features.to(memory_format=torch.channels_last)
-        # CPU: fused oneDNN convolutions (weights in self.dtype); the other
-        # layers run under bf16 autocast when the precision is bf16
-        self.fused = device.type == "cpu" and fusion.fusion_available()
-        if self.fused:
-            try:
-                features = fusion.fuse_convolutions(features, self.dtype)
-            except Exception:  # noqa: BLE001 - untraceable custom modules run unfused
-                self.fused = False
+        # CPU: fused oneDNN convolutions (weights in self.dtype), checked on a
+        # noise image; the other layers run under bf16 autocast in bf16
+        self.fused = False
+        if device.type == "cpu" and fusion.fusion_available():
+            noise = torch.randint(0, 256, (1, 3, self.image_size, self.image_size),
+                                  generator=torch.Generator().manual_seed(0)).float()
+            noise = ((noise / 255.0 - torch.tensor(spec.mean).view(1, 3, 1, 1))
+                     / torch.tensor(spec.std).view(1, 3, 1, 1))
+            fused = fusion.fuse_checked(features, self.dtype, noise.contiguous(memory_format=torch.channels_last))
+            self.fused = fused is not None
+            features = fused if self.fused else features
         self._cpu_autocast = device.type == "cpu" and self.dtype == torch.bfloat16
         if device.type != "cpu" and self.dtype != torch.float32:
             features = features.to(self.dtype)

@@ -151,3 +151,48 @@ def test_backbones_per_precision_embed_real_images_consistently(demo_images_dir)
     # these low-resolution faces and texture crops are the hardest case seen
     # (real photos: min 0.994, mean 0.999); clusters are the same (README)
     assert cos.min() > 0.95 and cos.mean() > 0.99 and not np.array_equal(X32, X16)
+
+
+class _ScaledConv(nn.Conv2d):
+    """A conv whose forward does more than pad + convolve (what the fusion
+    pass would get wrong if it trusted the ``static_padding`` attribute)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.static_padding = nn.Identity()
+
+    def forward(self, x):
+        return 2.0 * super().forward(self.static_padding(x))
+
+
+class _DataDependent(nn.Module):
+    """Control flow on values: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return (y if float(y.mean()) > 0 else -y).mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: nn.Sequential(_ScaledConv(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)),
+    _DataDependent,
+])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_models_the_fusion_cannot_handle_run_unfused_with_the_same_output(factory, precision, caplog):
+    name = "test-unfusable"
+    bb.register_model(name, lambda: factory().eval(), dim=4, image_size=32, overwrite=True)
+    with caplog.at_level("WARNING", logger="clustering.fusion"):
+        backbone = bb.get_backbone(name, "cpu", precision)
+    assert backbone.fused is False and "unfused" in caplog.text
+    reference = factory().eval()
+    reference.load_state_dict(backbone.features.state_dict())
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        out = backbone.forward_uint8(images)
+        expected = reference((images.float() - backbone._mean) * backbone._inv_std)
+    tol = 0.05 if precision == "bf16" else 1e-5
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=tol, atol=tol)
