@@ -46,6 +46,9 @@ NUMBA_ENABLED = numba is not None and not os.environ.get("CLUSTERING_DISABLE_NUM
 # coordinate-wise kinds: loss(x, c) = sum_t rho(x_t - c_t)
 ABS, HUBER, PSEUDO_HUBER, SQUARED = 0, 1, 2, 3
 _PSEUDO_HUBER_RANK = 4  # cheaper pseudo-Huber form for ranking centers (assignment)
+#: coordinate-wise assignment puts samples along the vector lanes up to this d
+#: (_nb_coord_assign_lanes), centers above it (_nb_coord_assign)
+_LANES_MAX_D = 32
 # radial majorize-minimize kinds (see ``radial_stats``)
 CORRENTROPY, GEOMETRIC_MEDIAN = 1, 2
 
@@ -273,6 +276,86 @@ if numba is not None:
                     labels[q0 + 3] = j3
                     best[q0 + 3] = b3
                     second[q0 + 3] = s3
+
+    @njit(parallel=True, fastmath=_FM, cache=True)
+    def _nb_coord_assign_lanes(X, C, rows, kind, delta, nchunks, labels, best, second):
+        """:func:`_nb_coord_assign` with samples, not centers, along the vector
+        lanes: tiles of 128 samples are transposed once, then for each center
+        the tile's losses and its running top-2 are vectorized across samples.
+        Faster when d is small, where the other kernel's scalar top-2 over the
+        k centers of each sample costs as much as the losses."""
+        m = rows.shape[0]
+        k, d = C.shape
+        tile = 128
+        n_tiles = (m + tile - 1) // tile
+        inf = X.dtype.type(np.inf)
+        for ch in prange(nchunks):
+            XT = np.empty((d, tile), X.dtype)
+            acc = np.empty(tile, X.dtype)
+            b = np.empty(tile, X.dtype)
+            s = np.empty(tile, X.dtype)
+            lab = np.empty(tile, np.int32)
+            for ti in range(ch * n_tiles // nchunks, (ch + 1) * n_tiles // nchunks):
+                t0 = ti * tile
+                w = min(tile, m - t0)
+                for q in range(w):
+                    r = rows[t0 + q]
+                    for f in range(d):
+                        XT[f, q] = X[r, f]
+                b[:] = inf
+                s[:] = inf
+                lab[:] = 0
+                for j in range(k):
+                    acc[:w] = delta * X.dtype.type(0.0)
+                    if kind == ABS:
+                        for f in range(d):
+                            c = C[j, f]
+                            row = XT[f]
+                            for q in range(w):
+                                acc[q] += abs(row[q] - c)
+                    elif kind == HUBER:
+                        for f in range(d):
+                            c = C[j, f]
+                            row = XT[f]
+                            for q in range(w):
+                                a = abs(row[q] - c)
+                                mm = min(a, delta)
+                                acc[q] += mm * (a - _FH * mm)
+                    elif kind == _PSEUDO_HUBER_RANK:  # see _tile4
+                        d2 = delta * delta
+                        for f in range(d):
+                            c = C[j, f]
+                            row = XT[f]
+                            for q in range(w):
+                                acc[q] += np.sqrt(d2 + (row[q] - c) * (row[q] - c))
+                        base = d * d2
+                        for q in range(w):
+                            acc[q] = delta * acc[q] - base
+                    elif kind == PSEUDO_HUBER:
+                        inv = _F1 / (delta * delta)
+                        for f in range(d):
+                            c = C[j, f]
+                            row = XT[f]
+                            for q in range(w):
+                                r2 = (row[q] - c) * (row[q] - c)
+                                acc[q] += r2 / (_F1 + np.sqrt(_F1 + r2 * inv))
+                    else:
+                        for f in range(d):
+                            c = C[j, f]
+                            row = XT[f]
+                            for q in range(w):
+                                acc[q] += (row[q] - c) * (row[q] - c)
+                    jj = np.int32(j)
+                    for q in range(w):  # branch-free running top-2
+                        v = acc[q]
+                        bq = b[q]
+                        lab[q] = jj if v < bq else lab[q]
+                        s[q] = min(s[q], max(v, bq))
+                        b[q] = min(bq, v)
+                for q in range(w):
+                    labels[t0 + q] = lab[q]
+                    best[t0 + q] = b[q]
+                    second[t0 + q] = s[q]
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_coord_pairwise(X, CT, kind, delta, nchunks, out):
@@ -1044,8 +1127,12 @@ def coord_assign(X, C, kind, delta, rows=None):
         k = C.shape[0]
         rank_kind = _PSEUDO_HUBER_RANK if kind == PSEUDO_HUBER else kind
         work = m * x.shape[1] * k
-        _call(_nb_coord_assign, work, x, _transposed(_np(C)), k, idx, rank_kind,
-              _typed(delta, x), _chunks(work, m), labels, best, second)
+        if x.shape[1] <= _LANES_MAX_D:
+            _call(_nb_coord_assign_lanes, work, x, np.ascontiguousarray(_np(C)), idx, rank_kind,
+                  _typed(delta, x), _n_chunks(max(1, m // 128), work), labels, best, second)
+        else:
+            _call(_nb_coord_assign, work, x, _transposed(_np(C)), k, idx, rank_kind,
+                  _typed(delta, x), _chunks(work, m), labels, best, second)
         return torch.from_numpy(labels), torch.from_numpy(best), torch.from_numpy(second)
     fused = _triton_coord_assign(X, C, kind, delta, rows)
     if fused is not None:

@@ -21,6 +21,7 @@ inequality bounds the change of the distance. Center updates only revisit
 clusters whose members changed.
 """
 
+import functools
 import inspect
 import math
 
@@ -150,7 +151,6 @@ class _Engine:
         self.chunk_size = chunk_size
         default = _MIN_CPU_ROWS if X.device.type == "cpu" else 1 << 16
         self.chunk = max(1, min(n, int(chunk_size or default)))
-        self.scale = float(torch.maximum(X.max(), -X.min()))
         if self.geometry == "euclidean":
             self.x_sqnorm = K.row_sqnorms(X)
         elif self.geometry == "cosine":
@@ -158,6 +158,11 @@ class _Engine:
             self.inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
         self._lower = None  # Hamerly lower bounds on the second-best bound value
         self._upper = None  # bound value to the own center (euclidean: an upper bound)
+
+    @functools.cached_property
+    def scale(self):
+        """max |x|: the data's scale, for the iterative solvers' tolerances."""
+        return float(torch.maximum(self.X.max(), -self.X.min()))
 
     # ---------------------------------------------------------------- losses
     def losses_to(self, C):
@@ -304,11 +309,11 @@ class _Engine:
             top, arg = torch.topk(shift, 2)
             decrease = torch.where(labels == arg[0], top[1], top[0])
         else:
-            decrease = shift[labels]
+            decrease = shift.index_select(0, labels)
         lower = self._lower - decrease
         if moved is not None:
             lower[moved] = -math.inf
-        moved_upper = self._upper + shift[labels]
+        moved_upper = self._upper + shift.index_select(0, labels)
         if int((moved_upper > lower).sum()) > _UNBOUND_FRACTION * labels.numel():
             if self.geometry == "euclidean":
                 return self._euclidean_pass(C_new)
@@ -396,7 +401,7 @@ class _Engine:
             ids = torch.nonzero(changed).flatten()
             if ids.numel() == 0:
                 return C
-            rows = torch.nonzero(changed[labels]).flatten() if ids.numel() < k else None
+            rows = torch.nonzero(changed.index_select(0, labels)).flatten() if ids.numel() < k else None
             if rows is not None and rows.numel() < self.X.shape[0] // 2:
                 compact = torch.full((k,), -1, dtype=torch.int64, device=C.device)
                 compact[ids] = torch.arange(ids.numel(), device=C.device)
@@ -423,10 +428,11 @@ class _Engine:
             previous = labels.clone()
             C = self.update_centers(labels, C, changed)
             labels, losses = self.reassign(C_old, C, labels, moved)
-            switched = labels != previous
-            changed = torch.zeros(C.shape[0], dtype=torch.bool, device=C.device)
-            changed[labels[switched]] = True
-            changed[previous[switched]] = True
+            # clusters a sample joined or left (index_add_: no boolean-mask gathers)
+            switched = (labels != previous).to(torch.int32)
+            moves = torch.zeros(C.shape[0], dtype=torch.int32, device=C.device)
+            moves.index_add_(0, labels, switched).index_add_(0, previous, switched)
+            changed = moves > 0
             new_objective = float(losses.sum(dtype=torch.float64))
             history.append(new_objective)
             message = f"iteration {it}/{max_iter}: objective {new_objective:.6g}"

@@ -422,3 +422,21 @@ def test_exact_medians_of_large_clusters_whatever_the_previous_centers(hint, bac
     got = K.coord_centers(torch.from_numpy(X), torch.from_numpy(labels),
                           torch.from_numpy(prev.astype(np.float32)), K.ABS, 1.0)
     np.testing.assert_array_equal(got.numpy(), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("d", [3, 32, 33, 100])  # both CPU kernels: samples or centers on the lanes
+@pytest.mark.parametrize("kind", [K.ABS, K.HUBER, K.PSEUDO_HUBER])
+def test_coordinatewise_assignment_matches_brute_force(kind, d):
+    rng = np.random.default_rng(d + 10 * kind)
+    X = torch.from_numpy(rng.normal(size=(301, d)).astype(np.float32))
+    C = torch.from_numpy(rng.normal(size=(9, d)).astype(np.float32))
+    D = K.rho_torch(X[:, None, :].double() - C[None].double(), kind, 0.7).sum(-1).numpy()
+    order = np.sort(D, axis=1)
+    for rows in (None, torch.tensor([0, 5, 130, 300])):
+        idx = np.arange(301) if rows is None else rows.numpy()
+        labels, best, second = K.coord_assign(X, C, kind, 0.7, rows)
+        np.testing.assert_array_equal(labels.numpy(), D[idx].argmin(1))
+        # pseudo-Huber ranks by a cheaper form on CPU: its best loss is recomputed by the engine
+        tol = 1e-3 if kind == K.PSEUDO_HUBER else 1e-4
+        np.testing.assert_allclose(best.numpy(), order[idx, 0], rtol=tol, atol=tol * d)
+        np.testing.assert_allclose(second.numpy(), order[idx, 1], rtol=tol, atol=tol * d)
