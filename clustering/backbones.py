@@ -526,15 +526,17 @@ class Backbone:
         features = features.to(device)
         if self.channels_last:
             features = features.to(memory_format=torch.channels_last)
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor([255.0 * m for m in spec.mean], device=device).view(shape)
+        self._inv_std = torch.tensor([1.0 / (255.0 * s) for s in spec.std], device=device).view(shape)
+
         # CPU: fused oneDNN convolutions (weights in self.dtype), checked on a
         # noise image; the other layers run under bf16 autocast in bf16
         self.fused = False
         if device.type == "cpu" and fusion.fusion_available():
-            noise = torch.randint(0, 256, (1, 3, self.image_size, self.image_size),
-                                  generator=torch.Generator().manual_seed(0)).float()
-            noise = ((noise / 255.0 - torch.tensor(spec.mean).view(1, 3, 1, 1))
-                     / torch.tensor(spec.std).view(1, 3, 1, 1))
-            fused = fusion.fuse_checked(features, self.dtype, noise.contiguous(memory_format=torch.channels_last))
+            noise = torch.randint(0, 256, (1, 3, self.image_size, self.image_size), dtype=torch.uint8,
+                                  generator=torch.Generator().manual_seed(0))
+            fused = fusion.fuse_checked(features, self.dtype, self._normalize(noise))
             self.fused = fused is not None
             features = fused if self.fused else features
         self._cpu_autocast = device.type == "cpu" and self.dtype == torch.bfloat16
@@ -542,10 +544,6 @@ class Backbone:
             features = features.to(self.dtype)
         self.features = features.eval()
         self.head = head.eval().float().to(device) if head is not None else None
-
-        shape = (1, 3, 1, 1)
-        self._mean = torch.tensor([255.0 * m for m in spec.mean], device=device).view(shape)
-        self._inv_std = torch.tensor([1.0 / (255.0 * s) for s in spec.std], device=device).view(shape)
 
         self.dim = spec.dim
         if self.dim is None:
@@ -563,16 +561,19 @@ class Backbone:
     def forward_uint8(self, images):
         """``(B, 3, S, S)`` uint8 (any device) -> float32 ``(B, dim)`` on the device
         (asynchronous on CUDA)."""
-        x = images.to(self.device, non_blocking=True).float()
-        x = (x - self._mean) * self._inv_std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._normalize(images.to(self.device, non_blocking=True))
         if self._cpu_autocast:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = self.features(x)
         else:
             out = self.features(x.to(self.dtype))
         return out.float().reshape(out.shape[0], -1)
+
+    def _normalize(self, images):
+        """uint8 ``(B, 3, S, S)`` on the device -> the normalized float32 batch
+        the features take (channels-last where the backbone uses it)."""
+        x = (images.float() - self._mean) * self._inv_std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def logits(self, embeddings):
         if self.head is None:
