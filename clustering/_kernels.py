@@ -985,7 +985,9 @@ def sqeuclidean_nearest(X, C, x_sqnorm, chunk, rows=None, second=False):
     samples: a block with many requested rows is computed whole (no gather),
     the requested rows of a sparse block are gathered. On the numba path the
     blocks run on parallel threads (``_run_blocks``), each a single-threaded
-    numpy GEMM followed by a fused top-2 scan.
+    numpy GEMM ``C X^T`` followed by a top-2 scan vectorized across samples;
+    all samples of a small problem (n k <= ``_ONE_GEMM``) are one
+    multi-threaded GEMM and one parallel scan.
     """
     n, k = X.shape[0], C.shape[0]
     m = n if rows is None else rows.shape[0]
