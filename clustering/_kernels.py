@@ -283,7 +283,8 @@ if numba is not None:
         lanes: tiles of 128 samples are transposed once, then for each center
         the tile's losses and its running top-2 are vectorized across samples.
         Faster when d is small, where the other kernel's scalar top-2 over the
-        k centers of each sample costs as much as the losses."""
+        k centers of each sample costs as much as the losses. Ranks
+        pseudo-Huber by ``_PSEUDO_HUBER_RANK``, as :func:`coord_assign` asks."""
         m = rows.shape[0]
         k, d = C.shape
         tile = 128
@@ -331,14 +332,6 @@ if numba is not None:
                         base = d * d2
                         for q in range(w):
                             acc[q] = delta * acc[q] - base
-                    elif kind == PSEUDO_HUBER:
-                        inv = _F1 / (delta * delta)
-                        for f in range(d):
-                            c = C[j, f]
-                            row = XT[f]
-                            for q in range(w):
-                                r2 = (row[q] - c) * (row[q] - c)
-                                acc[q] += r2 / (_F1 + np.sqrt(_F1 + r2 * inv))
                     else:
                         for f in range(d):
                             c = C[j, f]
@@ -1011,28 +1004,25 @@ def sqeuclidean_nearest(X, C, x_sqnorm, chunk, rows=None, second=False):
         dense = hi - lo > (e - s) // 3
         blocks.append((slice(s, e), rows[lo:hi] - s, slice(lo, hi)) if dense
                       else (rows[lo:hi], None, slice(lo, hi)))
+    if fused:
+        x, c, c_sq = _np(X), _np(C), _np(c_sqnorm)
+        want_second = second and k > 1
+        lab_np, best_np = labels.numpy(), best.numpy()
+        second_np = runner_up.numpy() if want_second else best_np  # unwritten when not wanted
     if fused and rows is None and n * k <= _ONE_GEMM:
         # small problem: one multi-threaded GEMM and a parallel scan beat
         # per-block work items, whose hand-offs would cost as much as the work
-        x, c, c_sq = _np(X), _np(C), _np(c_sqnorm)
-        want_second = second and k > 1
-        lab_np, best_np = labels.numpy(), best.numpy()
         work = n * k * 4
-        _call(_nb_gemm_top2_parallel, work, np.matmul(c, x.T), c_sq, lab_np, best_np,
-              runner_up.numpy() if want_second else best_np, want_second, _n_chunks(n, work))
+        _call(_nb_gemm_top2_parallel, work, np.matmul(c, x.T), c_sq, lab_np, best_np, second_np,
+              want_second, _n_chunks(n, work))
     elif fused:
-        x, c, c_sq = _np(X), _np(C), _np(c_sqnorm)
-        lab_np, best_np = labels.numpy(), best.numpy()
-        second_np = runner_up.numpy() if second else None
-        want_second = second and k > 1
 
         def scan(block):
             samples, pick, out_rows = block
             part = x[samples if isinstance(samples, slice) else samples.numpy()]
             GT = np.matmul(c, part.T)  # (k, rows): samples along the vector lanes
             if pick is None:
-                lab, dist = lab_np[out_rows], best_np[out_rows]
-                sec = second_np[out_rows] if want_second else dist
+                lab, dist, sec = lab_np[out_rows], best_np[out_rows], second_np[out_rows]
             else:  # a dense block with some rows wanted: scan all, keep those
                 lab = np.empty(part.shape[0], np.int64)
                 dist, sec = np.empty_like(part[:, 0]), np.empty_like(part[:, 0])
