@@ -594,15 +594,13 @@ if numba is not None:
         return 0, 0
 
     @njit(fastmath=_FM, cache=True)
-    def _bracket(a, work, tmp, first, last, hint):
+    def _bracket(a, work, tmp, first, last):
         """Copy to ``work`` a window of the values of ``a`` that holds the ranks
         first..last; returns (count copied, count below), or (0, 0) when no
         window did (a few % of calls; the caller then selects in all of ``a``).
 
-        Windows come from a sorted strided sample of 32 values: first 5 sample
-        gaps (~15% of the values) around ``hint`` (the previous median, which
-        the new one is usually close to; NaN for none), then ~2 standard
-        deviations of the sample rank around the sample's own quantiles (~40%)."""
+        The window spans ~2 standard deviations of the sample rank around the
+        quantiles of a sorted strided sample of 32 values (~40% of the values)."""
         n = a.shape[0]
         s, gap = 32, 6  # gap: ~2 standard deviations of the sample rank of the median
         for i in range(s):  # insertion sort of a strided sample into tmp[:s]
@@ -612,16 +610,55 @@ if numba is not None:
                 tmp[j + 1] = tmp[j]
                 j -= 1
             tmp[j + 1] = v
-        if hint == hint:
-            p = 0
-            while p < s and tmp[p] < hint:
-                p += 1
-            m, below = _window(a, work, tmp[max(p - 3, 0)], tmp[min(p + 2, s - 1)], first, last)
-            if m > 0:
-                return m, below
         lo_value = tmp[max((first * s) // n - gap, 0)]
         hi_value = tmp[min((last * s) // n + gap, s - 1)]
         return _window(a, work, lo_value, hi_value, first, last)
+
+    @njit(fastmath=_FM, cache=True)
+    def _near_window(a, work, mid, half):
+        """Copy to ``work`` the values v of ``a`` with |v - mid| <= half; returns
+        (count copied, count below). v - mid is monotone in v, so the values
+        below, in and above the window are consecutive ranks. The count is a
+        vectorized pass of its own, the copy a loop with one rarely taken
+        branch per value (measured fastest: a two-sided test compiles to a
+        mispredicted branch on v >= lo, and counting in the copy loop slows it)."""
+        below = 0
+        for i in range(a.shape[0]):
+            below += np.int32(a[i] - mid < -half)
+        m = 0
+        for i in range(a.shape[0]):
+            if abs(a[i] - mid) <= half:
+                work[m] = a[i]
+                m += 1
+        return m, below
+
+    @njit(fastmath=_FM, cache=True)
+    def _hinted_window(a, work, first, last, hint):
+        """Copy to ``work`` a window around ``hint`` (the previous median, which
+        the new one is usually close to) that holds the ranks first..last:
+        half-width 2.5% of the mean |v - hint| (~2% of the values of a normal
+        sample), and if that misses, once more on the median's side, 8 times
+        wider. Returns (count copied, count below); (0, 0) when both miss or
+        when the hint's own rank is more than n / 128 from the median's (no
+        narrow window would hold it: the caller then brackets by sampling)."""
+        n = a.shape[0]
+        spread = hint * 0
+        hint_rank = 0
+        for i in range(n):
+            e = a[i] - hint
+            spread += abs(e)
+            hint_rank += np.int32(e < 0)
+        if abs(hint_rank - first) * 128 > n:
+            return 0, 0
+        half = spread * a.dtype.type(0.025 / n)
+        m, below = _near_window(a, work, hint, half)
+        if below <= first and last < below + m:
+            return m, below
+        mid = hint - 9 * half if below > first else hint + 9 * half
+        m, below = _near_window(a, work, mid, 8 * half)
+        if below <= first and last < below + m:
+            return m, below
+        return 0, 0
 
     @njit(fastmath=_FM, cache=True)
     def _select(a, tmp, kth):
@@ -676,7 +713,10 @@ if numba is not None:
         sizes); ``hint``: a value near it, or NaN."""
         n = a.shape[0]
         h = n // 2
-        m, below = _bracket(a, work, tmp, h - 1 + n % 2, h, hint) if n >= 256 else (0, 0)
+        first = h - 1 + n % 2
+        m, below = _hinted_window(a, work, first, h, hint) if n >= 64 and hint == hint else (0, 0)
+        if m == 0 and n >= 256:
+            m, below = _bracket(a, work, tmp, first, h)
         if m > 0:
             lower, upper = _select(work[:m], tmp, h - below)
         else:
@@ -711,30 +751,44 @@ if numba is not None:
             fill[j] += 1
 
     @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_medians(X, perm, offsets, width, out):
-        """Exact per-cluster medians: gather blocks of ``width`` columns of each
-        cluster's rows (``perm[offsets[j]:offsets[j + 1]]``), then quickselect.
-        ``out`` holds the previous centers on entry: hints for the bracket."""
-        k = offsets.shape[0] - 1
+    def _nb_medians(X, perm, offsets, task_cluster, task_col, task_width, nchunks, out):
+        """Exact per-cluster medians. Task t copies the columns task_col[t] +
+        0..task_width[t] of the rows of cluster task_cluster[t]
+        (``perm[offsets[j]:offsets[j + 1]]``), transposed, then selects each
+        column's median. Rows are read whole-segment (16 at a time, through a
+        row-major stage), so the copy streams; tasks are dealt round-robin to
+        the ``nchunks`` parallel chunks, which allocate their buffers once.
+        ``out`` holds the previous centers on entry: hints for the selection."""
         d = X.shape[1]
-        n_blocks = (d + width - 1) // width
-        for task in prange(k * n_blocks):
-            j = task // n_blocks
-            c0 = (task % n_blocks) * width
-            w = min(d, c0 + width) - c0
-            start = offsets[j]
-            cnt = offsets[j + 1] - start
-            if cnt == 0:
-                continue
-            buf = np.empty((w, cnt), dtype=X.dtype)
-            work = np.empty(cnt, dtype=X.dtype)
-            tmp = np.empty(cnt, dtype=X.dtype)
-            for m in range(cnt):
-                i = perm[start + m]
-                for c in range(w):
-                    buf[c, m] = X[i, c0 + c]
-            for c in range(w):
-                out[j, c0 + c] = _median(buf[c], work, tmp, out[j, c0 + c])  # out: previous centers
+        n_tasks = task_cluster.shape[0]
+        size = 1
+        most = 1
+        for t in range(n_tasks):
+            cnt = offsets[task_cluster[t] + 1] - offsets[task_cluster[t]]
+            size = max(size, cnt * task_width[t])
+            most = max(most, cnt)
+        for ch in prange(nchunks):
+            buf = np.empty(size, dtype=X.dtype)
+            stage = np.empty((16, d), dtype=X.dtype)
+            work = np.empty(most, dtype=X.dtype)
+            tmp = np.empty(most, dtype=X.dtype)
+            for t in range(ch, n_tasks, nchunks):
+                j = task_cluster[t]
+                c0 = task_col[t]
+                w = task_width[t]
+                start = offsets[j]
+                cnt = offsets[j + 1] - start
+                for m0 in range(0, cnt, 16):
+                    h = min(16, cnt - m0)
+                    for q in range(h):  # (a slice copy: X[i, c0 + c] costs index checks)
+                        stage[q, :w] = X[perm[start + m0 + q], c0:c0 + w]
+                    for c in range(w):
+                        base = c * cnt + m0
+                        for q in range(h):
+                            buf[base + q] = stage[q, c]
+                for c in range(w):  # out: the previous centers
+                    out[j, c0 + c] = _median(buf[c * cnt:(c + 1) * cnt], work, tmp,
+                                             out[j, c0 + c])
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_psi_sums_active(X, rows, labels, mu, kind, delta, ptr, cols, g, h):
@@ -1378,17 +1432,34 @@ def coord_centers(X, labels, prev, kind, delta, max_iter=100, xtol=1e-10):
     return _m_estimates(X, labels, prev, kind, delta, max_iter, xtol)
 
 
+#: floats of a median task's transposed copy (2 MB of float32, a core's L2):
+#: a cluster's columns are copied in groups of about this many values
+_MEDIAN_TASK = 1 << 19
+
+
 def _numba_medians(X, labels, prev):
     x, lab = _np(X), _np(labels)
     k = prev.shape[0]
+    d = x.shape[1]
     perm = np.empty(lab.shape[0], dtype=np.int64)
     offsets = np.empty(k + 1, dtype=np.int64)
     _nb_group(lab, k, perm, offsets)
     out = _np(prev).astype(x.dtype, copy=True)  # empty clusters keep their center
-    # columns gathered per task: a 128 KB buffer (cache-resident on a core),
-    # but at least 16 (one cache line of each row read)
-    width = int(min(64, max(16, (1 << 15) // max(1, int(np.diff(offsets).max())))))
-    _call(_nb_medians, 16 * x.size, x, perm, offsets, width, out)
+    # tasks: (cluster, first column, width): a cluster's columns in equal groups
+    # of at most _MEDIAN_TASK values, of at least 16 columns (a cache line of a row)
+    counts = np.diff(offsets)
+    clusters = np.flatnonzero(counts)
+    groups = -(-d // np.maximum(16, _MEDIAN_TASK // counts[clusters]))
+    width = 16 * -(-d // (16 * groups))
+    per_cluster = -(-d // width)
+    task_cluster = np.repeat(clusters, per_cluster)
+    first = np.repeat(np.cumsum(per_cluster) - per_cluster, per_cluster)
+    task_width = np.repeat(width, per_cluster)
+    task_col = (np.arange(task_cluster.size) - first) * task_width
+    task_width = np.minimum(task_width, d - task_col)
+    tasks = [t.astype(np.int64) for t in (task_cluster, task_col, task_width)]
+    _call(_nb_medians, 16 * x.size, x, perm, offsets, *tasks,
+          max(1, min(task_cluster.size, numba.get_num_threads())), out)
     return torch.from_numpy(out)
 
 

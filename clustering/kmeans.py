@@ -164,6 +164,9 @@ class _Engine:
         """max |x|: the data's scale, for the iterative solvers' tolerances."""
         return float(torch.maximum(self.X.max(), -self.X.min()))
 
+    def _scale_if_used(self):
+        return self.scale if self.loss.uses_scale else None
+
     # ---------------------------------------------------------------- losses
     def losses_to(self, C):
         """(n, m) loss of every sample to each row of C (m small or chunked over rows)."""
@@ -407,12 +410,12 @@ class _Engine:
                 compact[ids] = torch.arange(ids.numel(), device=C.device)
                 sub = self.loss.update_centers(
                     self.X[rows], compact[labels[rows]], C[ids], self.param,
-                    max_iter=_INNER_MAX_ITER, tol=_INNER_TOL, scale=self.scale)
+                    max_iter=_INNER_MAX_ITER, tol=_INNER_TOL, scale=self._scale_if_used())
                 C = C.clone()
                 C[ids] = sub.to(C.dtype)
                 return C
         return self.loss.update_centers(self.X, labels, C, self.param, max_iter=_INNER_MAX_ITER,
-                                        tol=_INNER_TOL, scale=self.scale)
+                                        tol=_INNER_TOL, scale=self._scale_if_used())
 
     def run(self, C, max_iter, tol, report, restart, verbose=False):
         """Lloyd iterations from centers C; returns a _Result."""

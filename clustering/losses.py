@@ -43,6 +43,9 @@ class Loss:
     param_name = None
     aliases = ()
     geometry = None
+    #: whether :meth:`update_centers` reads its ``scale`` argument (max |x|);
+    #: the engine computes that pass over the data only for losses that do
+    uses_scale = False
 
     def check_param(self, value):
         """Validated parameter (a positive float), or None for a data-driven default."""
@@ -176,6 +179,8 @@ class SquaredLoss(RadialLoss):
 class _MMRadialLoss(RadialLoss):
     """Radial loss whose center update iterates a majorize-minimize (MM) map,
     accelerated by SQUAREM (see :func:`_accelerated_mm`)."""
+
+    uses_scale = True
 
     def _mm_step(self, X, labels, C, param, tiny, tol):
         """One MM step for all clusters: (new centers, loss per cluster at C)."""
