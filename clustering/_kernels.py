@@ -46,11 +46,6 @@ NUMBA_ENABLED = numba is not None and not os.environ.get("CLUSTERING_DISABLE_NUM
 # coordinate-wise kinds: loss(x, c) = sum_t rho(x_t - c_t)
 ABS, HUBER, PSEUDO_HUBER, SQUARED = 0, 1, 2, 3
 _PSEUDO_HUBER_RANK = 4  # cheaper pseudo-Huber form for ranking centers (assignment)
-# L1 for ranking centers: |a - b| = a + b - 2 min(a, b), two vector operations per
-# coordinate instead of three; both operands shifted by the centers' mean ``o``
-# (free: centers once, samples as scalars or in a tile copy) so that the terms
-# are of the data's spread, not of its offset (see ``_rank_inputs``)
-_ABS_RANK = 5
 #: coordinate-wise assignment puts samples along the vector lanes up to this d
 #: (_nb_coord_assign_lanes), centers above it (_nb_coord_assign)
 _LANES_MAX_D = 32
@@ -134,12 +129,11 @@ if numba is not None:
         return acc
 
     @njit(inline="always", fastmath=_FM)
-    def _tile4(X, r0, r1, r2, r3, CT, kind, delta, shift, csum, acc):
+    def _tile4(X, r0, r1, r2, r3, CT, kind, delta, acc):
         """acc[s, c] = sum_t rho(X[r_s, t] - CT[t, c]) for 4 samples at once.
 
         CT is C transposed (d, kp): the center index is the contiguous, vectorized
-        one and every loaded center coordinate serves the 4 samples. For
-        ``_ABS_RANK``, CT holds C - shift and ``csum`` its column sums."""
+        one and every loaded center coordinate serves the 4 samples."""
         kp = CT.shape[1]
         z = delta * np.float32(0.0)
         for c in range(kp):
@@ -199,33 +193,6 @@ if numba is not None:
                     acc[2, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
                     r = (x3 - v) * (x3 - v)
                     acc[3, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
-        elif kind == _ABS_RANK:
-            # sum_t |x_t - c_t| = sum_t x'_t + sum_t c'_t - 2 sum_t min(x'_t, c'_t)
-            # with x' = x - shift and c' = c - shift (CT holds c')
-            sx0 = sx1 = sx2 = sx3 = z
-            for t in range(CT.shape[0]):
-                row = CT[t]
-                o = shift[t]
-                x0 = X[r0, t] - o
-                x1 = X[r1, t] - o
-                x2 = X[r2, t] - o
-                x3 = X[r3, t] - o
-                sx0 += x0
-                sx1 += x1
-                sx2 += x2
-                sx3 += x3
-                for c in range(kp):
-                    v = row[c]
-                    acc[0, c] += min(x0, v)
-                    acc[1, c] += min(x1, v)
-                    acc[2, c] += min(x2, v)
-                    acc[3, c] += min(x3, v)
-            two = z + np.float32(2.0)
-            for c in range(kp):  # (rounding can give -eps for a sample on its center)
-                acc[0, c] = (sx0 + csum[c]) - two * acc[0, c]
-                acc[1, c] = (sx1 + csum[c]) - two * acc[1, c]
-                acc[2, c] = (sx2 + csum[c]) - two * acc[2, c]
-                acc[3, c] = (sx3 + csum[c]) - two * acc[3, c]
         elif kind == _PSEUDO_HUBER_RANK:
             # sum_t sqrt(delta^2 + r_t^2): one sqrt, no division; converted to the
             # loss below, accurate to ~eps * d * delta^2 (fine for ranking centers)
@@ -261,19 +228,16 @@ if numba is not None:
                     acc[3, c] += (x3 - v) * (x3 - v)
 
     @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_coord_assign(X, CT, k, rows, kind, delta, shift, csum, nchunks, labels, best,
-                         second):
-        """Best / second-best loss over the first k columns of CT (C transposed, (d, kp);
-        see :func:`_tile4` for ``shift`` and ``csum``)."""
+    def _nb_coord_assign(X, CT, k, rows, kind, delta, nchunks, labels, best, second):
+        """Best / second-best loss over the first k columns of CT (C transposed, (d, kp))."""
         m = rows.shape[0]
         blocks = (m + 3) // 4
-        zero = CT.dtype.type(0.0)
         for ch in prange(nchunks):
             acc = np.empty((4, CT.shape[1]), dtype=CT.dtype)
             for blk in range(ch * blocks // nchunks, (ch + 1) * blocks // nchunks):
                 q0 = 4 * blk
                 _tile4(X, rows[q0], rows[min(q0 + 1, m - 1)], rows[min(q0 + 2, m - 1)],
-                       rows[min(q0 + 3, m - 1)], CT, kind, delta, shift, csum, acc)
+                       rows[min(q0 + 3, m - 1)], CT, kind, delta, acc)
                 # branchless top-2 of the 4 samples at once (4 independent chains);
                 # same result as: if v < b: s, b = b, v  elif v < s: s = v
                 b0 = b1 = b2 = b3 = np.inf
@@ -298,19 +262,19 @@ if numba is not None:
                     b3 = min(b3, v)
                 ns = min(4, m - q0)
                 labels[q0] = j0
-                best[q0] = max(b0, zero)  # ranking forms can round to -eps
+                best[q0] = b0
                 second[q0] = s0
                 if ns > 1:
                     labels[q0 + 1] = j1
-                    best[q0 + 1] = max(b1, zero)
+                    best[q0 + 1] = b1
                     second[q0 + 1] = s1
                 if ns > 2:
                     labels[q0 + 2] = j2
-                    best[q0 + 2] = max(b2, zero)
+                    best[q0 + 2] = b2
                     second[q0 + 2] = s2
                 if ns > 3:
                     labels[q0 + 3] = j3
-                    best[q0 + 3] = max(b3, zero)
+                    best[q0 + 3] = b3
                     second[q0 + 3] = s3
 
     @njit(parallel=True, fastmath=_FM, cache=True)
@@ -396,7 +360,7 @@ if numba is not None:
             for blk in range(ch * blocks // nchunks, (ch + 1) * blocks // nchunks):
                 q0 = 4 * blk
                 _tile4(X, q0, min(q0 + 1, m - 1), min(q0 + 2, m - 1), min(q0 + 3, m - 1),
-                       CT, kind, delta, CT[:, 0], CT[0], acc)  # no _ABS_RANK here
+                       CT, kind, delta, acc)
                 for s in range(min(4, m - q0)):
                     for u in range(k):
                         out[q0 + s, u] = acc[s, u]
@@ -1197,23 +1161,8 @@ def coord_pairwise(X, C, kind, delta):
     return out
 
 
-def _tiled_inputs(C, kind):
-    """(ranking kind, C transposed and padded, shift, center sums) for
-    ``_nb_coord_assign``; the shift and sums serve ``_ABS_RANK`` only."""
-    rank_kind = {PSEUDO_HUBER: _PSEUDO_HUBER_RANK, ABS: _ABS_RANK}.get(kind, kind)
-    if rank_kind != _ABS_RANK:
-        CT = _transposed(C)
-        return rank_kind, CT, CT[:0, 0], CT[0, :0]
-    shift = C.mean(0, dtype=np.float64).astype(C.dtype)
-    CT = _transposed(C - shift)
-    return rank_kind, CT, shift, CT.sum(0)
-
-
 def coord_assign(X, C, kind, delta, rows=None):
-    """Best center, best loss and second-best loss for ``X[rows]`` (all rows if None).
-    On the numba path the losses of absolute (d > ``_LANES_MAX_D``) and
-    pseudo-Huber come from cheaper ranking forms, accurate to a few float
-    rounding errors of the data's spread."""
+    """Best center, best loss and second-best loss for ``X[rows]`` (all rows if None)."""
     if numba_active(X):
         x = _np(X)
         idx = np.arange(x.shape[0]) if rows is None else _np(rows).astype(np.int64, copy=False)
@@ -1222,17 +1171,14 @@ def coord_assign(X, C, kind, delta, rows=None):
         best = np.empty(m, dtype=x.dtype)
         second = np.empty(m, dtype=x.dtype)
         k = C.shape[0]
+        rank_kind = _PSEUDO_HUBER_RANK if kind == PSEUDO_HUBER else kind
         work = m * x.shape[1] * k
         if x.shape[1] <= _LANES_MAX_D:
-            # (the min form gains nothing here: this kernel is bound by its
-            # accumulators' loads and stores, not by arithmetic)
-            rank_kind = _PSEUDO_HUBER_RANK if kind == PSEUDO_HUBER else kind
             _call(_nb_coord_assign_lanes, work, x, np.ascontiguousarray(_np(C)), idx, rank_kind,
                   _typed(delta, x), _n_chunks(max(1, m // 128), work), labels, best, second)
         else:
-            rank_kind, CT, shift, csum = _tiled_inputs(_np(C), kind)
-            _call(_nb_coord_assign, work, x, CT, k, idx, rank_kind, _typed(delta, x), shift, csum,
-                  _chunks(work, m), labels, best, second)
+            _call(_nb_coord_assign, work, x, _transposed(_np(C)), k, idx, rank_kind,
+                  _typed(delta, x), _chunks(work, m), labels, best, second)
         return torch.from_numpy(labels), torch.from_numpy(best), torch.from_numpy(second)
     fused = _triton_coord_assign(X, C, kind, delta, rows)
     if fused is not None:
