@@ -129,103 +129,80 @@ if numba is not None:
         return acc
 
     @njit(inline="always", fastmath=_FM)
+    def _rank_term(e, kind, delta, d2):
+        """One coordinate's term of the loss (``_PSEUDO_HUBER_RANK``: of its
+        ranking form; d2 = delta^2)."""
+        if kind == ABS:
+            return abs(e)
+        if kind == HUBER:
+            a = abs(e)
+            m = min(a, delta)
+            return m * (a - _FH * m)
+        if kind == PSEUDO_HUBER:
+            r2 = e * e
+            return r2 / (_F1 + np.sqrt(_F1 + r2 / d2))
+        if kind == _PSEUDO_HUBER_RANK:
+            return np.sqrt(d2 + e * e)
+        return e * e
+
+    @njit(inline="always", fastmath=_FM)
+    def _tile4_sums(X, r0, r1, r2, r3, CT, kind, delta, acc):
+        """acc[s, c] += sum_t _rank_term(X[r_s, t] - CT[t, c]), two coordinates
+        per pass over the accumulators (the loop is bound by their loads and
+        stores). Inlined with a constant ``kind``, so each kind compiles to its
+        own branch-free loop."""
+        kp = CT.shape[1]
+        d = CT.shape[0]
+        d2 = delta * delta
+        t = 0
+        while t + 2 <= d:
+            ra = CT[t]
+            rb = CT[t + 1]
+            a0, a1, a2, a3 = X[r0, t], X[r1, t], X[r2, t], X[r3, t]
+            b0, b1, b2, b3 = X[r0, t + 1], X[r1, t + 1], X[r2, t + 1], X[r3, t + 1]
+            for c in range(kp):
+                va = ra[c]
+                vb = rb[c]
+                acc[0, c] += _rank_term(a0 - va, kind, delta, d2) + _rank_term(b0 - vb, kind, delta, d2)
+                acc[1, c] += _rank_term(a1 - va, kind, delta, d2) + _rank_term(b1 - vb, kind, delta, d2)
+                acc[2, c] += _rank_term(a2 - va, kind, delta, d2) + _rank_term(b2 - vb, kind, delta, d2)
+                acc[3, c] += _rank_term(a3 - va, kind, delta, d2) + _rank_term(b3 - vb, kind, delta, d2)
+            t += 2
+        if t < d:
+            row = CT[t]
+            x0, x1, x2, x3 = X[r0, t], X[r1, t], X[r2, t], X[r3, t]
+            for c in range(kp):
+                v = row[c]
+                acc[0, c] += _rank_term(x0 - v, kind, delta, d2)
+                acc[1, c] += _rank_term(x1 - v, kind, delta, d2)
+                acc[2, c] += _rank_term(x2 - v, kind, delta, d2)
+                acc[3, c] += _rank_term(x3 - v, kind, delta, d2)
+
+    @njit(inline="always", fastmath=_FM)
     def _tile4(X, r0, r1, r2, r3, CT, kind, delta, acc):
         """acc[s, c] = sum_t rho(X[r_s, t] - CT[t, c]) for 4 samples at once.
 
         CT is C transposed (d, kp): the center index is the contiguous, vectorized
-        one and every loaded center coordinate serves the 4 samples."""
-        kp = CT.shape[1]
+        one and every loaded center coordinate serves the 4 samples.
+        ``_PSEUDO_HUBER_RANK`` ranks by sum_t sqrt(delta^2 + r_t^2) (one square
+        root, no division), converted to the loss at the end: accurate to
+        ~eps * d * delta^2, fine for ranking centers."""
         z = delta * np.float32(0.0)
-        for c in range(kp):
-            acc[0, c] = z
-            acc[1, c] = z
-            acc[2, c] = z
-            acc[3, c] = z
+        acc[:, :] = z
         if kind == ABS:
-            for t in range(CT.shape[0]):
-                row = CT[t]
-                x0 = X[r0, t]
-                x1 = X[r1, t]
-                x2 = X[r2, t]
-                x3 = X[r3, t]
-                for c in range(kp):
-                    v = row[c]
-                    acc[0, c] += abs(x0 - v)
-                    acc[1, c] += abs(x1 - v)
-                    acc[2, c] += abs(x2 - v)
-                    acc[3, c] += abs(x3 - v)
+            _tile4_sums(X, r0, r1, r2, r3, CT, ABS, delta, acc)
         elif kind == HUBER:
-            for t in range(CT.shape[0]):
-                row = CT[t]
-                x0 = X[r0, t]
-                x1 = X[r1, t]
-                x2 = X[r2, t]
-                x3 = X[r3, t]
-                for c in range(kp):
-                    v = row[c]
-                    a = abs(x0 - v)
-                    m = min(a, delta)
-                    acc[0, c] += m * (a - _FH * m)
-                    a = abs(x1 - v)
-                    m = min(a, delta)
-                    acc[1, c] += m * (a - _FH * m)
-                    a = abs(x2 - v)
-                    m = min(a, delta)
-                    acc[2, c] += m * (a - _FH * m)
-                    a = abs(x3 - v)
-                    m = min(a, delta)
-                    acc[3, c] += m * (a - _FH * m)
+            _tile4_sums(X, r0, r1, r2, r3, CT, HUBER, delta, acc)
         elif kind == PSEUDO_HUBER:
-            inv = _F1 / (delta * delta)
-            for t in range(CT.shape[0]):
-                row = CT[t]
-                x0 = X[r0, t]
-                x1 = X[r1, t]
-                x2 = X[r2, t]
-                x3 = X[r3, t]
-                for c in range(kp):
-                    v = row[c]
-                    r = (x0 - v) * (x0 - v)
-                    acc[0, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
-                    r = (x1 - v) * (x1 - v)
-                    acc[1, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
-                    r = (x2 - v) * (x2 - v)
-                    acc[2, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
-                    r = (x3 - v) * (x3 - v)
-                    acc[3, c] += r / (_F1 + np.sqrt(_F1 + r * inv))
+            _tile4_sums(X, r0, r1, r2, r3, CT, PSEUDO_HUBER, delta, acc)
         elif kind == _PSEUDO_HUBER_RANK:
-            # sum_t sqrt(delta^2 + r_t^2): one sqrt, no division; converted to the
-            # loss below, accurate to ~eps * d * delta^2 (fine for ranking centers)
-            d2 = delta * delta
-            for t in range(CT.shape[0]):
-                row = CT[t]
-                x0 = X[r0, t]
-                x1 = X[r1, t]
-                x2 = X[r2, t]
-                x3 = X[r3, t]
-                for c in range(kp):
-                    v = row[c]
-                    acc[0, c] += np.sqrt(d2 + (x0 - v) * (x0 - v))
-                    acc[1, c] += np.sqrt(d2 + (x1 - v) * (x1 - v))
-                    acc[2, c] += np.sqrt(d2 + (x2 - v) * (x2 - v))
-                    acc[3, c] += np.sqrt(d2 + (x3 - v) * (x3 - v))
-            base = CT.shape[0] * d2
+            _tile4_sums(X, r0, r1, r2, r3, CT, _PSEUDO_HUBER_RANK, delta, acc)
+            base = CT.shape[0] * delta * delta
             for s in range(4):
-                for c in range(kp):
+                for c in range(CT.shape[1]):
                     acc[s, c] = delta * acc[s, c] - base
         else:
-            for t in range(CT.shape[0]):
-                row = CT[t]
-                x0 = X[r0, t]
-                x1 = X[r1, t]
-                x2 = X[r2, t]
-                x3 = X[r3, t]
-                for c in range(kp):
-                    v = row[c]
-                    acc[0, c] += (x0 - v) * (x0 - v)
-                    acc[1, c] += (x1 - v) * (x1 - v)
-                    acc[2, c] += (x2 - v) * (x2 - v)
-                    acc[3, c] += (x3 - v) * (x3 - v)
+            _tile4_sums(X, r0, r1, r2, r3, CT, SQUARED, delta, acc)
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_coord_assign(X, CT, k, rows, kind, delta, nchunks, labels, best, second):
@@ -276,19 +253,6 @@ if numba is not None:
                     labels[q0 + 3] = j3
                     best[q0 + 3] = b3
                     second[q0 + 3] = s3
-
-    @njit(inline="always", fastmath=_FM)
-    def _rank_term(e, kind, delta, d2):
-        """One coordinate's term of the loss (``_PSEUDO_HUBER_RANK``: its ranking form)."""
-        if kind == ABS:
-            return abs(e)
-        if kind == HUBER:
-            a = abs(e)
-            m = min(a, delta)
-            return m * (a - _FH * m)
-        if kind == _PSEUDO_HUBER_RANK:
-            return np.sqrt(d2 + e * e)
-        return e * e
 
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_coord_assign_lanes(X, C, rows, kind, delta, nchunks, labels, best, second):
