@@ -402,20 +402,26 @@ def test_gemm_nearest_and_second_nearest_match_brute_force(k, chunk, one_gemm, m
         np.testing.assert_array_equal(best1.numpy(), best.numpy())
 
 
-@pytest.mark.parametrize("hint", ["none", "exact", "near", "far"])
-def test_exact_medians_of_large_clusters_whatever_the_previous_centers(hint, backend):
-    """Clusters of >= 256 samples take the bracketed selection, which first
-    tries a window around the previous center: the median is exact whether
-    that window holds it or not (ties, even and odd sizes)."""
+@pytest.mark.parametrize("task_size", [None, 2000])  # default, or columns split in groups
+@pytest.mark.parametrize("hint", ["none", "exact", "close", "near", "far"])
+def test_exact_medians_whatever_the_previous_centers(hint, task_size, backend, monkeypatch):
+    """The selection first tries a narrow window around the previous center
+    (its retry, and the sampled bracket of clusters >= 256, when that misses);
+    the median is exact whatever the hint (ties, skewed columns, even and odd
+    sizes, small clusters, columns copied in one task or in groups)."""
+    if task_size is not None:
+        monkeypatch.setattr(K, "_MEDIAN_TASK", task_size)
     rng = np.random.default_rng(7)
-    sizes = [256, 257, 1000, 3001]
-    labels = np.repeat(np.arange(4), sizes)
+    sizes = [5, 70, 256, 257, 1000, 3001]
+    labels = np.repeat(np.arange(len(sizes)), sizes)
     X = rng.normal(size=(labels.size, 40)).astype(np.float32)
     X[:, :10] = np.round(X[:, :10] * 2)  # many ties
-    expected = np.stack([np.median(X[labels == j], axis=0) for j in range(4)])
+    X[:, 10:20] = rng.exponential(size=(labels.size, 10))  # skewed: window widths differ
+    expected = np.stack([np.median(X[labels == j], axis=0) for j in range(len(sizes))])
     prev = {
         "none": np.full_like(expected, np.nan),
         "exact": expected,
+        "close": expected + 0.004,  # inside or just outside the first window
         "near": expected + 0.05,
         "far": expected + 100.0,
     }[hint]
