@@ -128,7 +128,7 @@ if numba is not None:
                 acc += r * r
         return acc
 
-    @njit(inline="always", fastmath=_FM)
+    @njit(fastmath=_FM)
     def _rank_term(e, kind, delta, d2):
         """One coordinate's term of the loss (``_PSEUDO_HUBER_RANK``: of its
         ranking form; d2 = delta^2)."""
@@ -254,15 +254,38 @@ if numba is not None:
                     best[q0 + 3] = b3
                     second[q0 + 3] = s3
 
+    @njit(inline="always", fastmath=_FM)
+    def _lane_sums(XT, C, j, w, kind, delta, acc):
+        """acc[q] += sum_f _rank_term(XT[f, q] - C[j, f]) for the w samples of a
+        transposed tile, four coordinates per pass over the accumulators (the
+        loop is bound by their loads and stores). Inlined with a constant
+        ``kind``, so each kind compiles to its own branch-free loop."""
+        d = C.shape[1]
+        d2 = delta * delta
+        f = 0
+        while f + 4 <= d:
+            c0, c1, c2, c3 = C[j, f], C[j, f + 1], C[j, f + 2], C[j, f + 3]
+            x0, x1, x2, x3 = XT[f], XT[f + 1], XT[f + 2], XT[f + 3]
+            for q in range(w):
+                acc[q] += ((_rank_term(x0[q] - c0, kind, delta, d2)
+                            + _rank_term(x1[q] - c1, kind, delta, d2))
+                           + (_rank_term(x2[q] - c2, kind, delta, d2)
+                              + _rank_term(x3[q] - c3, kind, delta, d2)))
+            f += 4
+        for g in range(f, d):
+            c = C[j, g]
+            row = XT[g]
+            for q in range(w):
+                acc[q] += _rank_term(row[q] - c, kind, delta, d2)
+
     @njit(parallel=True, fastmath=_FM, cache=True)
     def _nb_coord_assign_lanes(X, C, rows, kind, delta, nchunks, labels, best, second):
         """:func:`_nb_coord_assign` with samples, not centers, along the vector
         lanes: tiles of 128 samples are transposed once, then for each center
         the tile's losses and its running top-2 are vectorized across samples.
         Faster when d is small, where the other kernel's scalar top-2 over the
-        k centers of each sample costs as much as the losses. Four coordinates
-        per pass over the accumulators (bound by their loads and stores: 1.2x
-        faster at d = 16). Ranks pseudo-Huber by ``_PSEUDO_HUBER_RANK``, as
+        k centers of each sample costs as much as the losses (see
+        :func:`_lane_sums`). Ranks pseudo-Huber by ``_PSEUDO_HUBER_RANK``, as
         :func:`coord_assign` asks."""
         m = rows.shape[0]
         k, d = C.shape
@@ -289,21 +312,14 @@ if numba is not None:
                 lab[:] = 0
                 for j in range(k):
                     acc[:w] = zero
-                    f = 0
-                    while f + 4 <= d:
-                        c0, c1, c2, c3 = C[j, f], C[j, f + 1], C[j, f + 2], C[j, f + 3]
-                        x0, x1, x2, x3 = XT[f], XT[f + 1], XT[f + 2], XT[f + 3]
-                        for q in range(w):
-                            acc[q] += ((_rank_term(x0[q] - c0, kind, delta, d2)
-                                        + _rank_term(x1[q] - c1, kind, delta, d2))
-                                       + (_rank_term(x2[q] - c2, kind, delta, d2)
-                                          + _rank_term(x3[q] - c3, kind, delta, d2)))
-                        f += 4
-                    for g in range(f, d):
-                        c = C[j, g]
-                        row = XT[g]
-                        for q in range(w):
-                            acc[q] += _rank_term(row[q] - c, kind, delta, d2)
+                    if kind == ABS:
+                        _lane_sums(XT, C, j, w, ABS, delta, acc)
+                    elif kind == HUBER:
+                        _lane_sums(XT, C, j, w, HUBER, delta, acc)
+                    elif kind == _PSEUDO_HUBER_RANK:
+                        _lane_sums(XT, C, j, w, _PSEUDO_HUBER_RANK, delta, acc)
+                    else:
+                        _lane_sums(XT, C, j, w, SQUARED, delta, acc)
                     if kind == _PSEUDO_HUBER_RANK:  # see _tile4
                         base = d * d2
                         for q in range(w):
