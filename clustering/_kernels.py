@@ -47,7 +47,7 @@ NUMBA_ENABLED = numba is not None and not os.environ.get("CLUSTERING_DISABLE_NUM
 ABS, HUBER, PSEUDO_HUBER, SQUARED = 0, 1, 2, 3
 _PSEUDO_HUBER_RANK = 4  # cheaper pseudo-Huber form for ranking centers (assignment)
 #: coordinate-wise assignment puts samples along the vector lanes up to this d
-#: (_nb_coord_assign_lanes), centers above it (_nb_coord_assign)
+#: (_coord_assign_lanes_body), centers above it (_coord_assign_body)
 _LANES_MAX_D = 32
 # radial majorize-minimize kinds (see ``radial_stats``)
 CORRENTROPY, GEOMETRIC_MEDIAN = 1, 2
@@ -187,26 +187,18 @@ if numba is not None:
         ``_PSEUDO_HUBER_RANK`` ranks by sum_t sqrt(delta^2 + r_t^2) (one square
         root, no division), converted to the loss at the end: accurate to
         ~eps * d * delta^2, fine for ranking centers."""
-        z = delta * np.float32(0.0)
-        acc[:, :] = z
-        if kind == ABS:
-            _tile4_sums(X, r0, r1, r2, r3, CT, ABS, delta, acc)
-        elif kind == HUBER:
-            _tile4_sums(X, r0, r1, r2, r3, CT, HUBER, delta, acc)
-        elif kind == PSEUDO_HUBER:
-            _tile4_sums(X, r0, r1, r2, r3, CT, PSEUDO_HUBER, delta, acc)
-        elif kind == _PSEUDO_HUBER_RANK:
-            _tile4_sums(X, r0, r1, r2, r3, CT, _PSEUDO_HUBER_RANK, delta, acc)
+        acc[:, :] = delta * np.float32(0.0)
+        _tile4_sums(X, r0, r1, r2, r3, CT, kind, delta, acc)
+        if kind == _PSEUDO_HUBER_RANK:
             base = CT.shape[0] * delta * delta
             for s in range(4):
                 for c in range(CT.shape[1]):
                     acc[s, c] = delta * acc[s, c] - base
-        else:
-            _tile4_sums(X, r0, r1, r2, r3, CT, SQUARED, delta, acc)
 
-    @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_coord_assign(X, CT, k, rows, kind, delta, nchunks, labels, best, second):
-        """Best / second-best loss over the first k columns of CT (C transposed, (d, kp))."""
+    @njit(inline="always", fastmath=_FM)
+    def _coord_assign_body(X, CT, k, rows, kind, delta, nchunks, labels, best, second):
+        """Best / second-best loss over the first k columns of CT (C transposed,
+        (d, kp)); compiled once per kind (``_COORD_ASSIGN``)."""
         m = rows.shape[0]
         blocks = (m + 3) // 4
         for ch in prange(nchunks):
@@ -278,15 +270,14 @@ if numba is not None:
             for q in range(w):
                 acc[q] += _rank_term(row[q] - c, kind, delta, d2)
 
-    @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_coord_assign_lanes(X, C, rows, kind, delta, nchunks, labels, best, second):
-        """:func:`_nb_coord_assign` with samples, not centers, along the vector
+    @njit(inline="always", fastmath=_FM)
+    def _coord_assign_lanes_body(X, C, rows, kind, delta, nchunks, labels, best, second):
+        """:func:`_coord_assign_body` with samples, not centers, along the vector
         lanes: tiles of 128 samples are transposed once, then for each center
         the tile's losses and its running top-2 are vectorized across samples.
         Faster when d is small, where the other kernel's scalar top-2 over the
         k centers of each sample costs as much as the losses (see
-        :func:`_lane_sums`). Ranks pseudo-Huber by ``_PSEUDO_HUBER_RANK``, as
-        :func:`coord_assign` asks."""
+        :func:`_lane_sums`); compiled once per kind (``_COORD_ASSIGN_LANES``)."""
         m = rows.shape[0]
         k, d = C.shape
         tile = 128
@@ -312,14 +303,7 @@ if numba is not None:
                 lab[:] = 0
                 for j in range(k):
                     acc[:w] = zero
-                    if kind == ABS:
-                        _lane_sums(XT, C, j, w, ABS, delta, acc)
-                    elif kind == HUBER:
-                        _lane_sums(XT, C, j, w, HUBER, delta, acc)
-                    elif kind == _PSEUDO_HUBER_RANK:
-                        _lane_sums(XT, C, j, w, _PSEUDO_HUBER_RANK, delta, acc)
-                    else:
-                        _lane_sums(XT, C, j, w, SQUARED, delta, acc)
+                    _lane_sums(XT, C, j, w, kind, delta, acc)
                     if kind == _PSEUDO_HUBER_RANK:  # see _tile4
                         base = d * d2
                         for q in range(w):
@@ -336,9 +320,10 @@ if numba is not None:
                     best[t0 + q] = b[q]
                     second[t0 + q] = s[q]
 
-    @njit(parallel=True, fastmath=_FM, cache=True)
-    def _nb_coord_pairwise(X, CT, kind, delta, nchunks, out):
-        """Losses to the first out.shape[1] columns of CT (C transposed, (d, kp))."""
+    @njit(inline="always", fastmath=_FM)
+    def _coord_pairwise_body(X, CT, kind, delta, nchunks, out):
+        """Losses to the first out.shape[1] columns of CT (C transposed, (d, kp));
+        compiled once per kind (``_COORD_PAIRWISE``)."""
         m, k = out.shape
         blocks = (m + 3) // 4
         for ch in prange(nchunks):
@@ -869,6 +854,35 @@ if triton is not None:
         tl.store(second + offs_m, runner_up, mask=mask_m)
 
 
+if numba is not None:
+    def _kind_kernel(fn, name):
+        """``fn`` (which calls an inline body with a constant kind) as a parallel,
+        disk-cached numba kernel named ``name``: one kernel per kind, compiled on
+        its first call, so a fit compiles only the loss it uses."""
+        fn.__name__ = fn.__qualname__ = name
+        return njit(parallel=True, fastmath=_FM, cache=True)(fn)
+
+    def _assign_kernel(kind):
+        def kernel(X, CT, k, rows, delta, nchunks, labels, best, second):
+            _coord_assign_body(X, CT, k, rows, kind, delta, nchunks, labels, best, second)
+        return _kind_kernel(kernel, f"_nb_coord_assign_{kind}")
+
+    def _lanes_kernel(kind):
+        def kernel(X, C, rows, delta, nchunks, labels, best, second):
+            _coord_assign_lanes_body(X, C, rows, kind, delta, nchunks, labels, best, second)
+        return _kind_kernel(kernel, f"_nb_coord_assign_lanes_{kind}")
+
+    def _pairwise_kernel(kind):
+        def kernel(X, CT, delta, nchunks, out):
+            _coord_pairwise_body(X, CT, kind, delta, nchunks, out)
+        return _kind_kernel(kernel, f"_nb_coord_pairwise_{kind}")
+
+    _RANK_KINDS = (ABS, HUBER, _PSEUDO_HUBER_RANK, SQUARED)
+    _COORD_ASSIGN = {kind: _assign_kernel(kind) for kind in _RANK_KINDS}
+    _COORD_ASSIGN_LANES = {kind: _lanes_kernel(kind) for kind in _RANK_KINDS}
+    _COORD_PAIRWISE = {kind: _pairwise_kernel(kind) for kind in (ABS, HUBER, PSEUDO_HUBER, SQUARED)}
+
+
 _TRITON_BROKEN = []  # set once a launch failed: use the torch path from then on
 
 
@@ -1128,7 +1142,7 @@ def coord_pairwise(X, C, kind, delta):
     if numba_active(X):
         x = _np(X)
         out = np.empty((m, k), dtype=x.dtype)
-        _call(_nb_coord_pairwise, x.size * k, x, _transposed(_np(C)), kind, _typed(delta, x),
+        _call(_COORD_PAIRWISE[kind], x.size * k, x, _transposed(_np(C)), _typed(delta, x),
               _chunks(x.size * k, m), out)
         return torch.from_numpy(out)
     fused = _triton_coord_pairwise(X, C, kind, delta)
@@ -1160,10 +1174,10 @@ def coord_assign(X, C, kind, delta, rows=None):
         rank_kind = _PSEUDO_HUBER_RANK if kind == PSEUDO_HUBER else kind
         work = m * x.shape[1] * k
         if x.shape[1] <= _LANES_MAX_D:
-            _call(_nb_coord_assign_lanes, work, x, np.ascontiguousarray(_np(C)), idx, rank_kind,
+            _call(_COORD_ASSIGN_LANES[rank_kind], work, x, np.ascontiguousarray(_np(C)), idx,
                   _typed(delta, x), _n_chunks(max(1, m // 128), work), labels, best, second)
         else:
-            _call(_nb_coord_assign, work, x, _transposed(_np(C)), k, idx, rank_kind,
+            _call(_COORD_ASSIGN[rank_kind], work, x, _transposed(_np(C)), k, idx,
                   _typed(delta, x), _chunks(work, m), labels, best, second)
         return torch.from_numpy(labels), torch.from_numpy(best), torch.from_numpy(second)
     fused = _triton_coord_assign(X, C, kind, delta, rows)
