@@ -106,32 +106,12 @@ if numba is not None:
     _F1 = np.float32(1.0)
     _FH = np.float32(0.5)
 
-    @njit(inline="always", fastmath=_FM)
-    def _pair1(x, c, kind, delta):
-        acc = delta * np.float32(0.0)
-        if kind == ABS:
-            for t in range(x.shape[0]):
-                acc += abs(x[t] - c[t])
-        elif kind == HUBER:
-            for t in range(x.shape[0]):
-                a = abs(x[t] - c[t])
-                m = min(a, delta)
-                acc += m * (a - _FH * m)
-        elif kind == PSEUDO_HUBER:
-            inv = _F1 / (delta * delta)
-            for t in range(x.shape[0]):
-                r2 = (x[t] - c[t]) * (x[t] - c[t])
-                acc += r2 / (_F1 + np.sqrt(_F1 + r2 * inv))
-        else:
-            for t in range(x.shape[0]):
-                r = x[t] - c[t]
-                acc += r * r
-        return acc
-
-    @njit(fastmath=_FM)
+    @njit(fastmath=_FM, error_model="numpy")
     def _rank_term(e, kind, delta, d2):
         """One coordinate's term of the loss (``_PSEUDO_HUBER_RANK``: of its
-        ranking form; d2 = delta^2)."""
+        ranking form; d2 = delta^2). error_model="numpy": Python's zero-division
+        check on the pseudo-Huber division keeps the loops from vectorizing (4.4x
+        slower), and its divisor is >= 1."""
         if kind == ABS:
             return abs(e)
         if kind == HUBER:
@@ -140,10 +120,30 @@ if numba is not None:
             return m * (a - _FH * m)
         if kind == PSEUDO_HUBER:
             r2 = e * e
-            return r2 / (_F1 + np.sqrt(_F1 + r2 / d2))
+            return r2 / (_F1 + np.sqrt(_F1 + r2 * (_F1 / d2)))
         if kind == _PSEUDO_HUBER_RANK:
             return np.sqrt(d2 + e * e)
         return e * e
+
+    @njit(inline="always", fastmath=_FM)
+    def _pair_sum(x, c, kind, delta):
+        acc = delta * np.float32(0.0)
+        d2 = delta * delta
+        for t in range(x.shape[0]):
+            acc += _rank_term(x[t] - c[t], kind, delta, d2)
+        return acc
+
+    @njit(inline="always", fastmath=_FM)
+    def _pair1(x, c, kind, delta):
+        """sum_t rho(x_t - c_t) of one pair; dispatched once per pair, so that
+        each kind's loop is branch-free (a runtime kind in the loop is 4x slower)."""
+        if kind == ABS:
+            return _pair_sum(x, c, ABS, delta)
+        if kind == HUBER:
+            return _pair_sum(x, c, HUBER, delta)
+        if kind == PSEUDO_HUBER:
+            return _pair_sum(x, c, PSEUDO_HUBER, delta)
+        return _pair_sum(x, c, SQUARED, delta)
 
     @njit(inline="always", fastmath=_FM)
     def _tile4_sums(X, r0, r1, r2, r3, CT, kind, delta, acc):
