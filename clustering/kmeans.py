@@ -13,12 +13,15 @@ and chunked (memory O(n d + k d + chunk k)):
   on CPU, triton on CUDA);
 * any other loss: chunked ``Loss.pairwise``.
 
-Exact Hamerly-style bound pruning (``prune``) skips the full row of k losses
-for samples whose bounds prove that their center cannot change: for
-coordinate-wise losses rho is G-Lipschitz per coordinate, so
-|L(x, c) - L(x, c')| <= G ||c - c'||_1; for euclidean losses the triangle
-inequality bounds the change of the distance. Center updates only revisit
-clusters whose members changed.
+Exact bound pruning (``prune``) skips losses that bounds prove cannot change a
+sample's center: for coordinate-wise losses rho is G-Lipschitz per coordinate,
+so |L(x, c) - L(x, c')| <= G ||c - c'||_1; for euclidean losses the triangle
+inequality bounds the change of the distance. On the numba path,
+coordinate-wise losses keep Elkan's bound per (sample, center) when that
+matrix fits (``_ELKAN_MAX_BYTES``): after the first iterations only a few
+percent of the pairs are computed, even where clusters overlap. Otherwise
+Hamerly's single lower bound per sample skips whole rows. Center updates only
+revisit clusters whose members changed.
 """
 
 import functools
@@ -43,6 +46,9 @@ _PRUNE_MIN_CLUSTERS = 64
 # euclidean pruning does a plain full pass (which renews the bounds) when the
 # bounds fail for more than this fraction of the samples
 _UNBOUND_FRACTION = 0.5
+# coordinate-wise pruning keeps Elkan's (n, k) bounds when they take at most
+# this many bytes, or no more than X itself
+_ELKAN_MAX_BYTES = 1 << 28
 # a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param
 _PILOT_SAMPLES = 10_000
 # CPU blocks of the (rows, k) loss matrix: about this many elements (2 MB of
@@ -148,6 +154,13 @@ class _Engine:
         if self.geometry == "coordinatewise" and getattr(loss, "kind", None) is None:
             self.geometry = None  # custom coordinate-wise loss: generic path
         self.bounded = bool(prune) and self.geometry in ("coordinatewise", "euclidean")
+        if getattr(loss, "kind", None) == K.PSEUDO_HUBER:
+            tiny = torch.finfo(X.dtype).tiny
+            if not loss._delta(param) ** 2 >= tiny:  # the kernels' terms sqrt(delta^2 + r^2)
+                raise ValueError(
+                    f"loss_param (delta of loss 'pseudo_huber') = {loss._delta(param):g} is "
+                    f"too small for {str(X.dtype).replace('torch.', '')} arithmetic: delta^2 "
+                    f"must be at least {tiny:g}; rescale the data or use dtype='float64'")
         self.chunk_size = chunk_size
         default = _MIN_CPU_ROWS if X.device.type == "cpu" else 1 << 16
         self.chunk = max(1, min(n, int(chunk_size or default)))
@@ -158,6 +171,8 @@ class _Engine:
             self.inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
         self._lower = None  # Hamerly lower bounds on the second-best bound value
         self._upper = None  # bound value to the own center (euclidean: an upper bound)
+        self._bounds = None  # Elkan: (n, k) loss + drift at the time it was computed
+        self._drift = None  # Elkan: (k,) float64 cumulative shift bound of each center
 
     @functools.cached_property
     def scale(self):
@@ -226,14 +241,32 @@ class _Engine:
         return K.rowwise_loss(self.X, C, labels, self.loss.kind, self.loss._delta(self.param),
                               rows=rows)
 
-    def _coord_pass(self, C, rows=None):
+    def _coord_pass(self, C, rows=None, bounds=None):
         """Full coordinate-wise assignment of X[rows] (all rows if None):
-        (labels, loss to the own center, second-best loss)."""
+        (labels, loss to the own center, second-best loss); every loss also
+        goes to ``bounds`` when given (see ``K.coord_assign``)."""
         kind = self.loss.kind
-        labels, best, second = K.coord_assign(self.X, C, kind, self.loss._delta(self.param), rows)
+        labels, best, second = K.coord_assign(self.X, C, kind, self.loss._delta(self.param), rows,
+                                              bounds)
         if kind == K.PSEUDO_HUBER:  # the CPU kernel ranks by a cheaper, less accurate form
             best = self._exact(C, labels, rows)
         return labels, best, second
+
+    def _elkan(self, k):
+        """Whether coordinate-wise pruning keeps Elkan's (n, k) bounds."""
+        X = self.X
+        size = X.shape[0] * k * X.element_size()
+        return (self.geometry == "coordinatewise" and k > 1 and K.numba_active(X)
+                and X.shape[1] > K._LANES_MAX_D
+                and size <= max(_ELKAN_MAX_BYTES, X.numel() * X.element_size()))
+
+    def _elkan_pass(self, C, labels):
+        """Elkan's pruned assignment from ``labels`` with the current bounds: (labels, losses)."""
+        labels, best, _ = K.coord_scan(self.X, C, labels, self._bounds, self._drift,
+                                       self.loss.kind, self.loss._delta(self.param))
+        if self.loss.kind == K.PSEUDO_HUBER:
+            best = self._exact(C, labels)
+        return labels, best
 
     def _top2(self, C, rows=None):
         """Euclidean (nearest center, lower bound on the second-nearest distance) of X[rows]."""
@@ -268,6 +301,12 @@ class _Engine:
         n = X.shape[0]
         if self.bounded and self.geometry == "euclidean":
             return self._euclidean_pass(C)
+        self._bounds = None
+        if self.bounded and self._elkan(C.shape[0]):
+            bounds = np.empty((n, C.shape[0]), dtype=self.X.numpy().dtype)
+            labels, losses, _ = self._coord_pass(C, bounds=bounds)
+            self._bounds, self._drift = bounds, np.zeros(C.shape[0])
+            return labels, losses
         if self.bounded:
             labels, self._upper, self._lower = self._coord_pass(C)
             return labels, self._upper
@@ -293,11 +332,14 @@ class _Engine:
     def reassign(self, C_old, C_new, labels, moved):
         """Assignment after the centers moved from C_old to C_new.
 
-        With pruning, the previous labels and lower bounds are reused: exact
-        bound values to the current centers are computed for all samples
-        (O(n d)), lower bounds drop by the largest shift of another center, and
-        only samples whose bound value exceeds their lower bound get a full row
-        (O(k d)). ``moved`` are samples relabeled by empty-cluster reseeding.
+        With pruning, the previous labels and lower bounds are reused. Elkan
+        (coordinate-wise losses, see ``_elkan``): each center's drift grows by
+        its shift bound and only the pairs whose bound falls below the best
+        loss get computed. Hamerly: exact bound values to the current centers
+        are computed for all samples (O(n d)), lower bounds drop by the largest
+        shift of another center, and only samples whose bound value exceeds
+        their lower bound get a full row (O(k d)). ``moved`` are samples
+        relabeled by empty-cluster reseeding.
         Euclidean losses first test the moved upper bounds: when they fail for
         most samples (overlapping clusters, early iterations) one plain GEMM pass,
         whose top-2 renews the bounds, is cheaper than an exact pass plus a top-2.
@@ -308,6 +350,9 @@ class _Engine:
             shift = (C_new - C_old).norm(dim=1)
         else:
             shift = (C_new - C_old).abs().sum(1) * self.loss.lipschitz(self.param)
+        if self._bounds is not None:  # Elkan (reseeded centers moved by their whole jump)
+            self._drift += shift.double().numpy()
+            return self._elkan_pass(C_new, labels)
         if shift.numel() > 1:
             top, arg = torch.topk(shift, 2)
             decrease = torch.where(labels == arg[0], top[1], top[0])

@@ -308,7 +308,8 @@ class EpsilonInsensitiveLoss(_MMRadialLoss):
         return 0.5 * _median_distance(residuals)
 
     def _mm_step(self, X, labels, C, param, tiny, tol):
-        G, inv_r, alpha, L, b = K.epsilon_stats(X, C, labels, param, tiny)
+        C = C.to(X.dtype)  # the surrogate is built at C in X's precision (see epsilon_stats)
+        G, alpha, L, b = K.epsilon_stats(X, C, labels, param, tiny)
         C = C.to(G.dtype)
         rows = torch.nonzero(b > 0).flatten()
 
@@ -318,8 +319,8 @@ class EpsilonInsensitiveLoss(_MMRadialLoss):
                 out = out + K.lowrank_matvec(X, C, labels, rows, b, P)
             return out
 
-        step = _conjugate_gradient(hessian, G - C * inv_r[:, None],
-                                   min(X.shape[1] + 1, self.cg_max_iter), rtol=math.sqrt(tol))
+        step = _conjugate_gradient(hessian, G, min(X.shape[1] + 1, self.cg_max_iter),
+                                   rtol=math.sqrt(tol))
         return C + step, L
 
 

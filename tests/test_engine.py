@@ -109,6 +109,8 @@ def test_register_rejects_non_losses():
     (dict(n_clusters=2), np.zeros((2, 3, 4)), "2-D"),
     (dict(n_clusters=2, dtype="int8"), None, "dtype"),
     (dict(n_clusters=2, prune="yes"), None, "prune"),
+    (dict(n_clusters=2, loss="pseudo_huber", loss_param=1e-30), None,
+     r"delta.*1e-30 is too small for float32.*dtype='float64'"),
 ])
 def test_invalid_arguments_raise(kwargs, X, match):
     X = blobs() if X is None else X
@@ -226,6 +228,70 @@ def test_bound_pruning_matches_full_assignment(loss, backend):
         plain = GeneralizedKMeans(6, prune=False, **kwargs).fit(X)
         np.testing.assert_array_equal(pruned.labels_, plain.labels_)
         np.testing.assert_allclose(pruned.cluster_centers_, plain.cluster_centers_, rtol=1e-9)
+
+
+@pytest.mark.parametrize("bounds", ["elkan", "hamerly"])
+@pytest.mark.parametrize("loss", COORDINATEWISE)
+def test_long_rows_pruned_like_a_full_assignment(loss, bounds, monkeypatch):
+    """d > 32 on the numba path: Elkan's per-(sample, center) bounds (or, when
+    they would not fit, Hamerly's) give every iteration the labels and centers
+    of unpruned Lloyd iterations, with overlapping clusters, an empty cluster
+    reseeded on the way and duplicate centers (ties go to the lowest index)."""
+    if not K.NUMBA_ENABLED:
+        pytest.skip("numba not installed")
+    from clustering import kmeans
+
+    if bounds == "hamerly":
+        monkeypatch.setattr(kmeans._Engine, "_elkan", lambda self, k: False)
+    scans = []
+    scan = K.coord_scan
+    monkeypatch.setattr(K, "coord_scan", lambda *a: scans.append(1) or scan(*a))
+    X = blobs(n=400, d=40, k=8, seed=11, spread=0.4)
+    init = np.vstack([X[:7], X[6:7], X.mean(0) + 50.0])  # a tie, and a center nobody picks
+    for iterations in (1, 2, 3, 6, 12):
+        kwargs = dict(loss=loss, init=init, max_iter=iterations, tol=0, dtype="float64")
+        pruned = GeneralizedKMeans(9, prune=True, **kwargs).fit(X)
+        plain = GeneralizedKMeans(9, prune=False, **kwargs).fit(X)
+        np.testing.assert_array_equal(pruned.labels_, plain.labels_)
+        np.testing.assert_allclose(pruned.cluster_centers_, plain.cluster_centers_, rtol=1e-9)
+        D = pruned.transform(X)
+        np.testing.assert_array_equal(pruned.labels_, D.argmin(1))
+    assert bool(scans) == (bounds == "elkan")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind,delta", [(K.ABS, 1.0), (K.HUBER, 0.7), (K.PSEUDO_HUBER, 0.7)])
+def test_elkan_scan_matches_brute_force(kind, delta, dtype):
+    """Rounds of moved centers (small steps, a jump, a duplicate): each scan finds
+    the brute-force nearest center and leaves valid lower bounds behind."""
+    if not K.NUMBA_ENABLED:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(kind)
+    X = rng.normal(size=(500, 48)).astype(dtype)
+    C = rng.normal(size=(12, 48)).astype(dtype) * 0.3
+    bounds = np.empty((500, 12), dtype=dtype)
+    labels, _, _ = K.coord_assign(torch.from_numpy(X), torch.from_numpy(C), kind, delta,
+                                  bounds=bounds)
+    drift = np.zeros(12)
+    lipschitz = 1.0 if kind == K.ABS else delta
+    for step in range(6):
+        new = C + rng.normal(size=C.shape).astype(dtype) * 0.05
+        if step == 2:
+            new[3] = X[17]  # a jump (as when an empty cluster is reseeded)
+        if step == 4:
+            new[5] = new[2]  # a tie: the lowest index wins
+        drift += lipschitz * np.abs(new.astype(np.float64) - C).sum(1)
+        C = new
+        labels, best, pairs = K.coord_scan(torch.from_numpy(X), torch.from_numpy(C), labels,
+                                           bounds, drift, kind, delta)
+        exact = K.rho_torch(torch.from_numpy(X[:, None, :].astype(np.float64) - C[None]),
+                            kind, delta).sum(-1).numpy()
+        gap = np.sort(exact, 1)[:, 1] - exact.min(1)
+        clear = gap > 1e-4 * exact.min(1) + 1e-30  # float32 rounding decides closer calls
+        np.testing.assert_array_equal(labels.numpy()[clear], exact.argmin(1)[clear])
+        np.testing.assert_allclose(best.numpy(), exact.min(1), rtol=1e-4, atol=1e-4)
+        assert np.all(bounds - drift <= exact + 1e-5 * (exact + drift))  # up to rounding
+        assert 0 < pairs < 500 * 11
 
 
 def test_n_init_keeps_the_best_restart():
