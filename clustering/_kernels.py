@@ -369,7 +369,8 @@ if numba is not None:
         relative rounding slack ``rel``) get their loss computed, and it becomes
         their new bound. Starts from the own center ``labels[i]``; ties go to
         the lowest index, as in a full pass. ``pairs[ch]`` counts the losses
-        computed. Compiled once per kind (``_COORD_SCAN``)."""
+        computed; ``best`` is the exact loss (pseudo-Huber: not its ranking
+        form). Compiled once per kind (``_COORD_SCAN``)."""
         n = X.shape[0]
         k = C.shape[0]
         d2 = delta * delta
@@ -409,6 +410,8 @@ if numba is not None:
                             u = v
                             lab = j
                 labels[i] = lab
+                if kind == _PSEUDO_HUBER_RANK:  # the exact loss, while x is in cache
+                    u = _pair_loss(x, C[lab], PSEUDO_HUBER, delta, d2)
                 best[i] = u
             pairs[ch] = count
 

@@ -49,6 +49,9 @@ _UNBOUND_FRACTION = 0.5
 # coordinate-wise pruning keeps Elkan's (n, k) bounds when they take at most
 # this many bytes, or no more than X itself
 _ELKAN_MAX_BYTES = 1 << 28
+# ... and renews them all with a full tiled pass (cheaper per loss) after a scan
+# that had to compute more than this fraction of the pairs
+_ELKAN_FULL_FRACTION = 0.8
 # a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param
 _PILOT_SAMPLES = 10_000
 # CPU blocks of the (rows, k) loss matrix: about this many elements (2 MB of
@@ -173,6 +176,7 @@ class _Engine:
         self._upper = None  # bound value to the own center (euclidean: an upper bound)
         self._bounds = None  # Elkan: (n, k) loss + drift at the time it was computed
         self._drift = None  # Elkan: (k,) float64 cumulative shift bound of each center
+        self._scanned = 0.0  # Elkan: fraction of the pairs the last scan computed
 
     @functools.cached_property
     def scale(self):
@@ -260,12 +264,21 @@ class _Engine:
                 and X.shape[1] > K._LANES_MAX_D
                 and size <= max(_ELKAN_MAX_BYTES, X.numel() * X.element_size()))
 
+    def _elkan_full(self, C):
+        """Full coordinate-wise assignment that renews every Elkan bound: (labels, losses)."""
+        n, k = self.X.shape[0], C.shape[0]
+        if self._bounds is None or self._bounds.shape[1] != k:
+            self._bounds = np.empty((n, k), dtype=self.X.numpy().dtype)
+        labels, losses, _ = self._coord_pass(C, bounds=self._bounds)
+        self._drift = np.zeros(k)
+        self._scanned = 0.0
+        return labels, losses
+
     def _elkan_pass(self, C, labels):
         """Elkan's pruned assignment from ``labels`` with the current bounds: (labels, losses)."""
-        labels, best, _ = K.coord_scan(self.X, C, labels, self._bounds, self._drift,
-                                       self.loss.kind, self.loss._delta(self.param))
-        if self.loss.kind == K.PSEUDO_HUBER:
-            best = self._exact(C, labels)
+        labels, best, pairs = K.coord_scan(self.X, C, labels, self._bounds, self._drift,
+                                           self.loss.kind, self.loss._delta(self.param))
+        self._scanned = pairs / max(1, self.X.shape[0] * (C.shape[0] - 1))
         return labels, best
 
     def _top2(self, C, rows=None):
@@ -301,12 +314,9 @@ class _Engine:
         n = X.shape[0]
         if self.bounded and self.geometry == "euclidean":
             return self._euclidean_pass(C)
-        self._bounds = None
         if self.bounded and self._elkan(C.shape[0]):
-            bounds = np.empty((n, C.shape[0]), dtype=self.X.numpy().dtype)
-            labels, losses, _ = self._coord_pass(C, bounds=bounds)
-            self._bounds, self._drift = bounds, np.zeros(C.shape[0])
-            return labels, losses
+            return self._elkan_full(C)
+        self._bounds = None
         if self.bounded:
             labels, self._upper, self._lower = self._coord_pass(C)
             return labels, self._upper
@@ -351,6 +361,8 @@ class _Engine:
         else:
             shift = (C_new - C_old).abs().sum(1) * self.loss.lipschitz(self.param)
         if self._bounds is not None:  # Elkan (reseeded centers moved by their whole jump)
+            if self._scanned > _ELKAN_FULL_FRACTION:
+                return self._elkan_full(C_new)
             self._drift += shift.double().numpy()
             return self._elkan_pass(C_new, labels)
         if shift.numel() > 1:
