@@ -278,7 +278,7 @@ def _bench_fiftyone(args):
     print(
         f"{n} images from {args.data}; model {args.model} ({spec.dim}-d); batch size "
         f"{batch_size}; {bb.cpu_count()} CPU cores; torch threads {torch.get_num_threads()}; "
-        f"precision auto = {precision} (AMX: {bb.cpu_has_bf16_matrix_units()}); load average {load_avg()}",
+        f"precision auto = {precision} (bfloat16 units: {bb.cpu_has_bf16_units()}); load average {load_avg()}",
         flush=True,
     )
 

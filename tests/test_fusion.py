@@ -120,7 +120,7 @@ def test_bfloat16_stays_close_to_float32_on_real_photos():
 
 def test_resolve_precision():
     auto = bb.resolve_precision("cpu", "auto")
-    assert auto == ("bf16" if bb.cpu_has_bf16_matrix_units() else "fp32")
+    assert auto == ("bf16" if bb.cpu_has_bf16_units() else "fp32")
     assert bb.resolve_precision("cpu", "fp32") == "fp32"
     assert bb.resolve_precision("cpu", "bf16") == "bf16"
     with pytest.raises(ValueError, match="fp16.*GPUs"):
@@ -129,12 +129,12 @@ def test_resolve_precision():
         bb.resolve_precision("cpu", "half")
 
 
-def test_cpu_has_bf16_matrix_units_agrees_with_the_cpu_flags():
+def test_cpu_has_bf16_units_agrees_with_the_cpu_flags():
     if not os.path.exists("/proc/cpuinfo"):
         pytest.skip("no /proc/cpuinfo")
     with open("/proc/cpuinfo") as f:
         flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    assert bb.cpu_has_bf16_matrix_units() == ("amx_tile" in flags)
+    assert bb.cpu_has_bf16_units() == ("amx_tile" in flags or "avx512_bf16" in flags)
 
 
 def test_backbones_per_precision_embed_real_images_consistently(demo_images_dir):
