@@ -251,12 +251,11 @@ def bench_fiftyone(args):
         _bench_fiftyone(args)
     finally:
         if db_dir:
-            try:
-                import fiftyone.core.odm.database as food
+            import fiftyone.core.odm.database as food
 
-                food._disconnect()
-            except Exception:
-                pass
+            food._disconnect()
+            if food._db_service is not None:  # stop mongod before its files go
+                food._db_service.stop()
             shutil.rmtree(db_dir, ignore_errors=True)
 
 
