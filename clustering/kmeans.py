@@ -546,10 +546,13 @@ class GeneralizedKMeans:
         Rows per block of the pairwise loss matrix (default: on CPU blocks of
         about 2^19 losses, at least 2048 rows; 65536 rows on GPU).
     prune : "auto", True or False
-        Exact bound-based (Hamerly) pruning of the assignment step for the
-        coordinate-wise and euclidean losses: samples whose bounds prove that
-        their center cannot change skip the full row of k losses (the result
-        is the same as without pruning, up to float rounding). "auto" prunes
+        Exact bound-based pruning of the assignment step for the
+        coordinate-wise and euclidean losses: losses that bounds prove cannot
+        change a sample's center are not computed (the result is the same as
+        without pruning, up to float rounding of near-ties). Coordinate-wise
+        losses on CPU with d > 32 keep Elkan's bound per (sample, center), an
+        (n, k) array of X's dtype, when it is no larger than X or 256 MB;
+        otherwise Hamerly's bound per sample skips whole rows. "auto" prunes
         coordinate-wise losses always, and euclidean losses on GPU or from 64
         clusters on: the bound upkeep costs about one O(n d) pass per
         iteration, which a GEMM over k centers only amortizes for larger k
