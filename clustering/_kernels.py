@@ -353,9 +353,7 @@ if numba is not None:
     @njit(inline="always", fastmath=_FM)
     def _pair_loss(x, c, kind, delta, d2):
         """Loss of one pair from its ranking terms (vectorized along the row)."""
-        acc = delta * np.float32(0.0)
-        for t in range(x.shape[0]):
-            acc += _rank_term(x[t] - c[t], kind, delta, d2)
+        acc = _pair_sum(x, c, kind, delta)
         if kind == _PSEUDO_HUBER_RANK:  # see _tile4
             return delta * acc - x.shape[0] * d2
         return acc
