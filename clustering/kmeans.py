@@ -8,7 +8,8 @@ and chunked (memory O(n d + k d + chunk k)):
 * euclidean losses (squared, correntropy, epsilon-insensitive, geometric
   median): nearest center by a chunked GEMM, since these losses are
   nondecreasing in the Euclidean distance;
-* cosine: a chunked GEMM against unit-norm centers;
+* cosine: the same GEMM against unit-norm centers (the largest dot product is
+  the nearest unit center);
 * coordinate-wise losses (absolute, huber, pseudo-huber): fused kernels (numba
   on CPU, triton on CUDA);
 * any other loss: chunked ``Loss.pairwise``.
@@ -167,10 +168,10 @@ class _Engine:
         self.chunk_size = chunk_size
         default = _MIN_CPU_ROWS if X.device.type == "cpu" else 1 << 16
         self.chunk = max(1, min(n, int(chunk_size or default)))
-        if self.geometry == "euclidean":
+        if self.geometry in ("euclidean", "cosine"):
             self.x_sqnorm = K.row_sqnorms(X)
-        elif self.geometry == "cosine":
-            norms = K.row_sqnorms(X).sqrt()
+        if self.geometry == "cosine":
+            norms = self.x_sqnorm.sqrt()
             self.inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
         self._lower = None  # Hamerly lower bounds on the second-best bound value
         self._upper = None  # bound value to the own center (euclidean: an upper bound)
@@ -324,11 +325,18 @@ class _Engine:
             labels, d2, _ = K.sqeuclidean_nearest(X, C, self.x_sqnorm,
                                                   self._rows_per_chunk(C.shape[0]))
             return labels, loss.from_sqdist(d2, param)
-        labels = torch.empty(n, dtype=torch.int64, device=X.device)
-        losses = torch.empty(n, dtype=X.dtype, device=X.device)
         if self.geometry == "cosine":
             cn = C.norm(dim=1)
             Cu = C / torch.where(cn > 0, cn, torch.ones_like(cn))[:, None]
+            if bool((cn > 0).all()):
+                # unit centers: the largest x . c is the nearest c, |x - c|^2 = |x|^2 + 1 - 2 x . c
+                labels, d2, _ = K.sqeuclidean_nearest(X, Cu, self.x_sqnorm,
+                                                      self._rows_per_chunk(C.shape[0]))
+                zero = self.inv_norm == 0  # loss 1 to every center: the first one
+                return (labels.masked_fill_(zero, 0),
+                        1.0 - 0.5 * (self.x_sqnorm + 1.0 - d2) * self.inv_norm)
+        labels = torch.empty(n, dtype=torch.int64, device=X.device)
+        losses = torch.empty(n, dtype=X.dtype, device=X.device)
         rows = self._rows_per_chunk(C.shape[0])
         for s in range(0, n, rows):
             e = min(n, s + rows)
