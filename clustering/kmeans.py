@@ -3,7 +3,8 @@
 Each iteration assigns every sample to the center of smallest loss and then
 moves every center to (or, for iterative solvers, towards) the minimizer of its
 cluster's summed loss, so the objective never increases. Assignment is exact
-and chunked (memory O(n d + k d + chunk k)):
+and chunked (memory O(n d + k d + chunk k); the Elkan bounds below, when kept,
+take no more than X itself or 256 MB):
 
 * euclidean losses (squared, correntropy, epsilon-insensitive, geometric
   median): nearest center by a chunked GEMM, since these losses are
@@ -119,6 +120,13 @@ def _rows_per_block(device, k):
     return max(_MIN_CPU_ROWS, _CPU_BLOCK // max(1, k))
 
 
+def _unit_rows(C):
+    """(C with its nonzero rows scaled to unit norm, which rows are nonzero)."""
+    norms = C.norm(dim=1)
+    nonzero = norms > 0
+    return C / torch.where(nonzero, norms, torch.ones_like(norms))[:, None], nonzero
+
+
 def _make_rng(random_state):
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(2**32 - 1))
@@ -197,8 +205,7 @@ class _Engine:
         out = torch.empty((n, C.shape[0]), dtype=X.dtype, device=X.device)
         rows = self._rows_per_chunk(C.shape[0])
         if self.geometry == "cosine":
-            cn = C.norm(dim=1)
-            Cu = C / torch.where(cn > 0, cn, torch.ones_like(cn))[:, None]
+            Cu, _ = _unit_rows(C)
         for s in range(0, n, rows):
             e = min(n, s + rows)
             if self.geometry == "euclidean":
@@ -326,9 +333,8 @@ class _Engine:
                                                   self._rows_per_chunk(C.shape[0]))
             return labels, loss.from_sqdist(d2, param)
         if self.geometry == "cosine":
-            cn = C.norm(dim=1)
-            Cu = C / torch.where(cn > 0, cn, torch.ones_like(cn))[:, None]
-            if bool((cn > 0).all()):
+            Cu, nonzero = _unit_rows(C)
+            if bool(nonzero.all()):
                 # unit centers: the largest x . c is the nearest c, |x - c|^2 = |x|^2 + 1 - 2 x . c
                 labels, d2, _ = K.sqeuclidean_nearest(X, Cu, self.x_sqnorm,
                                                       self._rows_per_chunk(C.shape[0]))
