@@ -15,6 +15,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m clustering.warmup  # compile the engine's CPU kernels now, not on first use
 	touch $@
 
 venv: $(VENV)/.installed

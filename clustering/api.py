@@ -13,6 +13,7 @@ import numpy as np
 
 from . import features as cf
 from . import runs as cr
+from . import storage
 from .methods import get_method
 from .progress import progress_or_bar, scaled
 
@@ -112,7 +113,7 @@ def _load_features(samples, embeddings, model, progress):
             samples = _regenerated(samples)
         else:
             ensure_embeddings(samples, embeddings, model, progress=progress)
-    ids, X, missing = cf.load_embeddings(samples, embeddings)
+    ids, X, missing = storage.read_embeddings(samples, embeddings)
     return ids, X, missing, {"source": "model" if model else "field", "embeddings_field": embeddings, "model": model}
 
 
@@ -171,7 +172,8 @@ def compute_clusters(
             (``dataset.to_patches(field)``) they are attributes of the labels
             (``field.detections.{run_key}_cluster``)
         overwrite: replace an existing run with this key
-        progress: optional ``progress(fraction, message)``; a progress bar otherwise
+        progress: None or True (a progress bar), False (silent), or a callable
+            ``progress(fraction, message)``
         **method_params: the method's own parameters (``n_init``, ``max_iter``,
             ``tol``, ``device``, ``random_state``, ``min_cluster_size``, ...)
 
@@ -248,12 +250,15 @@ def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, t
         dataset.add_sample_field(fields["loss_field"], fo.FloatField)
         dataset.add_sample_field(fields["rep_field"], fo.IntField)
 
-        def write(key, values):
-            cr.set_run_values(dataset, run_config, fields[key], values)
-
-        write("label_field", dict(zip(ids, labels.tolist())))
-        write("loss_field", {i: float(v) for i, v in zip(ids, losses) if np.isfinite(v)})
-        write("rep_field", {ids[i]: int(ranks[i]) for i in np.flatnonzero(ranks)})
+        storage.write_fields(
+            dataset,
+            {
+                fields["label_field"]: dict(zip(ids, labels.tolist())),
+                fields["loss_field"]: {i: float(v) for i, v in zip(ids, losses) if np.isfinite(v)},
+                fields["rep_field"]: {ids[i]: int(ranks[i]) for i in np.flatnonzero(ranks)},
+            },
+            patches_field=run_config.patches_field,
+        )
         k_total = int(labels.max()) + 1 if (labels >= 0).any() else 0
         timings = dict(timings, write_s=time.perf_counter() - t0)
         timings["total_s"] = sum(timings.values())

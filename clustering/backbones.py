@@ -481,14 +481,37 @@ def cpu_has_bf16_units():
     return False
 
 
+def _cpu_flags():
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def cpu_supports_bf16_convolutions():
+    """Whether oneDNN runs bfloat16 convolutions on this CPU: torch's own
+    requirement is AVX-512 BW, VL and DQ, or AVX-NE-CONVERT (an AVX2-only CPU
+    has neither; there a bf16 backbone runs unfused under autocast)."""
+    flags = _cpu_flags()
+    if not flags:  # no cpuinfo: torch's AVX-512 probe covers BW, VL and DQ
+        check = getattr(torch.cpu, "_is_avx512_supported", None)
+        return bool(check and check())
+    return {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags
+
+
 def resolve_precision(device="auto", precision="auto"):
     """The precision a backbone runs in: ``"auto"`` -> ``"fp16"`` on CUDA,
-    ``"bf16"`` on CPUs with bfloat16 units, ``"fp32"`` otherwise."""
+    ``"bf16"`` on CPUs with bfloat16 units that oneDNN runs bf16 convolutions
+    on, ``"fp32"`` otherwise."""
     device = resolve_device(device)
     if precision in (None, "auto"):
         if device.type == "cuda":
             return "fp16"
-        return "bf16" if device.type == "cpu" and cpu_has_bf16_units() else "fp32"
+        bf16 = device.type == "cpu" and cpu_has_bf16_units() and cpu_supports_bf16_convolutions()
+        return "bf16" if bf16 else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":

@@ -280,8 +280,8 @@ def compute_embeddings(
         skip_failures (True): mark unreadable images in
             ``{embeddings_field}_error`` and go on; when False raise
             ``RuntimeError`` at the first failure (earlier batches stay written)
-        progress (None): ``progress(fraction, message)``; a terminal progress
-            bar when None
+        progress (None): None or True (a progress bar), False (silent), or a
+            callable ``progress(fraction, message)``
         force_square (False): patches only: grow each box into a square
         alpha (None): patches only: pad (``> 0``) or shrink (``< 0``) each box
             by ``100 * alpha`` percent of its size

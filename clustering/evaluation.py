@@ -236,7 +236,8 @@ def choose_k(
         random_state: seed of the fits and of the silhouette sample
         silhouette_metric: ``"euclidean"`` / ``"sqeuclidean"`` / ``"cosine"``
             (default: cosine for the cosine loss, else euclidean)
-        progress: optional ``progress(fraction, message)``
+        progress: None or True (a progress bar), False (silent), or a callable
+            ``progress(fraction, message)``
         **method_params: further method parameters (``n_init``, ``max_iter``, ...)
 
     Returns:

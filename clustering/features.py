@@ -1,5 +1,5 @@
-"""Feature matrices for clustering: loading embeddings from samples, checking
-them, and optional normalization / PCA / UMAP reduction."""
+"""Feature matrices for clustering: checking embeddings, and optional
+normalization / PCA / UMAP reduction."""
 
 import numpy as np
 
@@ -32,38 +32,46 @@ def as_matrix(rows, source="embeddings"):
     return X
 
 
-def validate_embeddings_field(samples, field):
-    """Raises ``ValueError`` unless ``field`` is a vector/array field of ``samples``."""
+def is_embeddings_type(ftype):
+    """Whether a field of type ``ftype`` can hold one embedding per sample: a
+    vector or array field, or a list of numbers (``sample[f] = v.tolist()``)."""
     import fiftyone as fo
 
+    return isinstance(ftype, (fo.VectorField, fo.ArrayField)) or (
+        isinstance(ftype, fo.ListField) and isinstance(ftype.field, (fo.FloatField, fo.IntField))
+    )
+
+
+def embeddings_fields(samples):
+    """Names of the fields of ``samples`` that can hold embeddings: sample
+    fields, and in a patches view also attributes of its patches (such as
+    ``ground_truth.embedding``)."""
+    schema = samples.get_field_schema(flat=True)
+    patches_field = getattr(samples, "patches_field", None) if samples._is_patches else None
+    names = {
+        name
+        for name, ftype in schema.items()
+        if is_embeddings_type(ftype)
+        and ("." not in name or (patches_field and name.startswith(patches_field + ".")))
+    }
+    return sorted(names)
+
+
+def validate_embeddings_field(samples, field):
+    """Raises ``ValueError`` unless ``field`` can hold embeddings (see
+    :func:`is_embeddings_type`)."""
     schema = samples.get_field_schema(flat=True)
     if field not in schema:
         raise ValueError(
             f"Embeddings field '{field}' does not exist on this collection"
         )
     ftype = schema[field]
-    ok = isinstance(ftype, (fo.VectorField, fo.ArrayField)) or (
-        isinstance(ftype, fo.ListField)
-        and isinstance(ftype.field, (fo.FloatField, fo.IntField))
-    )
-    if not ok:
+    if not is_embeddings_type(ftype):
         raise ValueError(
-            f"Field '{field}' has type {type(ftype).__name__}; expected a "
-            "vector field (fo.VectorField) holding one embedding per sample"
+            f"Field '{field}' has type {type(ftype).__name__}; expected a vector "
+            "field (fo.VectorField), an array field or a list of numbers holding "
+            "one embedding per sample"
         )
-
-
-def load_embeddings(samples, field):
-    """Returns ``(ids, X)`` for the samples of ``samples`` whose ``field`` is set,
-    plus the ids of those without a value."""
-    validate_embeddings_field(samples, field)
-    ids, values = samples.values(["id", field])
-    have = [i for i, v in enumerate(values) if v is not None]
-    missing = [ids[i] for i, v in enumerate(values) if v is None]
-    if not have:
-        raise ValueError(f"No sample of this collection has a value in '{field}'")
-    X = as_matrix([values[i] for i in have], source=f"embeddings in '{field}'")
-    return [ids[i] for i in have], X, missing
 
 
 def prepare_features(X, normalize=False, reduction="none", n_components=None, random_state=None):

@@ -676,6 +676,11 @@ class GeneralizedKMeans:
         n_init = 1 if isinstance(init, torch.Tensor) else int(self.n_init)
         report = _Progress(progress, n_init)
         report(0, 0.0, "starting")
+        if device.type == "cpu":
+            from .warmup import ensure_ready
+
+            dtype_name = str(X.dtype).removeprefix("torch.")
+            ensure_ready(loss.name, dtype_name, progress=lambda message: report(0, 0.0, message))
         if param is None and loss.param_name is not None:
             param = self._default_param(loss, X, k, init, rng)
         prune = self.prune

@@ -478,7 +478,8 @@ def label_clusters(
         max_retries: the client's automatic retries (backoff) on connection
             errors, timeouts, 408/409/429 and 5xx
         describe: also ask for a one-sentence description
-        progress: optional ``progress(fraction, message)``
+        progress: None or True (a progress bar), False (silent), or a callable
+            ``progress(fraction, message)``
 
     Returns:
         a summary dict: ``names``, ``descriptions`` and ``errors`` per cluster

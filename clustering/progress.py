@@ -1,5 +1,9 @@
-"""Progress reporting: every long function takes ``progress(fraction, message)``."""
+"""Progress reporting, with FiftyOne's convention for ``progress``: ``None``
+(a progress bar, unless ``fo.config.show_progress_bars`` is off), ``True`` (a
+progress bar), ``False`` (silent) or a callable ``progress(fraction, message)``.
+Internally every long function reports through such a callable."""
 
+import sys
 from contextlib import contextmanager
 
 
@@ -10,11 +14,30 @@ def scaled(progress, start, end):
     return lambda fraction, message="": progress(start + (end - start) * fraction, message)
 
 
+def _silent(fraction, message=""):
+    pass
+
+
+def _bars_enabled():
+    fo = sys.modules.get("fiftyone")  # only consulted where FiftyOne is in use
+    config = getattr(fo, "config", None)
+    return bool(getattr(config, "show_progress_bars", True))
+
+
 @contextmanager
 def progress_or_bar(progress, label):
-    """Yields ``progress`` if given, else a terminal progress bar (SDK use)."""
-    if progress is not None:
+    """Yields a ``report(fraction, message)`` callable for ``progress`` (see the
+    module docstring): ``progress`` itself, a no-op, or a terminal bar."""
+    if callable(progress) and not isinstance(progress, bool):
         yield progress
+        return
+    if progress not in (None, True, False):
+        raise ValueError(
+            f"progress must be None, True, False or a callable progress(fraction, message); "
+            f"got {progress!r}"
+        )
+    if progress is False or (progress is None and not _bars_enabled()):
+        yield _silent
         return
 
     from tqdm.auto import tqdm

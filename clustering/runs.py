@@ -47,14 +47,6 @@ def renamed_path(path, key, new_key):
     return parent + dot + new_key + name[len(key) :]
 
 
-def set_run_values(dataset, config, path, values):
-    """Writes ``{id: value}`` to ``path``: sample ids, or label ids for a run on patches."""
-    if getattr(config, "patches_field", None):
-        dataset.set_label_values(path, values)
-    else:
-        dataset.set_values(path, values, key_field="id")
-
-
 def require_sample_run(config, run_key, action):
     """Refuses ``action`` on a run over patches, with a clear error."""
     if getattr(config, "patches_field", None):

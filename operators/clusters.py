@@ -58,8 +58,9 @@ def _features_inputs(ctx, inputs, target_view):
     source_view = types.RadioGroup(orientation="horizontal")
     source_view.add_choice("field", label="Existing embeddings field")
     source_view.add_choice("model", label="Compute with a model")
+    # an explicit embeddings field (SDK or saved params) selects the field source
     source = ctx.params.get("features") or (
-        "model" if ctx.params.get("model") or not fields else "field"
+        "model" if ctx.params.get("model") or not (fields or ctx.params.get("embeddings")) else "field"
     )
     inputs.enum("features", source_view.values(), default=source, label="Features", view=source_view)
 
@@ -69,7 +70,7 @@ def _features_inputs(ctx, inputs, target_view):
                 "no_fields",
                 types.Error(
                     label="No embeddings field",
-                    description="This dataset has no vector field; choose 'Compute with a model'",
+                    description="This dataset has no vector, array or list-of-numbers field; choose 'Compute with a model'",
                 ),
             )
             return None, 0

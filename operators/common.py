@@ -48,15 +48,12 @@ def progress_callback(ctx, label):
 
 
 def vector_fields(samples):
-    """Names of the fields that can hold embeddings (vector/array fields): of the
-    samples, and in a patches view also of its patches (e.g. ``ground_truth.embedding``)."""
-    ftype = (fo.VectorField, fo.ArrayField)
-    names = set(samples.get_field_schema(ftype=ftype))
-    patches_field = getattr(samples, "patches_field", None) if samples._is_patches else None
-    if patches_field:
-        flat = samples.get_field_schema(ftype=ftype, flat=True)
-        names.update(name for name in flat if name.startswith(patches_field + "."))
-    return sorted(names)
+    """Names of the fields that can hold embeddings (vector, array and
+    list-of-number fields): of the samples, and in a patches view also of its
+    patches (e.g. ``ground_truth.embedding``)."""
+    from clustering.features import embeddings_fields
+
+    return embeddings_fields(samples)
 
 
 def run_keys(samples, method=None):

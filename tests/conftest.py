@@ -176,3 +176,16 @@ def tiny_model():
         overwrite=True,
     )
     return name
+
+
+def form(name, dataset, params):
+    """The plugin operator ``name``'s input form as the App resolves it (JSON
+    properties), for ``dataset`` and the form values ``params``."""
+    import asyncio
+
+    from fiftyone.operators.executor import _parse_ctx, resolve_type
+    from fiftyone.operators.registry import OperatorRegistry
+
+    prop = asyncio.run(resolve_type(OperatorRegistry(), f"{PLUGIN_NAME}/{name}", _parse_ctx(dataset=dataset, params=params)))
+    assert not hasattr(prop, "error"), getattr(prop, "error", None)
+    return prop.to_json()["type"]["properties"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import clustering
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, form
 
 RUN_FIELDS = ("c_cluster", "c_loss", "c_rep")
 
@@ -264,3 +264,60 @@ def test_run_killed_while_writing_is_marked_incomplete_and_deletable(pixel_datas
     clustering.delete_run(pixel_dataset, "c")
     assert "c" not in pixel_dataset.list_runs()
     assert not any(pixel_dataset.has_field(f) for f in RUN_FIELDS)
+
+
+@pytest.fixture
+def list_dataset(pixel_dataset, fo):
+    """The demo dataset with its pixel embeddings stored as plain lists
+    (``ListField(FloatField)``), as embeddings imported from JSON are."""
+    ids, X = pixel_dataset.values(["id", "pixels"])
+    pixel_dataset.set_values("emb", {i: np.asarray(v).tolist() for i, v in zip(ids, X)}, key_field="id")
+    assert isinstance(pixel_dataset.get_field("emb"), fo.ListField)
+    return pixel_dataset
+
+
+def test_list_of_numbers_field_works_through_every_operator(list_dataset):
+    import fiftyone.operators as foo
+
+    uri = "@imgclust/clustering"
+    # the exact call from the issue: no "features" parameter, the field selects the source
+    foo.execute_operator(f"{uri}/compute_clusters", dict(dataset=list_dataset),
+                         params={"embeddings": "emb", "k": 3, "run_key": "b"})
+    config = list_dataset.get_run_info("b").config
+    assert (config.source, config.embeddings_field, config.num_clustered) == ("field", "emb", len(list_dataset))
+    direct = clustering.compute_clusters(list_dataset, "a", embeddings="pixels", k=3, random_state=51)
+    assert list_dataset.values("b_cluster") == list_dataset.values("a_cluster")
+    assert np.isclose(direct.objective, list_dataset.load_run_results("b").objective, rtol=1e-5)
+
+    get = lambda name: foo.get_operator(f"{uri}/{name}")  # noqa: E731
+    sweep = get("choose_k")(list_dataset, embeddings="emb", k_min=2, k_max=4)
+    assert [row["k"] for row in sweep["per_k"]] == [2, 3, 4] and sweep["embeddings_field"] == "emb"
+    silhouette = get("plot_silhouette")(list_dataset, "b")
+    assert silhouette["num_clustered"] == len(list_dataset) and -1 <= silhouette["silhouette"] <= 1
+    get("visualize_run")(list_dataset, "b", method="pca", brain_key="b_pca")
+    assert "b_pca" in list_dataset.list_brain_runs()
+
+
+def test_compute_clusters_form_offers_list_fields(list_dataset):
+    f = form("compute_clusters", list_dataset, {})
+    assert f["features"]["default"] == "field"
+    assert {"emb", "pixels"} <= set(f["embeddings"]["type"]["values"])
+    f = form("compute_clusters", list_dataset, {"embeddings": "emb"})
+    assert f["features"]["default"] == "field" and "model" not in f
+
+
+@pytest.mark.parametrize("progress", [False, True, None])
+def test_progress_follows_fiftyone_convention(pixel_dataset, progress, capsys):
+    clustering.compute_clusters(pixel_dataset, "p", embeddings="pixels", k=2, n_init=1, progress=progress)
+    err = capsys.readouterr().err
+    assert ("100%" in err) == (progress is not False), err[-300:]
+
+
+def test_progress_callable_and_bad_value(pixel_dataset):
+    seen = []
+    clustering.compute_clusters(pixel_dataset, "p", embeddings="pixels", k=2, n_init=1,
+                                progress=lambda f, m="": seen.append(f))
+    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+    with pytest.raises(ValueError, match="progress must be None, True, False or a callable"):
+        clustering.compute_clusters(pixel_dataset, "q", embeddings="pixels", k=2, progress="yes")
+    assert "q" not in pixel_dataset.list_runs()

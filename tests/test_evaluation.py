@@ -460,16 +460,6 @@ def test_run_summary_with_thumbnails_and_metrics(clone, plugin_operator):
 # App forms
 
 
-def form(name, dataset, params):
-    """The operator's input form as the App resolves it (JSON properties)."""
-    from fiftyone.operators.executor import _parse_ctx, resolve_type
-    from fiftyone.operators.registry import OperatorRegistry
-
-    prop = asyncio.run(resolve_type(OperatorRegistry(), f"{PLUGIN_NAME}/{name}", _parse_ctx(dataset=dataset, params=params)))
-    assert not hasattr(prop, "error"), getattr(prop, "error", None)
-    return prop.to_json()["type"]["properties"]
-
-
 def test_forms_adapt_to_the_choices(clone):
     f = form("choose_k", clone, {})
     assert "pixels" in f["embeddings"]["type"]["values"]

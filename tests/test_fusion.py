@@ -106,6 +106,13 @@ def test_resnet_residual_add_and_relu_fuse_into_the_last_conv_of_each_block():
     np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
+needs_bf16_convolutions = pytest.mark.skipif(
+    not bb.cpu_supports_bf16_convolutions(),
+    reason="this CPU has neither AVX-512 BW/VL/DQ nor AVX-NE-CONVERT: oneDNN has no bf16 convolutions here",
+)
+
+
+@needs_bf16_convolutions
 def test_bfloat16_stays_close_to_float32_on_real_photos():
     net = _unfused_lite0()
     x = _images()
@@ -118,9 +125,16 @@ def test_bfloat16_stays_close_to_float32_on_real_photos():
     assert float(cos.min()) > 0.99, cos
 
 
-def test_resolve_precision():
+def test_resolve_precision(monkeypatch):
     auto = bb.resolve_precision("cpu", "auto")
-    assert auto == ("bf16" if bb.cpu_has_bf16_units() else "fp32")
+    assert auto == ("bf16" if bb.cpu_has_bf16_units() and bb.cpu_supports_bf16_convolutions() else "fp32")
+    # a CPU without bf16 convolutions (AVX2 only) gets fp32, bf16 units or not
+    monkeypatch.setattr(bb, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(bb, "_cpu_flags", lambda: {"avx2", "fma", "avx512_bf16"})
+    assert bb.resolve_precision("cpu", "auto") == "fp32"
+    monkeypatch.setattr(bb, "_cpu_flags", lambda: {"avx2", "avx512bw", "avx512vl", "avx512dq"})
+    assert bb.resolve_precision("cpu", "auto") == "bf16"
+    monkeypatch.undo()
     assert bb.resolve_precision("cpu", "fp32") == "fp32"
     assert bb.resolve_precision("cpu", "bf16") == "bf16"
     with pytest.raises(ValueError, match="fp16.*GPUs"):
@@ -135,6 +149,9 @@ def test_cpu_has_bf16_units_agrees_with_the_cpu_flags():
     with open("/proc/cpuinfo") as f:
         flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     assert bb.cpu_has_bf16_units() == ("amx_tile" in flags or "avx512_bf16" in flags)
+    assert bb.cpu_supports_bf16_convolutions() == (
+        {"avx512bw", "avx512vl", "avx512dq"} <= set(flags) or "avx_ne_convert" in flags
+    )
 
 
 def test_backbones_per_precision_embed_real_images_consistently(demo_images_dir):
@@ -142,7 +159,8 @@ def test_backbones_per_precision_embed_real_images_consistently(demo_images_dir)
     paths = [os.path.join(demo_images_dir, n) for n in names[:: max(1, len(names) // 12)]][:12]
     fp32 = bb.get_backbone(MODEL, "cpu", "fp32")
     bf16 = bb.get_backbone(MODEL, "cpu", "bf16")
-    assert fp32 is not bf16 and fp32.fused and bf16.fused
+    # without oneDNN bf16 convolutions (AVX2 only) bf16 runs unfused, under autocast
+    assert fp32 is not bf16 and fp32.fused and bf16.fused == bb.cpu_supports_bf16_convolutions()
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
     X32, f32 = bb.embed_files(paths, fp32, batch_size=4, num_workers=0)
     X16, f16 = bb.embed_files(paths, MODEL, batch_size=4, num_workers=2, device="cpu", precision="bf16")

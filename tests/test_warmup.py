@@ -1,0 +1,58 @@
+"""Compiling the CPU kernels ahead of first use (``python -m clustering.warmup``),
+and the progress message of a first use that compiles. Each check runs in a
+fresh process with its own empty numba cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import clustering._kernels as K
+from conftest import REPO_ROOT
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not K.NUMBA_ENABLED, reason="numba kernels disabled or numba missing"),
+]
+
+# fits in the shapes users run (small and large d, few and many clusters),
+# then the cached kernels that numba had to compile in this process
+_FIT_AND_COUNT_COMPILES = """
+import json, sys
+import numpy as np
+from numba.core.registry import CPUDispatcher
+import clustering._kernels as K
+from clustering import GeneralizedKMeans
+
+messages = []
+rng = np.random.default_rng(1)
+for n, d, k in [(3000, 16, 10), (3000, 300, 10), (6000, 64, 80), (500, 3, 2)]:
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    km = GeneralizedKMeans(k, loss=sys.argv[1], n_init=2, max_iter=10, random_state=0, device="cpu")
+    km.fit(X, progress=lambda f, m: messages.append(m)).predict(X[:50])
+dispatchers = [v for v in vars(K).values() if isinstance(v, CPUDispatcher)]
+dispatchers += [d for v in vars(K).values() if isinstance(v, dict) for d in v.values() if isinstance(d, CPUDispatcher)]
+compiled = sorted(d.py_func.__name__ for d in dispatchers if d.stats.cache_misses)
+print(json.dumps({"compiled": compiled, "messages": messages}))
+"""
+
+
+def _run(args, cache_dir):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    out = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.parametrize("loss", ["squared", "huber"])
+def test_warmup_compiles_everything_a_fit_needs(loss, tmp_path):
+    first = json.loads(_run(["-c", _FIT_AND_COUNT_COMPILES, loss], tmp_path / "cold").splitlines()[-1])
+    assert first["compiled"], "a cold cache must compile (or this check proves nothing)"
+    assert f"compiling the {loss.replace('_', '-')} kernels (first use only)" in first["messages"]
+
+    _run(["-m", "clustering.warmup", "--loss", loss], tmp_path / "warm")
+    after = json.loads(_run(["-c", _FIT_AND_COUNT_COMPILES, loss], tmp_path / "warm").splitlines()[-1])
+    assert after["compiled"] == []
+    assert not any("compiling" in m for m in after["messages"])
