@@ -201,9 +201,9 @@ def compute_clusters(
         )
         k = _check_k(method_obj, k, len(ids))
         t_features = time.perf_counter()
-        X, feature_info = cf.prepare_features(
-            X, normalize, reduction, n_components, random_state=params.get("random_state")
-        )
+        transform = cf.FeatureTransform(normalize, reduction, n_components, random_state=params.get("random_state"))
+        X = transform.fit_transform(X)
+        feature_info = transform.info_
         start = 0.5 if has_model else 0.05
         out = method_obj.fit(X, k, params, progress=scaled(report, start, 0.95))
         t_cluster = time.perf_counter()
@@ -224,12 +224,13 @@ def compute_clusters(
                 **fields,
             ),
             timings={"features_s": t_features - t_start, "cluster_s": t_cluster - t_features},
+            transform_state=transform.state(),
         )
         report(1.0, "done")
     return results
 
 
-def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, timings):
+def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, timings, transform_state):
     import fiftyone as fo
 
     dataset = samples._root_dataset
@@ -277,6 +278,7 @@ def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, t
             representatives={str(c): [ids[i] for i in idx] for c, idx in reps.items()},
             timings=timings,
             names={},
+            **transform_state,
         )
         samples.save_run_results(run_key, results)
         run_config.status = "completed"

@@ -112,13 +112,12 @@ def run_features(samples, run_key, embeddings=None):
         X = cf.as_matrix([lookup[i] for i in run_ids], source=f"embeddings in '{field}'")
         source = f"field '{field}'"
     reduction = getattr(config, "reduction", "none") or "none"
-    X, _ = cf.prepare_features(
-        X,
-        bool(getattr(config, "normalize", False)),
-        reduction,
-        getattr(config, "n_components", None),
-        random_state=getattr(config, "random_state", None),
+    transform = cf.FeatureTransform.from_state(
+        config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
     )
+    # the run's own PCA where it was stored; a UMAP (or an older run's PCA) is re-fitted
+    stored = reduction == "none" or transform.pca_components_ is not None
+    X = transform.transform(X) if stored else transform.fit_transform(X)
     steps = (["L2-normalized"] if getattr(config, "normalize", False) else []) + (
         [f"{reduction.upper()} to {X.shape[1]} dims"] if reduction != "none" else []
     )

@@ -74,35 +74,103 @@ def validate_embeddings_field(samples, field):
         )
 
 
+class FeatureTransform:
+    """What a run does to embeddings before clustering: optional L2
+    normalization, then PCA or UMAP to ``n_components`` dimensions.
+
+    ``fit_transform`` fits it on the clustered rows; ``transform`` applies the
+    same mapping to new rows (for PCA from the stored ``pca_mean_`` and
+    ``pca_components_``, so it also works in a later process through
+    :meth:`from_state`; UMAP only in the process that fitted it). ``info_``
+    is the JSON-friendly description a run's config records.
+    """
+
+    def __init__(self, normalize=False, reduction="none", n_components=None, random_state=None):
+        reduction = reduction or "none"
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"Unknown reduction '{reduction}'; choose one of {REDUCTIONS}")
+        if reduction != "none" and (not n_components or n_components < 1):
+            raise ValueError(f"{reduction.upper()} needs n_components >= 1")
+        self.normalize = bool(normalize)
+        self.reduction = reduction
+        self.n_components = int(n_components) if reduction != "none" else None
+        self.random_state = random_state
+        self.pca_mean_ = self.pca_components_ = None
+        self._umap = None
+
+    def _normalized(self, X):
+        if not self.normalize:
+            return X
+        norms = np.linalg.norm(X, axis=1, keepdims=True)
+        return X / np.maximum(norms, 1e-12)
+
+    def fit_transform(self, X):
+        self.info_ = {"normalize": self.normalize, "reduction": self.reduction, "input_dim": int(X.shape[1])}
+        X = self._normalized(X)
+        if self.reduction != "none":
+            n_components = self.n_components
+            limit = min(X.shape) if self.reduction == "pca" else X.shape[1]
+            if n_components > limit:
+                raise ValueError(
+                    f"n_components={n_components} is larger than the {self.reduction.upper()} "
+                    f"limit {limit} for {X.shape[0]} samples of dimension {X.shape[1]}"
+                )
+            if self.reduction == "pca":
+                from sklearn.decomposition import PCA
+
+                pca = PCA(n_components=n_components, random_state=self.random_state)
+                X = pca.fit_transform(X)
+                self.pca_mean_ = pca.mean_.astype(np.float32)
+                self.pca_components_ = pca.components_.astype(np.float32)
+                self.info_["explained_variance_ratio"] = float(pca.explained_variance_ratio_.sum())
+            else:
+                import umap
+
+                self._umap = umap.UMAP(n_components=n_components, random_state=self.random_state)
+                X = self._umap.fit_transform(X)
+            self.info_["n_components"] = n_components
+        self.info_["dim"] = int(X.shape[1])
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def transform(self, X):
+        """The fitted mapping applied to new rows ``X`` (float32 result)."""
+        X = self._normalized(np.asarray(X, dtype=np.float32))
+        if self.reduction == "pca":
+            if self.pca_components_ is None:
+                raise ValueError("This FeatureTransform's PCA is not fitted")
+            X = (X - self.pca_mean_) @ self.pca_components_.T
+        elif self.reduction == "umap":
+            if self._umap is None:
+                raise ValueError(
+                    "A UMAP reduction cannot be re-applied outside the process that "
+                    "fitted it; recompute the run (or use PCA) to map new samples"
+                )
+            X = self._umap.transform(X)
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def state(self):
+        """Arrays needed to re-apply the transform later (stored with a run)."""
+        return {"pca_mean": self.pca_mean_, "pca_components": self.pca_components_}
+
+    @classmethod
+    def from_state(cls, config, pca_mean=None, pca_components=None):
+        """The transform a run (its ``config`` and stored state) applied."""
+        reduction = getattr(config, "reduction", "none") or "none"
+        transform = cls(
+            getattr(config, "normalize", False),
+            reduction,
+            getattr(config, "n_components", None),
+            getattr(config, "random_state", None),
+        )
+        if reduction == "pca" and pca_components is not None:
+            transform.pca_mean_ = np.asarray(pca_mean, dtype=np.float32)
+            transform.pca_components_ = np.asarray(pca_components, dtype=np.float32)
+        return transform
+
+
 def prepare_features(X, normalize=False, reduction="none", n_components=None, random_state=None):
     """Applies optional L2 normalization then PCA or UMAP. Returns the new matrix
-    and a JSON-friendly dict describing what was done."""
-    reduction = reduction or "none"
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"Unknown reduction '{reduction}'; choose one of {REDUCTIONS}")
-    info = {"normalize": bool(normalize), "reduction": reduction, "input_dim": int(X.shape[1])}
-    if normalize:
-        norms = np.linalg.norm(X, axis=1, keepdims=True)
-        X = X / np.maximum(norms, 1e-12)
-    if reduction != "none":
-        if not n_components or n_components < 1:
-            raise ValueError(f"{reduction.upper()} needs n_components >= 1")
-        limit = min(X.shape) if reduction == "pca" else X.shape[1]
-        if n_components > limit:
-            raise ValueError(
-                f"n_components={n_components} is larger than the {reduction.upper()} "
-                f"limit {limit} for {X.shape[0]} samples of dimension {X.shape[1]}"
-            )
-        if reduction == "pca":
-            from sklearn.decomposition import PCA
-
-            pca = PCA(n_components=n_components, random_state=random_state)
-            X = pca.fit_transform(X)
-            info["explained_variance_ratio"] = float(pca.explained_variance_ratio_.sum())
-        else:
-            import umap
-
-            X = umap.UMAP(n_components=n_components, random_state=random_state).fit_transform(X)
-        info["n_components"] = int(n_components)
-    info["dim"] = int(X.shape[1])
-    return np.ascontiguousarray(X, dtype=np.float32), info
+    and a JSON-friendly dict describing what was done (see
+    :class:`FeatureTransform` to keep the fitted mapping)."""
+    transform = FeatureTransform(normalize, reduction, n_components, random_state)
+    return transform.fit_transform(X), transform.info_

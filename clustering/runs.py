@@ -104,7 +104,7 @@ class ClusteringRun(fors.Run):
             cached._config = self.config
 
 
-_ARRAYS = ("labels", "centers", "sample_losses", "cluster_sizes", "objective_history")
+_ARRAYS = ("labels", "centers", "sample_losses", "cluster_sizes", "objective_history", "pca_mean", "pca_components")
 
 
 class ClusteringResults(fors.RunResults):
@@ -114,7 +114,9 @@ class ClusteringResults(fors.RunResults):
     ``sample_losses``, ``centers`` (k, d in the clustered feature space),
     ``cluster_sizes``, ``objective``, ``objective_history``,
     ``representatives`` ({cluster id (str): [sample ids, best first]}),
-    ``timings`` (seconds per stage), ``names`` ({cluster id (str): name}).
+    ``timings`` (seconds per stage), ``names`` ({cluster id (str): name}),
+    ``pca_mean`` and ``pca_components`` (a PCA reduction, to map new samples;
+    None otherwise).
     """
 
     def serialize(self, reflective=False):

@@ -241,6 +241,18 @@ def test_pca_and_normalization_are_recorded(pixel_dataset):
     assert 0 < config.explained_variance_ratio <= 1
     assert results.centers.shape == (3, 10)
 
+    # the stored PCA maps the embeddings (in a new load of the results) to what was clustered
+    from sklearn.decomposition import PCA
+
+    from clustering.features import FeatureTransform
+
+    stored = pixel_dataset.load_run_results("c", cache=False)
+    assert stored.pca_components.shape == (10, 256) and stored.pca_mean.shape == (256,)
+    X = np.stack(pixel_dataset.values("pixels"))
+    mapped = FeatureTransform.from_state(stored.config, stored.pca_mean, stored.pca_components).transform(X)
+    expected = PCA(10, random_state=51).fit_transform(X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12))
+    np.testing.assert_allclose(mapped, expected, atol=1e-4)
+
 
 def test_run_killed_while_writing_is_marked_incomplete_and_deletable(pixel_dataset, monkeypatch, fo):
     """A hard kill cannot run cleanup: the run is then registered as incomplete

@@ -17,7 +17,7 @@ import clustering
 from clustering import features as cf
 from clustering import metrics as cm
 from clustering.methods import get_method
-from conftest import PLUGIN_NAME, pixel_features
+from conftest import PLUGIN_NAME, form, pixel_features
 
 K = 5
 
