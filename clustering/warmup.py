@@ -8,10 +8,14 @@ second. ``python -m clustering.warmup`` compiles every loss's float32 kernels
 once, at install time (``make venv`` and ``make install-plugin`` run it).
 
 Within a process, :func:`ensure_ready` runs a tiny fit of the loss first, on
-the same code paths as the real one, and reports "compiling the huber kernels
-(first use only)" when that takes long enough to be noticed.
+the same code paths as the real one (which loads or compiles its kernels), and
+reports "compiling the huber kernels (first use only)" unless a stamp beside
+numba's cache says that this loss's kernels were already compiled there for
+this source, numba version and CPU.
 """
 
+import hashlib
+import os
 import threading
 
 import numpy as np
@@ -19,8 +23,6 @@ import numpy as np
 from . import _kernels as K
 from .losses import available_losses, get_loss
 
-# a warm-up this slow is a compilation (loading cached kernels takes well under)
-_NOTICE_AFTER_S = 0.5
 # the engine's regimes that use different kernels: d up to _LANES_MAX_D puts
 # samples on the vector lanes; euclidean pruning starts at 64 clusters
 _SMALL_D, _LARGE_D = 8, K._LANES_MAX_D + 8
@@ -51,11 +53,31 @@ def _warm(loss, dtype):
         km.transform(X[:8])
 
 
+def _stamp_path(loss, dtype):
+    """Path of the stamp that says ``loss``'s ``dtype`` kernels are in numba's
+    disk cache (None where the cache's location is unknown)."""
+    from numba.core.registry import CPUDispatcher
+
+    paths = (getattr(v._cache, "_cache_path", None) for v in vars(K).values() if isinstance(v, CPUDispatcher))
+    cache_dir = next((p for p in paths if p), None)
+    if not cache_dir:
+        return None
+    import llvmlite.binding as ll
+    import numba
+
+    source = os.stat(K.__file__)  # numba's own cache key uses the source's stamp too
+    key = "|".join(map(str, (
+        numba.__version__, ll.get_host_cpu_name(), os.environ.get("NUMBA_CPU_NAME", ""),
+        source.st_mtime_ns, source.st_size, loss, dtype,
+    )))
+    return os.path.join(cache_dir, f"imgclust-ready-{hashlib.sha1(key.encode()).hexdigest()[:20]}")
+
+
 def ensure_ready(loss, dtype="float32", progress=None):
     """Compiles (or loads from the disk cache) the CPU kernels of the
     registered loss ``loss`` (a name) in ``dtype``, once per process.
     ``progress(message)`` hears "compiling the <loss> kernels (first use
-    only)" if that takes over half a second."""
+    only)" when they are not known to be compiled already."""
     key = (loss, np.dtype(dtype).name)
     if not K.NUMBA_ENABLED or key in _started or loss not in available_losses():
         return
@@ -63,20 +85,20 @@ def ensure_ready(loss, dtype="float32", progress=None):
         if key in _started:  # warmed meanwhile, or this is the warm-up's own fit
             return
         _started.add(key)
-        timer = None
-        if progress is not None:
-            message = f"compiling the {loss.replace('_', '-')} kernels (first use only)"
-            timer = threading.Timer(_NOTICE_AFTER_S, progress, args=(message,))
-            timer.daemon = True
-            timer.start()
+        stamp = _stamp_path(*key)
+        if progress is not None and not (stamp and os.path.exists(stamp)):
+            progress(f"compiling the {loss.replace('_', '-')} kernels (first use only)")
         try:
-            _warm(loss, key[1])
+            _warm(*key)
         except BaseException:
             _started.discard(key)
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+        if stamp:
+            try:
+                with open(stamp, "w"):
+                    pass
+            except OSError:  # a read-only cache: the message shows again, nothing else
+                pass
 
 
 def compile_all(losses=None, dtypes=("float32",), progress=None):

@@ -46,13 +46,21 @@ def _run(args, cache_dir):
     return out.stdout
 
 
+def _fit(loss, cache_dir):
+    return json.loads(_run(["-c", _FIT_AND_COUNT_COMPILES, loss], cache_dir).splitlines()[-1])
+
+
 @pytest.mark.parametrize("loss", ["squared", "huber"])
 def test_warmup_compiles_everything_a_fit_needs(loss, tmp_path):
-    first = json.loads(_run(["-c", _FIT_AND_COUNT_COMPILES, loss], tmp_path / "cold").splitlines()[-1])
-    assert first["compiled"], "a cold cache must compile (or this check proves nothing)"
-    assert f"compiling the {loss.replace('_', '-')} kernels (first use only)" in first["messages"]
-
-    _run(["-m", "clustering.warmup", "--loss", loss], tmp_path / "warm")
-    after = json.loads(_run(["-c", _FIT_AND_COUNT_COMPILES, loss], tmp_path / "warm").splitlines()[-1])
+    _run(["-m", "clustering.warmup", "--loss", loss], tmp_path)
+    after = _fit(loss, tmp_path)
     assert after["compiled"] == []
     assert not any("compiling" in m for m in after["messages"])
+
+
+def test_first_use_compiles_and_says_so(tmp_path):
+    first = _fit("squared", tmp_path)
+    assert first["compiled"], "a cold cache compiles (else the check above proves nothing)"
+    assert "compiling the squared kernels (first use only)" in first["messages"]
+    again = _fit("squared", tmp_path)
+    assert again["compiled"] == [] and not any("compiling" in m for m in again["messages"])
