@@ -392,18 +392,13 @@ def layer_strip(layer, tile=112, gap=4, background=(32, 32, 32)):
     return Image.fromarray(strip)
 
 
-def png_bytes(image):
-    """A PIL image as PNG bytes."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
 def png_data_url(image):
     """A PIL image as a ``data:image/png;base64,...`` URL."""
     import base64
 
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def describe(layer):

@@ -12,6 +12,8 @@ from .common import add_delegate_input, execute_from_sdk, progress_callback
 OPERATOR_URI = "@imgclust/clustering/show_feature_maps"
 TILE = 112  # pixels per channel in the shown strips
 MAX_CHANNELS = 32
+# the panel's controls, by their path in its state
+MODEL, CHANNELS, ORDER, LAYERS = "controls.row.model", "controls.row.channels", "controls.row.order", "controls.layers"
 
 
 def _model_choices():
@@ -23,9 +25,9 @@ def _model_choices():
 
 
 def _order_choices():
-    view = types.RadioGroup(orientation="horizontal")
-    view.add_choice("activation", label="most activated", description="Highest mean activation first")
-    view.add_choice("index", label="first", description="Channels 0, 1, 2, ... as in the source documents")
+    view = types.DropdownView()
+    view.add_choice("activation", label="most activated")
+    view.add_choice("index", label="first (as in the documents)")
     return view
 
 
@@ -40,13 +42,6 @@ def render_maps(layers):
     ]
 
 
-def _unavailable_message(model, error):
-    return (
-        f"**{model}** cannot be loaded here: its pretrained weights are not cached and "
-        f"could not be downloaded.\n\n```\n{error}\n```"
-    )
-
-
 # --------------------------------------------------------------------------
 # Panel
 # --------------------------------------------------------------------------
@@ -55,7 +50,8 @@ def _unavailable_message(model, error):
 class FeatureMapsPanel(foo.Panel):
     """The current sample's feature maps, one row per layer, recomputed when
     the user moves to another sample or changes a control. The controls'
-    values live in the panel state under ``controls``; the images in its data."""
+    values live in the panel state at their paths (``MODEL``, ...); the images
+    in its data."""
 
     @property
     def config(self):
@@ -72,9 +68,9 @@ class FeatureMapsPanel(foo.Panel):
         )
 
     def on_load(self, ctx):
-        if not ctx.panel.state.get("controls.model"):
+        if not ctx.panel.state.get(MODEL):
             self._set_model(ctx, ca.default_model())
-            ctx.panel.set_state({"controls.channels": ca.DEFAULT_CHANNELS, "controls.order": "activation"})
+            ctx.panel.set_state({CHANNELS: ca.DEFAULT_CHANNELS, ORDER: "activation"})
         self._update(ctx)
 
     def on_change_current_sample(self, ctx):
@@ -92,16 +88,16 @@ class FeatureMapsPanel(foo.Panel):
         self._update(ctx)
 
     def store_heatmaps(self, ctx):
-        ctx.prompt(OPERATOR_URI, params={"model": ctx.panel.state.get("controls.model"), "store_heatmaps": True})
+        ctx.prompt(OPERATOR_URI, params={"model": ctx.panel.state.get(MODEL), "store_heatmaps": True})
 
     def _set_model(self, ctx, model):
-        ctx.panel.set_state({"controls.model": model, "controls.layers": ca.default_layers(model)})
+        ctx.panel.set_state({MODEL: model, LAYERS: ca.default_layers(model)})
 
     def _update(self, ctx):
         """One forward pass for the current sample: captions to the state,
         images to the data."""
-        controls = ctx.panel.state.get("controls") or {}
-        model, layers = controls.get("model"), controls.get("layers")
+        state = ctx.panel.state
+        model, layers = state.get(MODEL), state.get(LAYERS)
         ctx.panel.set_state({"error": None, "unavailable": None, "rows": [], "sample": None})
         if not ctx.current_sample:
             return
@@ -112,12 +108,12 @@ class FeatureMapsPanel(foo.Panel):
             sample = ctx.dataset[ctx.current_sample]
         except KeyError:  # a patch, frame or clip: its source image
             sample = ctx.view[ctx.current_sample]
-        channels = controls.get("channels")
+        channels = state.get(CHANNELS)
         channels = int(channels) if isinstance(channels, (int, float)) and channels >= 1 else ca.DEFAULT_CHANNELS
         try:
-            maps = ca.feature_maps(sample, model, layers, min(channels, MAX_CHANNELS), controls.get("order") or "activation")
+            maps = ca.feature_maps(sample, model, layers, min(channels, MAX_CHANNELS), state.get(ORDER) or "activation")
         except bb.WeightsUnavailableError as e:
-            ctx.panel.set_state("unavailable", _unavailable_message(model, e))
+            ctx.panel.set_state("unavailable", {"label": f"{model} cannot be loaded here", "description": str(e)})
             return
         except (ValueError, OSError, RuntimeError) as e:
             ctx.panel.set_state("error", f"{type(e).__name__}: {e}")
@@ -132,22 +128,23 @@ class FeatureMapsPanel(foo.Panel):
 
     def render(self, ctx):
         state = ctx.panel.state
-        model = state.get("controls.model") or bb.DEFAULT_MODEL
+        model = state.get(MODEL) or bb.DEFAULT_MODEL
         panel = types.Object()
-        controls = panel.h_stack("controls", align_y="bottom", gap=2)
-        controls.enum("model", bb.available_models(), label="Model", view=_model_choices(),
-                      on_change=self.on_change_model)
+        controls = panel.v_stack("controls", gap=1)
+        row = controls.h_stack("row", align_y="bottom", gap=2)
+        row.enum("model", bb.available_models(), label="Model", view=_model_choices(),
+                 on_change=self.on_change_model)
+        row.int("channels", min=1, max=MAX_CHANNELS, label="Channels", on_change=self.on_change_setting)
+        row.enum("order", list(ca.ORDERS), label="Channel order", view=_order_choices(),
+                 on_change=self.on_change_setting)
+        row.btn("store_heatmaps", label="Store as heatmaps…", on_click=self.store_heatmaps, variant="outlined")
         layer_choices = types.DropdownView(multiple=True)
         for name in _layer_choices(model):
             layer_choices.add_choice(name, label=name)
         controls.list("layers", types.String(), label="Layers", view=layer_choices, on_change=self.on_change_setting)
-        controls.int("channels", min=1, max=MAX_CHANNELS, label="Channels", on_change=self.on_change_setting)
-        controls.enum("order", list(ca.ORDERS), label="Channel order", view=_order_choices(),
-                      on_change=self.on_change_setting)
-        controls.btn("store_heatmaps", label="Store as heatmaps…", on_click=self.store_heatmaps, variant="outlined")
 
         if state.unavailable:
-            panel.md(state.unavailable, name="unavailable")
+            panel.view("unavailable_warning", types.Warning(**state.unavailable))
             panel.btn("use_offline_model", label=f"Use the offline model ({bb.DEFAULT_MODEL})",
                       on_click=self.use_offline_model, variant="contained")
         elif state.error:
@@ -159,7 +156,7 @@ class FeatureMapsPanel(foo.Panel):
             for i, caption in enumerate(state.rows or []):
                 panel.md(caption, name=f"caption_{i}")
                 panel.img(f"map_{i}", width="100%", alt_text=caption, point_on_hover=False)
-        return types.Property(panel, view=types.GridView(orientation="vertical", gap=1, height=100, width=100))
+        return types.Property(panel, view=types.GridView(orientation="vertical", gap=1))
 
 
 def _layer_choices(model):
@@ -227,6 +224,7 @@ class ShowFeatureMaps(foo.Operator):
                     description="A Heatmap field the App overlays on the images")
         if ctx.params.get("store_heatmaps") and model in models:
             inputs.view_target(ctx, action_description="Store heatmaps for")
+            inputs.view("target_info", types.Notice(label=f"{len(ctx.target_view())} samples will get a heatmap"))
             layers = _layer_choices(model)
             defaults = ca.default_layers(model)
             layer_default = defaults[-1] if defaults else layers[-1]

@@ -149,6 +149,38 @@ def test_the_maps_are_those_of_the_clustered_features(photo_paths):
     np.testing.assert_allclose(pooled, embeddings[0], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("resnet50", {"relu": (64, 112, 112), "layer1": (256, 56, 56), "layer4": (2048, 7, 7)}),
+        ("resnet18", {"relu": (64, 112, 112), "layer3": (256, 14, 14), "layer4": (512, 7, 7)}),
+        ("efficientnet_b0", {"features.1": (16, 112, 112), "features.7": (320, 7, 7), "features.8": (1280, 7, 7)}),
+        ("vit_b_16", {"conv_proj": (768, 14, 14), "encoder.layers.encoder_layer_11": (768, 14, 14)}),
+    ],
+)
+def test_the_other_backbones_default_layers_are_the_ends_of_their_stages(model, expected, photo_paths, monkeypatch):
+    """The registry's networks for these models (random weights: theirs cannot
+    be downloaded here), at their default layers."""
+    import torchvision.models as tvm
+
+    def random_torchvision(arch, weights_enum, model_name):
+        torch.manual_seed(0)
+        return getattr(tvm, arch)(weights=None).eval()
+
+    monkeypatch.setattr(bb, "_torchvision", random_torchvision)
+    _free_networks(model)
+    try:
+        maps = clustering.feature_maps(photo_paths[0], model, channels=2)
+        layers = ca.available_layers(model)
+    finally:
+        _free_networks(model)
+    assert [m.name for m in maps] == ca.default_layers(model)
+    assert set(ca.default_layers(model)) <= set(layers)
+    shapes = {m.name: m.shape for m in maps}
+    assert {name: shapes[name] for name in expected} == expected
+    assert all(m.maps.shape == (2,) + m.shape[1:] for m in maps)
+
+
 def test_activation_order_picks_the_most_activated_channels(photo_paths):
     path = photo_paths[0]
     (every,) = clustering.feature_maps(path, LITE, layers="_blocks.4", channels=10_000, order="index")
