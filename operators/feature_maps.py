@@ -31,6 +31,15 @@ def _order_choices():
     return view
 
 
+def _sample(ctx, sample_id):
+    """The sample ``sample_id`` of the App's dataset, or of its view (a patch,
+    frame or clip: whose ``filepath`` is its source image)."""
+    try:
+        return ctx.dataset[sample_id]
+    except KeyError:
+        return ctx.view[sample_id]
+
+
 def render_maps(layers):
     """``[{"caption", "image"}]``: one row per layer, its channels as a PNG data URL."""
     return [
@@ -104,10 +113,7 @@ class FeatureMapsPanel(foo.Panel):
         if not layers:
             ctx.panel.set_state("error", "Choose at least one layer.")
             return
-        try:
-            sample = ctx.dataset[ctx.current_sample]
-        except KeyError:  # a patch, frame or clip: its source image
-            sample = ctx.view[ctx.current_sample]
+        sample = _sample(ctx, ctx.current_sample)
         channels = state.get(CHANNELS)
         channels = int(channels) if isinstance(channels, (int, float)) and channels >= 1 else ca.DEFAULT_CHANNELS
         try:
@@ -173,9 +179,7 @@ def _layer_choices(model):
 def _shown_sample(ctx):
     """The current sample (modal), else the first selected one, else the view's first."""
     sample_id = ctx.current_sample or (ctx.selected[0] if ctx.selected else None)
-    if sample_id:
-        return ctx.dataset[sample_id]
-    return ctx.view.first()
+    return _sample(ctx, sample_id) if sample_id else ctx.view.first()
 
 
 class ShowFeatureMaps(foo.Operator):
@@ -217,9 +221,8 @@ class ShowFeatureMaps(foo.Operator):
                 label=f"{model}: weights not cached",
                 description=f"They are downloaded on first use where there is network; offline, use {bb.DEFAULT_MODEL}",
             ))
-        if not ctx.delegated:
-            inputs.int("channels", default=ca.DEFAULT_CHANNELS, min=1, max=MAX_CHANNELS, label="Channels shown per layer")
-            inputs.enum("order", list(ca.ORDERS), default="activation", label="Channel order", view=_order_choices())
+        inputs.int("channels", default=ca.DEFAULT_CHANNELS, min=1, max=MAX_CHANNELS, label="Channels shown per layer")
+        inputs.enum("order", list(ca.ORDERS), default="activation", label="Channel order", view=_order_choices())
         inputs.bool("store_heatmaps", default=False, label="Store one layer's mean activation as a heatmap",
                     description="A Heatmap field the App overlays on the images")
         if ctx.params.get("store_heatmaps") and model in models:

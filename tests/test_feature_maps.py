@@ -355,3 +355,20 @@ def test_operator_shows_the_selected_sample_and_its_form_validates(demo_dataset,
     assert not props["heatmap_field"].get("invalid")
     props = form("show_feature_maps", dataset, {"model": LITE, "store_heatmaps": True, "heatmap_field": "ground_truth"})
     assert props["heatmap_field"]["invalid"] and "not a Heatmap field" in props["heatmap_field"]["error_message"]
+
+
+def test_heatmaps_can_be_delegated(demo_dataset, plugin_operator, fo):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    dataset = demo_dataset
+    chosen = dataset.values("id")[-3:]
+    queued = plugin_operator("show_feature_maps")(
+        dataset.select(chosen), model=LITE, layer="_blocks.10", heatmap_field="late", delegate=True
+    )
+    assert queued.delegated and not dataset.has_field("late")  # nothing ran yet
+    service = DelegatedOperationService()
+    result = service.execute_operation(service.get(queued.result["id"]))  # as the launcher does, in this process
+    assert result.error is None, result.error
+    assert result.result["heatmaps"]["num_written"] == 3 and "captions" not in result.result
+    dataset.reload()
+    assert sorted(dataset.exists("late").values("id")) == sorted(chosen)
