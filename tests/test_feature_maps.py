@@ -372,3 +372,17 @@ def test_heatmaps_can_be_delegated(demo_dataset, plugin_operator, fo):
     assert result.result["heatmaps"]["num_written"] == 3 and "captions" not in result.result
     dataset.reload()
     assert sorted(dataset.exists("late").values("id")) == sorted(chosen)
+
+
+def test_unreadable_images_get_no_heatmap_and_are_reported(fo, photo_paths, tmp_path, request):
+    dataset = fo.Dataset("test-" + request.node.name[:50], overwrite=True)
+    try:
+        missing = str(tmp_path / "missing.jpg")
+        dataset.add_samples([fo.Sample(filepath=p) for p in (photo_paths[0], missing, photo_paths[1])])
+        summary = ca.compute_feature_heatmaps(dataset, "hm", LITE, "_blocks.14", batch_size=2, progress=False)
+        assert (summary["num_written"], summary["num_failed"]) == (2, 1)
+        (bad_id,) = dataset.match({"filepath": missing}).values("id")
+        assert "FileNotFoundError" in summary["errors"][bad_id]
+        assert [hm is not None for hm in dataset.values("hm")] == [True, False, True]
+    finally:
+        dataset.delete()
