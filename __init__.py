@@ -12,9 +12,9 @@ _PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 if _PLUGIN_DIR not in sys.path:
     sys.path.insert(0, _PLUGIN_DIR)
 
-from .operators import OPERATORS  # noqa: E402
+from .operators import OPERATORS, PANELS  # noqa: E402
 
 
 def register(plugin):
-    for operator_cls in OPERATORS:
-        plugin.register(operator_cls)
+    for cls in OPERATORS + PANELS:
+        plugin.register(cls)

@@ -36,6 +36,8 @@ _LAZY = {
     "plot_silhouette": "evaluation",
     "visualize_run": "evaluation",
     "run_summary": "evaluation",
+    "feature_maps": "activations",
+    "compute_feature_heatmaps": "activations",
 }
 
 __all__ = [

@@ -120,6 +120,14 @@ class ModelSpec:
             f"Normalize(mean=[{mean}], std=[{std}])"
         )
 
+    def normalization(self, device="cpu"):
+        """``(mean, inv_std)`` tensors of shape ``(1, 3, 1, 1)``: the network's
+        input is ``(uint8 RGB - mean) * inv_std``."""
+        shape = (1, 3, 1, 1)
+        mean = torch.tensor([255.0 * m for m in self.mean], device=device).view(shape)
+        inv_std = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=device).view(shape)
+        return mean, inv_std
+
     def info(self):
         return {
             "name": self.name,
@@ -553,9 +561,7 @@ class Backbone:
         features = features.to(device)
         if self.channels_last:
             features = features.to(memory_format=torch.channels_last)
-        shape = (1, 3, 1, 1)
-        self._mean = torch.tensor([255.0 * m for m in spec.mean], device=device).view(shape)
-        self._inv_std = torch.tensor([1.0 / (255.0 * s) for s in spec.std], device=device).view(shape)
+        self._mean, self._inv_std = spec.normalization(device)
 
         # CPU: fused oneDNN convolutions (weights in self.dtype), checked on a
         # noise image; the other layers run under bf16 autocast in bf16
@@ -704,6 +710,13 @@ def load_image(path, size):
             img = decode_image(torch.from_numpy(data), mode=rgb)
         except Exception:
             img = _decode_pil(data.tobytes(), size)  # raises for non-images
+    return fit_image(img, size)
+
+
+def fit_image(img, size):
+    """A decoded ``(C, H, W)`` image -> ``(3, size, size)`` uint8 RGB: the
+    whole image resized (antialiased bilinear, no crop), gray expanded to RGB,
+    alpha dropped."""
     img = as_uint8_frame(img)
     if img.shape[0] != 3:
         img = img[:1].expand(3, -1, -1) if img.shape[0] == 1 else img[:3]

@@ -115,11 +115,13 @@ def validate_model(model):
     return "builtin", model
 
 
-def validate_field_name(name):
+def validate_field_name(name, what="embeddings field", example="embeddings"):
+    """``ValueError`` unless ``name`` can be a new sample field (``what`` and
+    ``example`` word the message)."""
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(
-            f"Invalid embeddings field {name!r}: use a Python identifier such as "
-            "'embeddings' (letters, digits, underscores; not starting with a digit or '_')"
+            f"Invalid {what} {name!r}: use a Python identifier such as "
+            f"'{example}' (letters, digits, underscores; not starting with a digit or '_')"
         )
     if name in _RESERVED_FIELDS:
         raise ValueError(f"'{name}' is a reserved FiftyOne field; choose another name")

@@ -3,6 +3,7 @@
 from .clusters import ComputeClusters
 from .embeddings import ComputeEmbeddings
 from .evaluation import ChooseK, CompareRuns, EvaluateRun, PlotSilhouette, RunSummary, VisualizeRun
+from .feature_maps import FeatureMapsPanel, ShowFeatureMaps
 from .labeling import LabelClusters
 from .runs import DeleteRun, GetRunInfo, LoadRunView, RenameRun
 
@@ -20,4 +21,7 @@ OPERATORS = [
     PlotSilhouette,
     VisualizeRun,
     RunSummary,
+    ShowFeatureMaps,
 ]
+
+PANELS = [FeatureMapsPanel]
