@@ -1,6 +1,7 @@
 """Operators of the ``@imgclust/clustering`` plugin (thin wrappers over ``clustering``)."""
 
 from .clusters import ComputeClusters
+from .curation import AssignNewSamples, ClustersToLabels, MergeClusters, SetClusterName, SplitCluster, TagCluster
 from .embeddings import ComputeEmbeddings
 from .evaluation import ChooseK, CompareRuns, EvaluateRun, PlotSilhouette, RunSummary, VisualizeRun
 from .labeling import LabelClusters
@@ -14,6 +15,12 @@ OPERATORS = [
     RenameRun,
     DeleteRun,
     LabelClusters,
+    SetClusterName,
+    MergeClusters,
+    SplitCluster,
+    AssignNewSamples,
+    ClustersToLabels,
+    TagCluster,
     ChooseK,
     EvaluateRun,
     CompareRuns,
