@@ -81,13 +81,16 @@ def merge_clusters(samples, run_key, clusters):
     edit = _RunEdit(samples, run_key, "merge_clusters")
     if isinstance(clusters, (str, bytes)) or not hasattr(clusters, "__iter__"):
         raise ValueError(f"clusters must be a list of cluster ids; got {clusters!r}")
+    clusters = list(clusters)
     ids = sorted({edit.cluster(c) for c in clusters})
     if len(ids) < 2:
-        raise ValueError(f"Merging needs at least two different clusters; got {list(clusters)!r}")
+        raise ValueError(f"Merging needs at least two different clusters; got {clusters!r}")
     target = ids[0]
     members = np.flatnonzero(np.isin(edit.labels, ids))
     X = edit.features(members)
     loss, param = edit.loss()
+    # from the best of the old centers (a non-convex loss such as correntropy
+    # has local minimizers)
     start = edit.centers[ids][np.argmin(_pairwise(loss, param, X, edit.centers[ids]).sum(axis=0))]
     centers, losses = _minimizers(loss, param, X, np.zeros(len(members), dtype=np.int64), start[None])
     edit.labels[members] = target
