@@ -508,7 +508,8 @@ def test_operators_through_fiftyone(ds, plugin_operator):
     assert op("set_cluster_name")(ds, run_key="sq", cluster=0, name="zero", description="d")["names"] == {"0": "zero"}
     assert op("merge_clusters")(ds, run_key="sq", clusters=[3, 1])["cluster"] == 1
     assert op("split_cluster")(ds, run_key="sq", cluster=0, k=2)["clusters"] == [5, 6]
-    assert op("tag_cluster")(ds, run_key="sq", cluster=1, tags=["a"])["num_samples"] == ds.count_sample_tags()["a"]
+    # the form's dropdowns give ids as strings, a panel as ints
+    assert op("tag_cluster")(ds, run_key="sq", cluster="1", tags=["a"])["num_samples"] == ds.count_sample_tags()["a"]
     assert op("tag_cluster")(ds, run_key="sq", cluster=1, tags=["a"], untag=True)["num_samples"] > 0
     assert ds.count_sample_tags() == {}
     out = op("clusters_to_labels")(ds, run_key="sq", label_field="promoted", use_names=False)
