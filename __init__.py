@@ -13,8 +13,10 @@ if _PLUGIN_DIR not in sys.path:
     sys.path.insert(0, _PLUGIN_DIR)
 
 from .operators import OPERATORS  # noqa: E402
+from .operators.panel import ClustersPanel  # noqa: E402
 
 
 def register(plugin):
     for operator_cls in OPERATORS:
         plugin.register(operator_cls)
+    plugin.register(ClustersPanel)
