@@ -18,7 +18,7 @@ import fiftyone.core.aggregations as foa
 
 from . import metrics as cm
 from . import runs as cr
-from .evaluation import VISUALIZATION_METHODS, _gt_path, media_url
+from .evaluation import VISUALIZATION_METHODS, _gt_path, gt_fields, media_url
 
 DEFAULT_NUM_THUMBNAILS = 4
 MAP_MAX_POINTS = 5000
@@ -196,6 +196,18 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         "noise": {"size": int(noise["size"])} if noise else None,
         "evaluation": evaluation,
     }
+
+
+def ground_truth_fields(samples):
+    """The fields a run can be scored against (:func:`clustering.evaluation.gt_fields`)
+    but the clustering runs' own fields (compare runs with :func:`clustering.compare_runs`)."""
+    dataset = samples._root_dataset
+    own = {
+        getattr(dataset.get_run_info(key).config, k, None)
+        for key in cr.list_clustering_runs(dataset)
+        for k in cr.FIELD_KEYS
+    }
+    return [f for f in gt_fields(dataset) if f not in own]
 
 
 def sort_clusters(clusters, sort="cluster"):

@@ -18,7 +18,6 @@ import fiftyone.operators.types as types
 
 import clustering
 from clustering import browse
-from clustering.evaluation import gt_fields
 
 from .common import run_keys
 
@@ -308,7 +307,7 @@ class ClustersPanel(foo.Panel):
     def _load_run(self, ctx):
         run_key = self._run_key(ctx)
         gt = ctx.panel.get_state("gt_field")
-        fields = gt_fields(ctx.dataset)
+        fields = browse.ground_truth_fields(ctx.dataset)
         if gt not in fields:
             if gt != NO_GT:
                 self._choose(ctx, "gt_field", NO_GT)

@@ -128,6 +128,11 @@ def test_string_ground_truth_and_samples_without_it(clone):
     assert overview["evaluation"]["ari"] == pytest.approx(reference["ari"], abs=1e-12)
 
 
+def test_ground_truth_choices_leave_out_the_runs_fields(ds):
+    assert browse.ground_truth_fields(ds) == ["ground_truth"]
+    assert "km_cluster" in clustering.evaluation.gt_fields(ds)
+
+
 def test_sorting():
     rows = [
         {"cluster": 0, "size": 5, "compactness": 2.0},
