@@ -164,6 +164,9 @@ class ClustersPanel(foo.Panel):
     def refresh(self, ctx):
         self.on_load(ctx)
 
+    def compute(self, ctx):
+        ctx.prompt(f"{PLUGIN}/compute_clusters", on_success=self.refresh)
+
     def next_page(self, ctx):
         ctx.panel.set_state("page", (ctx.panel.get_state("page") or 0) + 1)
         self._load_run(ctx)
@@ -346,11 +349,13 @@ class ClustersPanel(foo.Panel):
         keys = state.run_keys or []
         if not keys:
             panel.md(
-                "### No clustering runs\nRun **Compute clusters** (press the backtick key and type it), "
-                "then refresh this panel.",
+                "**No clustering runs on this dataset yet.** Compute one; a delegated run appears "
+                "here once it is done and the panel is refreshed.",
                 name="empty",
             )
-            panel.btn("refresh", label="Refresh", on_click=self.refresh)
+            buttons = panel.h_stack("empty_actions", gap=1)
+            buttons.btn("compute", label="Compute clusters", icon="bubble_chart", variant="contained", on_click=self.compute)
+            buttons.btn("refresh", label="Refresh", icon="refresh", on_click=self.refresh)
             return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, pad=2))
 
         self._render_controls(ctx, panel, keys)
@@ -394,19 +399,22 @@ class ClustersPanel(foo.Panel):
         buttons.btn("outliers", label=outliers, icon="scatter_plot", on_click=self.show_outliers)
         buttons.btn("clear", label="Clear", icon="clear", on_click=self.clear)
 
-        if cluster is not None:
+        # naming, tagging, labels and assigning from the panel are for runs on images
+        images = not state.is_patches
+        if cluster is not None and cluster >= 0:
             actions = panel.h_stack("actions", gap=1, align_y="center")
             actions.md(f"**Cluster {cluster}**", name="selected")
-            actions.btn("rename", label="Rename", icon="edit", on_click=self.rename)
-            if not state.is_patches:
-                actions.btn("split", label="Split", icon="call_split", on_click=self.split)
+            if images:
+                actions.btn("rename", label="Rename", icon="edit", on_click=self.rename)
+            actions.btn("split", label="Split", icon="call_split", on_click=self.split)
+            if images:
                 actions.btn("tag", label="Tag", icon="local_offer", on_click=self.tag)
         run_actions = panel.h_stack("run_actions", gap=1, align_y="center")
         run_actions.btn("merge", label="Merge checked", icon="merge", on_click=self.merge)
-        if not state.is_patches:
+        if images:
             run_actions.btn("llm", label="Name with LLM", icon="auto_awesome", on_click=self.name_with_llm)
             run_actions.btn("promote", label="To labels", icon="label", on_click=self.promote)
-        run_actions.btn("assign", label="Assign new", icon="group_add", on_click=self.assign_new)
+            run_actions.btn("assign", label="Assign new", icon="group_add", on_click=self.assign_new)
 
         noise = state.noise
         if noise:
