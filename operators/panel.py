@@ -18,10 +18,11 @@ import fiftyone.operators.types as types
 
 import clustering
 from clustering import browse
+from clustering.runs import PLUGIN
 
 from .common import run_keys
+from .evaluation import _fmt
 
-PLUGIN = "@imgclust/clustering"
 PAGE_SIZE = 10
 NUM_OUTLIERS = 50
 NO_GT = "none"
@@ -48,35 +49,31 @@ INPUT_HANDLERS = {
 }
 
 
-def _fmt(v, spec=".4g"):
-    return "n/a" if v is None else format(v, spec)
-
-
 def _header_markdown(overview):
     h = overview["header"]
     loss = h["loss"] or "squared distance"
     if h["loss_param"] is not None:
-        loss += f" ({_fmt(h['loss_param'])})"
+        loss += f" ({_fmt(h['loss_param'], '.4g')})"
     parts = [
         f"**{h['method']}**, loss {loss}",
         f"k = {h['k']}" if h["k"] is not None else None,
         f"{h['num_clusters']} clusters",
         f"{h['num_clustered']:,} samples clustered",
         f"{h['num_noise']:,} noise" if h["num_noise"] else None,
-        f"objective {_fmt(h['objective'])}",
+        f"objective {_fmt(h['objective'], '.4g')}",
     ]
     text = " · ".join(p for p in parts if p)
     ev = overview["evaluation"]
     if ev:
         text += (
-            f"  \nvs `{ev['gt_field']}` ({ev['num_evaluated']:,} samples): NMI {_fmt(ev['nmi'], '.3f')} · "
-            f"ARI {_fmt(ev['ari'], '.3f')} · accuracy {_fmt(ev['accuracy'], '.3f')} · purity {_fmt(ev['purity'], '.3f')}"
+            f"  \nvs `{ev['gt_field']}` ({ev['num_evaluated']:,} samples): NMI {_fmt(ev['nmi'])} · "
+            f"ARI {_fmt(ev['ari'])} · accuracy {_fmt(ev['accuracy'])} · purity {_fmt(ev['purity'])}"
         )
     return text
 
 
 def _card_markdown(row):
-    lines = [f"**{row['name']}**" if row.get("name") else None, f"{row['size']:,} samples", f"compactness {_fmt(row['compactness'])}"]
+    lines = [f"**{row['name']}**" if row.get("name") else None, f"{row['size']:,} samples", f"compactness {_fmt(row['compactness'], '.4g')}"]
     if row.get("majority_class") is not None:
         lines.append(f"{row['majority_class']} ({100 * row['purity']:.0f}%)")
     return "  \n".join(line for line in lines if line)
@@ -225,7 +222,11 @@ class ClustersPanel(foo.Panel):
                 return
             run_b = others[0]
             self._choose(ctx, "run_key_b", run_b)
-        cmp = clustering.compare_runs(ctx.dataset, run_a, run_b)
+        try:
+            cmp = clustering.compare_runs(ctx.dataset, run_a, run_b)
+        except ValueError as e:  # e.g. a run on patches
+            ctx.panel.set_state({"compare_summary": f"Cannot compare: {e}", "heatmap_layout": None})
+            return
         figure = plots.heatmap_figure(cmp["contingency"], f"'{run_a}' vs '{run_b}'", f"cluster of '{run_b}'", f"cluster of '{run_a}'")
         ctx.panel.set_state(
             {
@@ -445,6 +446,9 @@ class ClustersPanel(foo.Panel):
         state = ctx.panel.state
         panel.plot("sizes", layout=state.sizes_layout or {}, on_click=self.show_cluster, height="380px")
         keys = state.map_keys or []
+        if state.is_patches:
+            panel.md("The map shows runs on images only.", name="no_map")
+            return
         if not keys:
             panel.md(
                 "No 2-d map yet: run **Visualize run** (or `clustering.visualize_run`) to draw one.",
@@ -475,4 +479,5 @@ class ClustersPanel(foo.Panel):
         compare.enum("run_key_b", runs.values(), view=runs, on_change=self.on_change_compare)
         if ctx.panel.get_state("run_key_b") and state.compare_summary:
             panel.md(state.compare_summary, name="compare_summary")
-            panel.plot("heatmap", layout=state.heatmap_layout or {}, on_click=self.show_pair, height="480px")
+            if state.heatmap_layout:
+                panel.plot("heatmap", layout=state.heatmap_layout, on_click=self.show_pair, height="480px")

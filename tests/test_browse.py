@@ -287,6 +287,18 @@ def test_panel_shows_a_cluster_and_opens_the_curation_forms(ds):
     assert params["on_success"].endswith("action_done")
 
 
+def test_panel_pages_through_many_clusters(clone):
+    clustering.compute_clusters(clone, "many", embeddings="pixels", method="kmeans", k=12, progress=quiet)
+    state, _ = panel_event(clone, "on_load")
+    assert state["run_key"] == "many" and state["num_pages"] == 2
+    assert [r["cluster"] for r in state["rows"]] == list(range(10))
+    state, _ = panel_event(clone, "next_page", state)
+    assert state["page"] == 1 and [r["cluster"] for r in state["rows"]] == [10, 11]
+    state, _ = panel_event(clone, "on_change_sort", state, path="controls.sort", value="size")
+    sizes = clone.count_values("many_cluster")
+    assert state["page"] == 0 and [r["size"] for r in state["rows"]] == sorted(sizes.values(), reverse=True)[:10]
+
+
 def test_panel_refreshes_after_an_action(clone, plugin_operator):
     state, _ = panel_event(clone, "on_load")
     state["cards"] = {"c1": {"pick": True}, "c4": {"pick": True}}
