@@ -1,8 +1,10 @@
 """End to end in a real browser: the Clusters panel opened from the App's "+"
 menu, a run picked, a cluster clicked (the grid shows exactly its samples),
 two clusters merged and the run promoted to labels from the panel, each
-checked in the database (harness: ``app_harness.py``). Screenshots of the
-panel go to ``test-artifacts/e2e/<test name>/``."""
+checked in the database (harness: ``app_harness.py``). Screenshots go to
+``test-artifacts/e2e/<test name>/``: every step, the panel alone
+(``panel.png``), and the grid beside the panel, small (``readme.png``, the
+README's ``assets/clusters_panel.png``)."""
 
 import os
 import re
@@ -51,6 +53,22 @@ def grid_count(page, size, n):
     sync_api.expect(page.locator("[data-cy=entry-counts]")).to_have_text(
         re.compile(rf"^\s*{size}\s+(of\s+{n}\s+)?samples\s*$")
     )
+
+
+def save_readme_screenshot(page, path, scale=0.7, colors=128):
+    """The grid and the panels beside it (no sidebar, no header), shrunk and
+    reduced to a palette so that the PNG stays small."""
+    import io
+
+    from PIL import Image
+
+    tabs = page.locator("[data-cy=panel-tab-samples]").bounding_box()
+    viewport = page.viewport_size
+    x, y = max(0, tabs["x"] - 8), max(0, tabs["y"] - 8)
+    png = page.screenshot(clip={"x": x, "y": y, "width": viewport["width"] - x, "height": viewport["height"] - y})
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    image.quantize(colors=colors, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def card_size(size):
@@ -126,6 +144,8 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
         expect(panel.get_by_text(re.compile(r"NMI \d\.\d{3}"))).to_be_visible()
         expect(panel.get_by_text(re.compile(r"\n(face|non-face|brick|grass|gravel) \(\d+%\)$"))).to_have_count(K)
         panel.screenshot(path=os.path.join(artifacts, "panel.png"))
+        grid_settled(page)
+        save_readme_screenshot(page, os.path.join(artifacts, "readme.png"))
         steps.shot("ground-truth")
 
         # 6. merge two clusters: check their cards, "Merge checked", execute the form
