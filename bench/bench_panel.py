@@ -108,7 +108,7 @@ def naive_overview(dataset, gt_field=None, num_thumbnails=4):
         if rank and rank <= num_thumbnails:
             reps[c].append((rank, i, path))
     rows = {
-        c: {"size": len(v), "compactness": sum(v) / len(v), "max_loss": max(v), "thumbnails": sorted(reps[c])}
+        c: {"size": len(v), "compactness": sum(v) / len(v), "thumbnails": sorted(reps[c])}
         for c, v in groups.items()
     }
     evaluation = clustering.evaluate_run(dataset, RUN_KEY, gt_field=gt_field) if gt_field else None

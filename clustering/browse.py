@@ -7,8 +7,8 @@ so opening a run of 100,000 samples loads a few hundred numbers and the
 thumbnails it shows, never per-sample values. The fields are what the App's
 grid shows, so a cluster's size here is the count of its view.
 
-The other functions shape that data for the panel (sorting, the sizes chart,
-the 2-d map) or build the views it loads into the grid (a cell of the
+The other functions shape that data for the panel (ground-truth choices,
+sorting, the 2-d map) or build the views it loads into the grid (a cell of the
 comparison of two runs).
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import fiftyone.core.aggregations as foa
 
 from . import metrics as cm
+from . import plots
 from . import runs as cr
 from .evaluation import VISUALIZATION_METHODS, _gt_path, gt_fields, media_url
 
@@ -71,7 +72,6 @@ def _facets(config, num_thumbnails, gt_path):
         "_id": f"${label}",
         "size": {"$sum": 1},
         "compactness": {"$avg": f"${loss}"},
-        "max_loss": {"$max": f"${loss}"},
         "loss_sum": {"$sum": f"${loss}"},
     }
     if name:
@@ -135,8 +135,7 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         a dict with ``run_key``, ``header`` (method, loss, loss parameter, k,
         clusters, samples clustered, noise, objective = sum of the losses),
         ``clusters`` (per cluster, by id: ``cluster``, ``name``, ``size``,
-        ``compactness`` (mean loss to the center), ``max_loss``,
-        ``thumbnails`` and, with ``gt_field``, ``majority_class`` and
+        ``compactness`` (mean loss to the center), ``thumbnails`` and, with ``gt_field``, ``majority_class`` and
         ``purity``), ``noise`` (HDBSCAN's -1: ``{"size": n}`` or None) and
         ``evaluation`` (None without ``gt_field``)
     """
@@ -164,7 +163,6 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
             "name": g.get("name"),
             "size": int(g["size"]),
             "compactness": _float(g["compactness"]),
-            "max_loss": _float(g["max_loss"]),
             "thumbnails": thumbnails.get(c, []),
         }
         if evaluation:
@@ -223,14 +221,6 @@ def sort_clusters(clusters, sort="cluster"):
     return present + sorted(missing, key=lambda r: r["cluster"])
 
 
-def sizes_chart(overview):
-    """The cluster sizes bar chart (:func:`clustering.plots.sizes_figure`) of
-    an overview; each bar's x is its cluster id."""
-    from . import plots
-
-    return plots.sizes_figure(overview)
-
-
 def pair_view(samples, run_key_a, cluster_a, run_key_b, cluster_b):
     """The samples in cluster ``cluster_a`` of run ``run_key_a`` and in
     ``cluster_b`` of run ``run_key_b`` (a cell of the comparison's contingency
@@ -262,8 +252,6 @@ def map_chart(samples, run_key, brain_key, max_points=MAP_MAX_POINTS, random_sta
     (:func:`clustering.plots.scatter_figure`), at most ``max_points`` of its
     points (a random sample); each trace carries the points' sample ids, so a
     selection in the App gives the selected samples."""
-    from . import plots
-
     dataset = samples._root_dataset
     config = cr.get_clustering_run_config(dataset, run_key)
     cr.require_sample_run(config, run_key, "the map")

@@ -17,7 +17,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import clustering
-from clustering import browse
+from clustering import browse, plots
 from clustering.runs import PLUGIN
 
 from .common import run_keys
@@ -212,8 +212,6 @@ class ClustersPanel(foo.Panel):
     def _load_comparison(self, ctx):
         """The contingency heatmap of this run against the compared one (the
         first other run unless one is chosen)."""
-        from clustering import plots
-
         run_a = self._run_key(ctx)
         run_b = ctx.panel.get_state("run_key_b")
         if run_b in (None, run_a):
@@ -333,7 +331,7 @@ class ClustersPanel(foo.Panel):
                 "map_keys": [] if overview["header"]["patches_field"] else browse.map_keys(ctx.dataset, run_key),
             }
         )
-        sizes = browse.sizes_chart(overview)
+        sizes = plots.sizes_figure(overview)
         ctx.panel.set_state("sizes_layout", sizes["layout"])
         ctx.panel.data.set(
             {

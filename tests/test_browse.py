@@ -70,7 +70,6 @@ def test_overview_equals_a_per_sample_computation(ds):
         losses = [v for v in groups[row["cluster"]] if v is not None]
         assert row["size"] == len(groups[row["cluster"]])
         assert row["compactness"] == pytest.approx(np.mean(losses), rel=1e-12)
-        assert row["max_loss"] == pytest.approx(max(losses), rel=1e-12)
         assert [(t["id"], t["filepath"]) for t in row["thumbnails"]] == reps[row["cluster"]]
         assert len(row["thumbnails"]) == browse.DEFAULT_NUM_THUMBNAILS
         assert all(t["url"] == clustering.evaluation.media_url(t["filepath"]) for t in row["thumbnails"])
@@ -285,6 +284,26 @@ def test_panel_shows_a_cluster_and_opens_the_curation_forms(ds):
     assert params["operator_uri"] == f"{PLUGIN_NAME}/merge_clusters"
     assert params["params"] == {"run_key": "km", "clusters": ["1", "4"]}
     assert params["on_success"].endswith("action_done")
+
+
+def test_panel_comparison_cells_and_map_selections_become_views(clone):
+    clustering.visualize_run(clone, "km", method="pca")
+    state, _ = panel_event(clone, "on_load")
+    assert state["run_key"] == "km"
+    state, _ = panel_event(clone, "on_change_tab", state, path="tabs", value="compare")
+    assert state["run_key_b"] == "hdb" and state["compare"]["run_key_b"] == "hdb"
+    assert state["compare_summary"].startswith("ARI ") and state["heatmap_layout"]
+    table = clustering.compare_runs(clone, "km", "hdb")["contingency"]
+    i, j = np.unravel_index(np.argmax(table["counts"]), np.shape(table["counts"]))
+    # a heatmap cell: its categories, as strings (y: this run, x: the compared one)
+    _, [(uri, params)] = panel_event(clone, "show_pair", state, x=str(table["cols"][j]), y=str(table["rows"][i]))
+    assert uri == "set_view" and len(fo_view(clone, params["view"])) == table["counts"][i][j]
+    state, _ = panel_event(clone, "on_change_tab", state, path="tabs", value="charts")
+    state, _ = panel_event(clone, "load_map", state)
+    assert state["map_note"].startswith(f"{len(clone):,} points")
+    lassoed = [{"idx": k, "id": i} for k, i in enumerate(clone.take(7, seed=1).values("id"))] + [{"idx": 9, "id": None}]
+    _, [(uri, params)] = panel_event(clone, "show_selected_points", state, data=lassoed)
+    assert uri == "set_view" and sorted(fo_view(clone, params["view"]).values("id")) == sorted(p["id"] for p in lassoed[:7])
 
 
 def test_panel_pages_through_many_clusters(clone):
