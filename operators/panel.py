@@ -179,7 +179,10 @@ class ClustersPanel(foo.Panel):
 
     def show_cluster(self, ctx):
         """A card, a thumbnail or a bar of the sizes chart was clicked."""
-        cluster = ctx.params.get("cluster", ctx.params.get("x"))
+        self._show(ctx, ctx.params.get("cluster", ctx.params.get("x")))
+
+    def _show(self, ctx, cluster):
+        """Selects ``cluster``; the grid shows it, nearest its center first."""
         cluster = int(cluster)
         ctx.panel.set_state("cluster", cluster)
         ctx.ops.set_view(clustering.load_run_view(ctx.dataset, self._run_key(ctx), cluster=cluster))
@@ -251,11 +254,12 @@ class ClustersPanel(foo.Panel):
 
     # ---------------------------------------------------------------- actions
 
-    def _prompt(self, ctx, operator, **params):
+    def _prompt(self, ctx, operator, on_success=None, **params):
+        """Opens ``operator``'s form filled with ``params`` and the run."""
         ctx.prompt(
             f"{PLUGIN}/{operator}",
             params=dict(params, run_key=self._run_key(ctx)),
-            on_success=self.action_done,
+            on_success=on_success or self.action_done,
             on_error=self.action_failed,
         )
 
@@ -267,7 +271,7 @@ class ClustersPanel(foo.Panel):
         self._prompt(ctx, "set_cluster_name", cluster=str(ctx.panel.get_state("cluster")))
 
     def split(self, ctx):
-        self._prompt(ctx, "split_cluster", cluster=str(ctx.panel.get_state("cluster")), k=2)
+        self._prompt(ctx, "split_cluster", on_success=self.split_done, cluster=str(ctx.panel.get_state("cluster")), k=2)
 
     def tag(self, ctx):
         self._prompt(ctx, "tag_cluster", cluster=str(ctx.panel.get_state("cluster")), view_target="DATASET")
@@ -278,7 +282,7 @@ class ClustersPanel(foo.Panel):
         cluster = ctx.panel.get_state("cluster")
         if not picked and cluster is not None:
             picked = [cluster]
-        self._prompt(ctx, "merge_clusters", clusters=[str(c) for c in picked])
+        self._prompt(ctx, "merge_clusters", on_success=self.merge_done, clusters=[str(c) for c in picked])
 
     def name_with_llm(self, ctx):
         self._prompt(ctx, "label_clusters")
@@ -290,16 +294,20 @@ class ClustersPanel(foo.Panel):
         self._prompt(ctx, "assign_new_samples", view_target="DATASET")
 
     def action_done(self, ctx):
-        """An action's operator succeeded: reload the data; show the merged
-        cluster, or the first of a split's."""
-        result = ctx.params.get("result") or {}
+        """An action's operator succeeded: the checks are cleared, the data reloaded."""
         for c in self._picked(ctx):
             ctx.panel.set_state(f"cards.c{c}.pick", False)
         self.on_load(ctx)
-        shown = result.get("cluster", (result.get("clusters") or [None])[0])
-        if shown is not None:
-            ctx.panel.set_state("cluster", int(shown))
-            ctx.ops.set_view(clustering.load_run_view(ctx.dataset, self._run_key(ctx), cluster=int(shown)))
+
+    def merge_done(self, ctx):
+        """Merged: the grid shows the merged cluster."""
+        self.action_done(ctx)
+        self._show(ctx, ctx.params["result"]["cluster"])
+
+    def split_done(self, ctx):
+        """Split: the grid shows the first new cluster."""
+        self.action_done(ctx)
+        self._show(ctx, ctx.params["result"]["clusters"][0])
 
     def action_failed(self, ctx):
         ctx.ops.notify(str(ctx.params.get("error")), variant="error")

@@ -283,7 +283,7 @@ def test_panel_shows_a_cluster_and_opens_the_curation_forms(ds):
     assert uri == "prompt_user_for_operation"
     assert params["operator_uri"] == f"{PLUGIN_NAME}/merge_clusters"
     assert params["params"] == {"run_key": "km", "clusters": ["1", "4"]}
-    assert params["on_success"].endswith("action_done")
+    assert params["on_success"].endswith("merge_done")
 
 
 def test_panel_comparison_cells_and_map_selections_become_views(clone):
@@ -320,13 +320,21 @@ def test_panel_pages_through_many_clusters(clone):
 
 def test_panel_refreshes_after_an_action(clone, plugin_operator):
     state, _ = panel_event(clone, "on_load")
+    # an action with a result of another shape (label_clusters' "clusters" are dicts)
+    named, others = panel_event(clone, "action_done", state, result={"clusters": [{"cluster": 0}]}, original_params={})
+    assert named["rows"] == state["rows"] and not others
     state["cards"] = {"c1": {"pick": True}, "c4": {"pick": True}}
     result = plugin_operator("merge_clusters")(clone, "km", [1, 4])
-    state, [(uri, params)] = panel_event(clone, "action_done", state, result=result, original_params={})
+    state, [(uri, params)] = panel_event(clone, "merge_done", state, result=result, original_params={})
     assert [r["cluster"] for r in state["rows"]] == [0, 1, 2, 3]
     assert state["cards"] == {"c1": {"pick": False}, "c4": {"pick": False}}
     assert state["cluster"] == 1 and uri == "set_view"
     assert len(fo_view(clone, params["view"])) == clone.count_values("km_cluster")[1]
+    result = plugin_operator("split_cluster")(clone, "km", 1, k=2)
+    state, [(uri, params)] = panel_event(clone, "split_done", state, result=result, original_params={})
+    first = result["clusters"][0]
+    assert [r["cluster"] for r in state["rows"]] == [0, 2, 3, *result["clusters"]]
+    assert state["cluster"] == first and fo_view(clone, params["view"]).distinct("km_cluster") == [first]
 
 
 def fo_view(dataset, stages):
