@@ -196,15 +196,17 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
     }
 
 
+def run_keys(samples):
+    """This plugin's clustering runs on the dataset, oldest first."""
+    dataset = samples._root_dataset
+    return sorted(cr.list_clustering_runs(dataset), key=lambda k: dataset.get_run_info(k).timestamp)
+
+
 def ground_truth_fields(samples):
     """The fields a run can be scored against (:func:`clustering.evaluation.gt_fields`)
     but the clustering runs' own fields (compare runs with :func:`clustering.compare_runs`)."""
     dataset = samples._root_dataset
-    own = {
-        getattr(dataset.get_run_info(key).config, k, None)
-        for key in cr.list_clustering_runs(dataset)
-        for k in cr.FIELD_KEYS
-    }
+    own = {getattr(dataset.get_run_info(key).config, k, None) for key in run_keys(dataset) for k in cr.FIELD_KEYS}
     return [f for f in gt_fields(dataset) if f not in own]
 
 

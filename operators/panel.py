@@ -20,7 +20,6 @@ import clustering
 from clustering import browse, plots
 from clustering.runs import PLUGIN
 
-from .common import run_keys
 from .evaluation import _fmt
 
 PAGE_SIZE = 10
@@ -96,7 +95,7 @@ class ClustersPanel(foo.Panel):
     # ------------------------------------------------------------------ events
 
     def on_load(self, ctx):
-        keys = run_keys(ctx.dataset)
+        keys = browse.run_keys(ctx.dataset)
         ctx.panel.set_state("run_keys", keys)
         if not keys:
             return

@@ -196,7 +196,7 @@ def test_errors_name_the_problem(ds):
         browse.run_overview(ds, "km", gt_field="nothing")
 
 
-def test_runs_on_patches_are_read_from_their_labels(fo, demo_images_dir, request):
+def test_runs_on_patches_are_read_from_their_labels(fo, demo_images_dir):
     """Two boxes per image; the run's fields are label attributes."""
     from clustering.datasets import load_demo_dataset
 
@@ -249,11 +249,21 @@ def panel_event(dataset, method, state=None, **params):
     return state, others
 
 
-def test_panel_opens_on_the_newest_run_with_its_rows(ds):
-    state, _ = panel_event(ds, "on_load")
-    assert state["run_keys"] == ["hdb", "km"] and state["run_key"] == "km" == state["controls"]["run_key"]
-    assert {r["cluster"]: r["size"] for r in state["rows"]} == ds.count_values("km_cluster")
-    assert "huber" in state["header"] and f"{len(ds):,} samples clustered" in state["header"]
+def on_run(dataset, run_key):
+    """The panel's state once it shows run ``run_key`` (picked in its Run input)."""
+    state, _ = panel_event(dataset, "on_load")
+    state, _ = panel_event(dataset, "on_change_run", state, path="controls.run_key", value=run_key)
+    assert state["run_key"] == run_key == state["controls"]["run_key"]
+    return state
+
+
+def test_panel_opens_on_the_newest_run_with_its_rows(clone):
+    clustering.compute_clusters(clone, "another", embeddings="pixels", method="kmeans", k=3, progress=quiet)
+    clustering.compute_clusters(clone, "km", embeddings="pixels", k=K, loss="huber", n_init=2, overwrite=True, progress=quiet)
+    state, _ = panel_event(clone, "on_load")
+    assert state["run_keys"] == ["hdb", "another", "km"] and state["run_key"] == "km" == state["controls"]["run_key"]
+    assert {r["cluster"]: r["size"] for r in state["rows"]} == clone.count_values("km_cluster")
+    assert "huber" in state["header"] and f"{len(clone):,} samples clustered" in state["header"]
     assert (state["gt_field"], state["sort"], state["tab"]) == ("none", "cluster", "clusters")
 
 
@@ -270,7 +280,7 @@ def test_panel_inputs_act_only_on_a_new_value(ds):
 
 
 def test_panel_shows_a_cluster_and_opens_the_curation_forms(ds):
-    state, _ = panel_event(ds, "on_load")
+    state = on_run(ds, "km")
     state, others = panel_event(ds, "show_cluster", state, cluster=3)
     assert state["cluster"] == 3
     [(uri, params)] = others
@@ -288,8 +298,7 @@ def test_panel_shows_a_cluster_and_opens_the_curation_forms(ds):
 
 def test_panel_comparison_cells_and_map_selections_become_views(clone):
     clustering.visualize_run(clone, "km", method="pca")
-    state, _ = panel_event(clone, "on_load")
-    assert state["run_key"] == "km"
+    state = on_run(clone, "km")
     state, _ = panel_event(clone, "on_change_tab", state, path="tabs", value="compare")
     assert state["run_key_b"] == "hdb" and state["compare"]["run_key_b"] == "hdb"
     assert state["compare_summary"].startswith("ARI ") and state["heatmap_layout"]
@@ -319,7 +328,7 @@ def test_panel_pages_through_many_clusters(clone):
 
 
 def test_panel_refreshes_after_an_action(clone, plugin_operator):
-    state, _ = panel_event(clone, "on_load")
+    state = on_run(clone, "km")
     # an action with a result of another shape (label_clusters' "clusters" are dicts)
     named, others = panel_event(clone, "action_done", state, result={"clusters": [{"cluster": 0}]}, original_params={})
     assert named["rows"] == state["rows"] and not others
