@@ -395,6 +395,8 @@ class ClustersPanel(foo.Panel):
         for value, (label, _, _) in browse.SORTS.items():
             sorts.add_choice(value, label=label)
         controls.enum("sort", sorts.values(), default="cluster", view=sorts, on_change=self.on_change_sort)
+        # runs computed elsewhere (delegated, the SDK) and edits made there
+        controls.view("refresh", types.IconButtonView(icon="refresh", operator=self.refresh, title="Reload the runs and clusters"))
 
     def _render_clusters(self, ctx, panel):
         state = ctx.panel.state
