@@ -1,7 +1,7 @@
 """What the Clusters panel shows, computed without the App.
 
 :func:`run_overview` reads a run's clusters from its fields in **one MongoDB
-aggregation** (per cluster: size, mean and largest loss, name, the first
+aggregation** (per cluster: size, mean loss to the center, name, the first
 representatives; the contingency with a ground-truth field when one is given),
 so opening a run of 100,000 samples loads a few hundred numbers and the
 thumbnails it shows, never per-sample values. The fields are what the App's
@@ -135,9 +135,10 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         a dict with ``run_key``, ``header`` (method, loss, loss parameter, k,
         clusters, samples clustered, noise, objective = sum of the losses),
         ``clusters`` (per cluster, by id: ``cluster``, ``name``, ``size``,
-        ``compactness`` (mean loss to the center), ``thumbnails`` and, with ``gt_field``, ``majority_class`` and
-        ``purity``), ``noise`` (HDBSCAN's -1: ``{"size": n}`` or None) and
-        ``evaluation`` (None without ``gt_field``)
+        ``compactness`` (mean loss to the center), ``thumbnails`` and, with
+        ``gt_field``, ``majority_class`` and ``purity``), ``noise`` (HDBSCAN's
+        -1: ``{"size": n}`` or None) and ``evaluation`` (None without
+        ``gt_field``)
     """
     dataset = samples._root_dataset
     config = cr.get_clustering_run_config(dataset, run_key)
