@@ -59,6 +59,8 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 3
 MAX_NAME_CHARS = 60
 OFFLINE_TOP_K = 5
+#: the provider recorded for a name given by hand (:func:`clustering.set_cluster_name`)
+HAND_WRITTEN = "hand-written"
 
 # formats the vision endpoints accept as-is -> MIME type
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -192,15 +194,17 @@ def parse_reply(text):
     raise ValueError(f"no JSON name in reply: {text[:200]!r}")
 
 
-def make_unique(raw_names):
+def make_unique(raw_names, keep=()):
     """``{cluster: name}`` with names shared by several clusters (ignoring
-    case) suffixed by their cluster ids: ``"dogs (3)"``, ``"dogs (7)"``."""
+    case) suffixed by their cluster ids: ``"dogs (3)"``, ``"dogs (7)"``; the
+    names of the clusters in ``keep`` (hand-written) stay as they are."""
     groups = {}
     for c, name in raw_names.items():
         groups.setdefault(name.casefold(), []).append(c)
     out = {}
     for c, name in raw_names.items():
-        out[c] = f"{name} ({c})" if len(groups[name.casefold()]) > 1 else name
+        shared = len(groups[name.casefold()]) > 1
+        out[c] = f"{name} ({c})" if shared and c not in keep else name
     return out
 
 
@@ -424,6 +428,21 @@ def _validate(provider, num_images, max_side, max_concurrency, timeout, max_retr
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds; got {timeout!r}")
+
+
+def ensure_name_field(dataset, run_key, results):
+    """The run's name field: created (a string field) and recorded as the
+    run config's ``name_field`` (so deleting or renaming the run handles it)
+    if needed."""
+    import fiftyone as fo
+
+    name_field = _name_field(dataset, run_key, results.config)
+    if getattr(results.config, "name_field", None) != name_field:
+        results.config.name_field = name_field
+        results.save_config()
+    if not dataset.has_field(name_field):
+        dataset.add_sample_field(name_field, fo.StringField)
+    return name_field
 
 
 def _name_field(dataset, run_key, config):
@@ -664,8 +683,6 @@ def _run_openai(todo, selected, paths, sizes, client_kwargs, max_side, max_concu
 def _store(dataset, run_key, results, name_field, provider, summary, outcomes,
            old_names, old_raw, old_desc, naming):
     """Merges new names into the results and writes the name field by sample id."""
-    import fiftyone as fo
-
     raw = {c: old_raw.get(c) or old_names[c] for c in old_names if old_names.get(c)}
     descriptions = dict(old_desc)
     for c, o in outcomes.items():
@@ -677,7 +694,6 @@ def _store(dataset, run_key, results, name_field, provider, summary, outcomes,
                 descriptions.pop(str(c), None)
     valid = {str(c) for c in results.cluster_ids()}
     raw = {c: n for c, n in raw.items() if c in valid}
-    names = make_unique(dict(sorted(raw.items(), key=lambda kv: int(kv[0]))))
 
     per_cluster = dict(naming.get("clusters") or {})
     for c, o in outcomes.items():
@@ -697,6 +713,8 @@ def _store(dataset, run_key, results, name_field, provider, summary, outcomes,
         else:  # keep how the existing name was made; note the failed attempt
             per_cluster[str(c)] = dict(per_cluster[str(c)], last_error=o.get("error"))
 
+    hand_written = {c for c, entry in per_cluster.items() if entry.get("provider") == HAND_WRITTEN}
+    names = make_unique(dict(sorted(raw.items(), key=lambda kv: int(kv[0]))), keep=hand_written)
     results.names = names
     results.descriptions = {c: d for c, d in descriptions.items() if c in names}
     named_now = any(o.get("name") for o in outcomes.values())
@@ -712,11 +730,7 @@ def _store(dataset, run_key, results, name_field, provider, summary, outcomes,
     }
     dataset.save_run_results(run_key, results, overwrite=True)
 
-    if getattr(results.config, "name_field", None) != name_field:
-        results.config.name_field = name_field
-        results.save_config()  # update_run_config: delete/rename also handle it
-    if not dataset.has_field(name_field):
-        dataset.add_sample_field(name_field, fo.StringField)
+    ensure_name_field(dataset, run_key, results)
     existing = set(dataset.select(list(results.sample_ids)).values("id"))
     values = {
         sid: names.get(str(int(label))) if label >= 0 else None

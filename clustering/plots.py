@@ -197,24 +197,29 @@ def sizes_figure(summary):
     return {"data": data, "layout": layout}
 
 
-def scatter_figure(points, labels, title, max_points=5000, random_state=0, names=None):
-    """2-d scatter colored by cluster (at most ``max_points`` drawn, sampled)."""
+def scatter_figure(points, labels, title, max_points=5000, random_state=0, names=None, ids=None):
+    """2-d scatter colored by cluster (at most ``max_points`` drawn, sampled).
+    With ``ids`` (one per point), each trace carries its points' ids (Plotly's
+    ``ids``, which the App passes to a panel's selection handler)."""
     points = np.asarray(points, dtype=float)
     labels = np.asarray(labels)
+    ids = None if ids is None else np.asarray(ids)
     if len(points) > max_points:
         keep = np.sort(np.random.default_rng(random_state).choice(len(points), max_points, replace=False))
         points, labels = points[keep], labels[keep]
+        ids = None if ids is None else ids[keep]
     names = names or {}
     data = []
     for i, c in enumerate(np.unique(labels)):
         m = labels == c
         name = f"cluster {c}" + (f" {names[str(c)]}" if names.get(str(c)) else "")
-        data.append(
-            {
-                "type": "scattergl", "mode": "markers", "name": name,
-                "x": points[m, 0].round(4).tolist(), "y": points[m, 1].round(4).tolist(),
-                "marker": {"size": 5, "color": "#999999" if int(c) < 0 else color(i)},
-            }
-        )
+        trace = {
+            "type": "scattergl", "mode": "markers", "name": name,
+            "x": points[m, 0].round(4).tolist(), "y": points[m, 1].round(4).tolist(),
+            "marker": {"size": 5, "color": "#999999" if int(c) < 0 else color(i)},
+        }
+        if ids is not None:
+            trace["ids"] = ids[m].tolist()
+        data.append(trace)
     layout = _layout(title, "dim 1", "dim 2", height=480, showlegend=True)
     return {"data": data, "layout": layout}

@@ -116,7 +116,10 @@ class ClusteringResults(fors.RunResults):
     ``representatives`` ({cluster id (str): [sample ids, best first]}),
     ``timings`` (seconds per stage), ``names`` ({cluster id (str): name}),
     ``pca_mean`` and ``pca_components`` (a PCA reduction, to map new samples;
-    None otherwise).
+    None otherwise), and after curation (:mod:`clustering.curation`)
+    ``edits`` (the actions applied, oldest first). ``centers`` and
+    ``cluster_sizes`` are indexed by cluster id: an id retired by a merge or a
+    split keeps a NaN center row and size 0.
     """
 
     def serialize(self, reflective=False):

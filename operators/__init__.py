@@ -1,10 +1,12 @@
 """Operators of the ``@imgclust/clustering`` plugin (thin wrappers over ``clustering``)."""
 
 from .clusters import ComputeClusters
+from .curation import AssignNewSamples, ClustersToLabels, MergeClusters, SetClusterName, SplitCluster, TagCluster
 from .embeddings import ComputeEmbeddings
 from .evaluation import ChooseK, CompareRuns, EvaluateRun, PlotSilhouette, RunSummary, VisualizeRun
 from .feature_maps import FeatureMapsPanel, ShowFeatureMaps
 from .labeling import LabelClusters
+from .panel import ClustersPanel
 from .runs import DeleteRun, GetRunInfo, LoadRunView, RenameRun
 
 OPERATORS = [
@@ -15,6 +17,12 @@ OPERATORS = [
     RenameRun,
     DeleteRun,
     LabelClusters,
+    SetClusterName,
+    MergeClusters,
+    SplitCluster,
+    AssignNewSamples,
+    ClustersToLabels,
+    TagCluster,
     ChooseK,
     EvaluateRun,
     CompareRuns,
@@ -24,4 +32,4 @@ OPERATORS = [
     ShowFeatureMaps,
 ]
 
-PANELS = [FeatureMapsPanel]
+PANELS = [ClustersPanel, FeatureMapsPanel]

@@ -1,0 +1,507 @@
+"""Curating a clustering run: name, merge and split clusters, assign new
+samples, turn clusters into labels, tag a cluster's samples.
+
+Every action keeps the run consistent, as if it had been computed that way:
+its fields (``{run_key}_cluster``, ``_loss``, ``_rep`` and ``_name``), its
+results (labels, per-sample losses, centers, sizes, representatives,
+objective, names) and its config (``k``, ``num_clustered``) change together;
+only the values that change are written (through :mod:`clustering.storage`),
+and nothing outside the run's own fields changes (but for :func:`to_labels`,
+which writes the label field it is given, and :func:`tag_cluster`, which
+tags samples). Bad input raises ``ValueError`` naming the problem before
+anything is written.
+
+Cluster ids are stable. ``results.centers`` and ``results.cluster_sizes`` are
+indexed by cluster id; a cluster merged into another, or split, is retired:
+its center row is NaN, its size 0, it is absent from
+``results.cluster_ids()``, and its id is never given out again (a split's
+clusters get new ids from ``len(results.centers)`` on).
+
+A center recomputed here (merge, split) is the minimizer of its members'
+summed loss under the run's loss (the scikit-learn methods' loss is the
+squared distance, whose minimizer is the mean), found by the loss's own center
+update from the best starting point at hand; every member's loss is then its
+loss to that center. :func:`assign_new_samples` does not move centers (like
+``predict``).
+
+Every action is recorded in ``results.edits``: a list of
+``{"action", "params", "outcome", "timestamp"}`` (UTC, ISO 8601).
+"""
+
+import time
+
+import numpy as np
+
+from . import features as cf
+from . import runs as cr
+from . import storage
+from .api import _representative_ranks, load_clustering_results, patches_field_of
+from .labeling import HAND_WRITTEN, default_name_field, ensure_name_field, make_unique
+from .losses import get_loss
+from .methods import get_method
+
+# clusters listed by name in an error message
+_MAX_LISTED = 30
+
+
+def set_cluster_name(samples, run_key, cluster, name, description=None):
+    """Gives cluster ``cluster`` of run ``run_key`` a hand-written name (and
+    optional description), stored in ``results.names`` and the run's
+    ``{run_key}_name`` field. Hand-written names are kept verbatim by
+    :func:`clustering.label_clusters` unless it runs with ``overwrite=True``.
+
+    Returns:
+        the names of all clusters, ``{cluster id (str): name}``
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be a non-empty string; got {name!r}")
+    if description is not None and not isinstance(description, str):
+        raise ValueError(f"description must be a string or None; got {description!r}")
+    edit = _RunEdit(samples, run_key, "set_cluster_name", images_only=True)
+    c = edit.cluster(cluster)
+    name = " ".join(name.split())
+    edit.raw_names[str(c)] = name
+    edit.provenance[str(c)] = {"provider": HAND_WRITTEN, "time": _now()}
+    if description and description.strip():
+        edit.descriptions[str(c)] = " ".join(description.split())
+    else:
+        edit.descriptions.pop(str(c), None)
+    edit.save({"cluster": c, "name": name, "description": description})
+    return dict(edit.results.names)
+
+
+def merge_clusters(samples, run_key, clusters):
+    """Merges ``clusters`` (two or more ids) of run ``run_key`` into the
+    smallest of them; the other ids are retired (see the module docstring),
+    and the merged cluster keeps the smallest id's name.
+
+    Returns:
+        the merged cluster's id
+    """
+    edit = _RunEdit(samples, run_key, "merge_clusters")
+    if isinstance(clusters, (str, bytes)) or not hasattr(clusters, "__iter__"):
+        raise ValueError(f"clusters must be a list of cluster ids; got {clusters!r}")
+    clusters = list(clusters)
+    ids = sorted({edit.cluster(c) for c in clusters})
+    if len(ids) < 2:
+        raise ValueError(f"Merging needs at least two different clusters; got {clusters!r}")
+    target = ids[0]
+    members = np.flatnonzero(np.isin(edit.labels, ids))
+    X = edit.features(members)
+    loss, param = edit.loss()
+    # from the best of the old centers (a non-convex loss such as correntropy
+    # has local minimizers)
+    start = edit.centers[ids][np.argmin(_pairwise(loss, param, X, edit.centers[ids]).sum(axis=0))]
+    centers, losses = _minimizers(loss, param, X, np.zeros(len(members), dtype=np.int64), start[None])
+    edit.labels[members] = target
+    edit.losses[members] = losses
+    edit.centers[target] = centers[0]
+    for c in ids[1:]:
+        edit.retire(c)
+    edit.touched.add(target)
+    edit.save({"clusters": ids}, {"cluster": target, "size": len(members)})
+    return target
+
+
+def split_cluster(samples, run_key, cluster, k=2):
+    """Re-clusters the members of ``cluster`` into ``k`` clusters with the
+    run's method, loss (and its parameter) and features (the run's embeddings
+    field, normalized / reduced as the run did). The new clusters get new ids
+    (from ``len(results.centers)`` on); ``cluster`` is retired with its name.
+    Runs on an embeddings array (no field), UMAP runs and HDBSCAN runs (which
+    choose their own number of clusters) are refused.
+
+    Returns:
+        the new cluster ids
+    """
+    edit = _RunEdit(samples, run_key, "split_cluster")
+    c = edit.cluster(cluster)
+    method = get_method(edit.config.method)
+    if not method.needs_k:
+        raise ValueError(
+            f"Run '{run_key}' uses {edit.config.method}, which chooses its own number of "
+            "clusters; split_cluster needs a method with k"
+        )
+    members = np.flatnonzero(edit.labels == c)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"k must be an integer >= 2; got {k!r}")
+    if k > len(members):
+        raise ValueError(f"Cannot split cluster {c} into k={k} clusters: it has {len(members)} members")
+    X = edit.features(members)
+    params = {n: getattr(edit.config, n) for n in method.defaults if getattr(edit.config, n, None) is not None}
+    params.pop("device", None)  # where the run was computed is not part of the result
+    out = method.fit(X, int(k), method.resolve_params(params))
+    parts, local = np.unique(np.asarray(out.labels), return_inverse=True)
+    if len(parts) < 2:
+        raise ValueError(f"Cluster {c} cannot be split: {edit.config.method} found a single cluster in it")
+    loss, param = edit.loss()
+    centers, losses = _minimizers(loss, param, X, local, np.asarray(out.centers, dtype=np.float32)[parts])
+    new = edit.new_clusters(centers)
+    edit.retire(c)
+    edit.labels[members] = np.asarray(new)[local]
+    edit.losses[members] = losses
+    edit.touched.update(new)
+    edit.save({"cluster": c, "k": int(k)}, {"clusters": new, "sizes": np.bincount(local).tolist()})
+    return new
+
+
+def assign_new_samples(samples, run_key):
+    """Gives each sample of ``samples`` that has the run's features but is not
+    in the run (for example added after it) the cluster of the nearest center
+    under the run's loss, after the run's normalization / PCA. Labels of the
+    run's samples never change and centers do not move. Runs on an embeddings
+    array, UMAP runs and HDBSCAN runs (density-based, with noise) are refused.
+    For a run on patches, ``samples`` is a patches view of the same field.
+
+    Returns:
+        how many samples were assigned
+    """
+    edit = _RunEdit(samples, run_key, "assign_new_samples")
+    config = edit.config
+    if config.method == "hdbscan":
+        raise ValueError(
+            f"Run '{run_key}' uses HDBSCAN, whose clusters are density-based (with noise) "
+            "rather than nearest-center; recompute the run to include new samples"
+        )
+    if patches_field_of(samples) != getattr(config, "patches_field", None):
+        what = f"a patches view of '{config.patches_field}'" if config.patches_field else "images, not patches"
+        raise ValueError(f"Run '{run_key}' clusters {what}; pass such a collection")
+    field = edit.embeddings_field()
+    cf.validate_embeddings_field(samples, field)
+    known = set(edit.ids)
+    new_ids = [i for i in samples.exists(field).values("id") if i not in known]
+    if not new_ids:
+        return 0
+    X = edit.transform(samples.select(new_ids), new_ids)
+    loss, param = edit.loss()
+    live = np.asarray(edit.cluster_ids(), dtype=np.int64)
+    nearest = live[np.argmin(_pairwise(loss, param, X, edit.centers[live]), axis=1)]
+    edit.append(new_ids, nearest, _losses_to(loss, param, X, edit.centers[nearest]))
+    edit.touched.update(int(c) for c in np.unique(nearest))
+    edit.save({}, {"assigned": len(new_ids)})
+    return len(new_ids)
+
+
+def to_labels(samples, run_key, label_field, use_names=True, overwrite=False):
+    """Writes a ``fo.Classification`` in ``label_field`` for each sample of
+    ``samples`` in a cluster of run ``run_key``: label = the cluster's name
+    (``use_names``) or ``cluster_<id>``; confidence = the share of the
+    cluster's members whose loss is at least the sample's (1 for the member
+    nearest its center, 1/size for the farthest). HDBSCAN noise gets no label.
+    ``label_field`` is the user's, not the run's: deleting the run keeps it.
+    An existing field is refused unless ``overwrite`` (then it must be a
+    Classification field; only the run's samples in ``samples`` are written).
+
+    Returns:
+        how many labels were written
+    """
+    import fiftyone as fo
+
+    edit = _RunEdit(samples, run_key, "to_labels", images_only=True)
+    dataset = edit.dataset
+    if not isinstance(label_field, str) or not label_field.isidentifier():
+        raise ValueError(f"Invalid label_field {label_field!r}: use a Python identifier")
+    run_fields = {*cr.default_fields(run_key).values(), default_name_field(run_key)}
+    run_fields |= {getattr(edit.config, k, None) for k in cr.FIELD_KEYS}
+    if label_field in run_fields:
+        raise ValueError(f"Field '{label_field}' is a field of run '{run_key}'; choose another label_field")
+    if dataset.has_field(label_field):
+        if not overwrite:
+            raise ValueError(
+                f"Field '{label_field}' already exists; pass overwrite=True to replace its "
+                "labels on the run's samples, or choose another label_field"
+            )
+        ftype = dataset.get_field(label_field)
+        if not (isinstance(ftype, fo.EmbeddedDocumentField) and issubclass(ftype.document_type, fo.Classification)):
+            raise ValueError(
+                f"Field '{label_field}' has type {type(ftype).__name__}, not Classification; "
+                "choose another label_field"
+            )
+    names = edit.results.names if use_names else {}
+    confidence = _confidence(edit.labels, edit.losses)
+    present = set(samples.values("id"))
+    values = {}
+    for i, (sid, c) in enumerate(zip(edit.ids, edit.labels.tolist())):
+        if sid in present:
+            label = names.get(str(c)) or f"cluster_{c}"
+            values[sid] = fo.Classification(label=label, confidence=float(confidence[i])) if c >= 0 else None
+    if not dataset.has_field(label_field):
+        dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+    storage.write_fields(dataset, {label_field: values})
+    written = sum(v is not None for v in values.values())
+    edit.save({"label_field": label_field, "use_names": bool(use_names), "overwrite": bool(overwrite)}, {"labels": written})
+    return written
+
+
+def tag_cluster(samples, run_key, cluster, tags):
+    """Adds the sample tag(s) ``tags`` to the members of ``cluster`` that are in
+    ``samples``; returns how many samples that is."""
+    return _edit_tags(samples, run_key, cluster, tags, "tag_cluster")
+
+
+def untag_cluster(samples, run_key, cluster, tags):
+    """Removes the sample tag(s) ``tags`` from the members of ``cluster`` that
+    are in ``samples``; returns how many samples that is."""
+    return _edit_tags(samples, run_key, cluster, tags, "untag_cluster")
+
+
+def _edit_tags(samples, run_key, cluster, tags, action):
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
+    if not tags or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise ValueError(f"tags must be a non-empty string or list of non-empty strings; got {tags!r}")
+    edit = _RunEdit(samples, run_key, action, images_only=True)
+    c = edit.cluster(cluster)
+    present = set(samples.values("id"))
+    ids = [edit.ids[i] for i in np.flatnonzero(edit.labels == c) if edit.ids[i] in present]
+    view = edit.dataset.select(ids)
+    if action == "tag_cluster":
+        view.tag_samples(tags)
+    else:
+        view.untag_samples(tags)
+    edit.save({"cluster": c, "tags": tags}, {"samples": len(ids)})
+    return len(ids)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _confidence(labels, losses):
+    """Per sample: the share of its cluster's members with a loss at least its own."""
+    out = np.zeros(len(labels))
+    for c in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == c)
+        values = np.nan_to_num(losses[members], nan=np.inf)
+        smaller = np.searchsorted(np.sort(values), values, side="left")
+        out[members] = 1.0 - smaller / len(members)
+    return out
+
+
+def _tensor(X):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+
+
+def _pairwise(loss, param, X, C, chunk=4096):
+    """(n, k) loss of every row of X to every row of C."""
+    Ct = _tensor(C)
+    return np.concatenate(
+        [loss.pairwise(_tensor(X[s : s + chunk]), Ct, param).double().numpy() for s in range(0, len(X), chunk)]
+    )
+
+
+def _losses_to(loss, param, X, C):
+    """Loss of each row of X to the matching row of C."""
+    return loss.loss(_tensor(X), _tensor(C), param).double().numpy()
+
+
+def _minimizers(loss, param, X, labels, start):
+    """``(centers, losses)``: each cluster's minimizer of its members' summed
+    loss (by the loss's center update from ``start``, one row per cluster;
+    ``labels`` index them), and each row's loss to its center."""
+    import torch
+
+    C = loss.update_centers(_tensor(X), torch.from_numpy(labels.astype(np.int64)), _tensor(start), param)
+    C = C.numpy().astype(np.float32)
+    return C, _losses_to(loss, param, X, C[labels])
+
+
+class _RunEdit:
+    """A copy of a run's state that one action edits in memory; :meth:`save`
+    then writes what changed and records the action."""
+
+    def __init__(self, samples, run_key, action, images_only=False):
+        self.dataset = dataset = samples._root_dataset
+        config = cr.get_clustering_run_config(dataset, run_key)
+        if getattr(config, "status", "completed") != "completed":
+            raise ValueError(f"Run '{run_key}' is incomplete (interrupted while writing); delete it and recompute")
+        if images_only:
+            cr.require_sample_run(config, run_key, action)
+        self.run_key, self.action = run_key, action
+        self.results = results = load_clustering_results(dataset, run_key)
+        self.config = results.config
+        self.ids = list(results.sample_ids)
+        self.labels = np.array(results.labels, dtype=np.int64)
+        self.losses = np.array(results.sample_losses, dtype=np.float64)
+        self.centers = np.array(results.centers, dtype=np.float32)
+        naming = getattr(results, "naming", None) or {}
+        raw = naming.get("raw_names") or {}
+        names = getattr(results, "names", None) or {}
+        self.raw_names = {c: raw.get(c) or n for c, n in names.items() if n}
+        self.provenance = dict(naming.get("clusters") or {})
+        self.descriptions = dict(getattr(results, "descriptions", None) or {})
+        self.touched = set()  # clusters whose members or losses changed
+
+    # -- reading
+    def cluster_ids(self):
+        return sorted(int(c) for c in np.unique(self.labels) if c >= 0)
+
+    def cluster(self, value):
+        """``value`` checked to be a cluster of the run."""
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"A cluster id must be an integer; got {value!r}")
+        ids = self.cluster_ids()
+        if int(value) not in ids:
+            listed = ", ".join(map(str, ids[:_MAX_LISTED])) + (", ..." if len(ids) > _MAX_LISTED else "")
+            what = "is HDBSCAN noise, not a cluster" if value == -1 else "does not exist"
+            raise ValueError(f"Cluster {value} of run '{self.run_key}' {what}; its clusters are {listed}")
+        return int(value)
+
+    def loss(self):
+        """The run's loss and its parameter (scikit-learn methods: squared)."""
+        return get_loss(getattr(self.config, "loss", None) or "squared"), getattr(self.config, "loss_param", None)
+
+    def embeddings_field(self):
+        """The run's embeddings field, refusing runs whose features cannot be rebuilt."""
+        field = getattr(self.config, "embeddings_field", None)
+        if not field:
+            raise ValueError(
+                f"Run '{self.run_key}' was clustered on an embeddings array passed in Python, "
+                f"not on a field, so {self.action} cannot read its features; store the array "
+                "in a vector field and recompute the run with embeddings=<field>"
+            )
+        if (getattr(self.config, "reduction", None) or "none") == "umap":
+            raise ValueError(
+                f"Run '{self.run_key}' reduced its embeddings with UMAP, which cannot be "
+                f"re-applied outside the process that fitted it, so {self.action} cannot map "
+                "samples into its feature space; recompute the run with reduction 'pca' or 'none'"
+            )
+        return field
+
+    def transform(self, collection, ids):
+        """The run's features (normalized / reduced as the run did) of ``ids``
+        of ``collection``, in that order."""
+        field = self.embeddings_field()
+        found, X, _ = storage.read_embeddings(collection, field)
+        row = dict(zip(found, range(len(found))))
+        lost = [i for i in ids if i not in row]
+        if lost:
+            raise ValueError(
+                f"{len(lost)} samples of run '{self.run_key}' no longer exist or have no "
+                f"embeddings in '{field}'; recompute the run"
+            )
+        X = X[[row[i] for i in ids]]
+        expected = getattr(self.config, "input_dim", X.shape[1])
+        if X.shape[1] != expected:
+            raise ValueError(
+                f"The embeddings in '{field}' have dimension {X.shape[1]} but run "
+                f"'{self.run_key}' clustered dimension {expected}; recompute the run"
+            )
+        results = self.results
+        transform = cf.FeatureTransform.from_state(
+            self.config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
+        )
+        if transform.reduction == "pca" and transform.pca_components_ is None:
+            raise ValueError(f"Run '{self.run_key}' does not store its PCA; recompute the run")
+        return transform.transform(X)
+
+    def features(self, rows):
+        """The run's features of its samples at positions ``rows``."""
+        ids = [self.ids[i] for i in rows]
+        patches_field = getattr(self.config, "patches_field", None)
+        collection = self.dataset.to_patches(patches_field) if patches_field else self.dataset
+        return self.transform(collection.select(ids), ids)
+
+    # -- editing
+    def retire(self, c):
+        """Cluster ``c`` no longer exists: no center, no name."""
+        self.centers[c] = np.nan
+        for d in (self.raw_names, self.provenance, self.descriptions):
+            d.pop(str(c), None)
+
+    def new_clusters(self, centers):
+        """Ids for new clusters with ``centers`` (ids never used by the run)."""
+        first = len(self.centers)
+        self.centers = np.concatenate([self.centers, np.asarray(centers, dtype=np.float32)])
+        return list(range(first, len(self.centers)))
+
+    def append(self, ids, labels, losses):
+        self.ids += list(ids)
+        self.labels = np.concatenate([self.labels, labels])
+        self.losses = np.concatenate([self.losses, losses])
+
+    # -- storing
+    def _representatives(self):
+        """{cluster (str): [ids, best first]}: stored for untouched clusters,
+        re-ranked for touched ones."""
+        live = set(self.cluster_ids())
+        reps = {c: ids for c, ids in self.results.representatives.items() if int(c) in live - self.touched}
+        rows = np.flatnonzero(np.isin(self.labels, sorted(self.touched)))
+        n = int(getattr(self.config, "num_representatives", 5))
+        _, best = _representative_ranks(self.labels[rows], np.nan_to_num(self.losses[rows], nan=np.inf), n)
+        reps.update({str(c): [self.ids[rows[i]] for i in idx] for c, idx in best.items()})
+        return dict(sorted(reps.items(), key=lambda kv: int(kv[0])))
+
+    def save(self, params, outcome=None):
+        """Writes the changed field values, then the results and config, and
+        records the action with ``params`` and ``outcome``."""
+        results, config = self.results, self.config
+        old_ids = list(results.sample_ids)
+        old_labels = np.asarray(results.labels, dtype=np.int64)
+        old_losses = np.asarray(results.sample_losses, dtype=np.float64)
+        n_old = len(old_ids)
+        labels = self.labels.tolist()
+
+        new = np.arange(len(self.ids)) >= n_old
+        relabeled = new.copy()
+        relabeled[:n_old] |= self.labels[:n_old] != old_labels
+        reloss = new.copy()
+        same = (self.losses[:n_old] == old_losses) | (np.isnan(self.losses[:n_old]) & np.isnan(old_losses))
+        reloss[:n_old] |= ~same
+
+        reps = self._representatives()
+        old_rank = {i: r for ids in results.representatives.values() for r, i in enumerate(ids, 1)}
+        rank = {i: r for ids in reps.values() for r, i in enumerate(ids, 1)}
+        manual = {c for c, p in self.provenance.items() if p.get("provider") == HAND_WRITTEN}
+        names = make_unique(dict(sorted(self.raw_names.items(), key=lambda kv: int(kv[0]))), keep=manual)
+        old_names = getattr(results, "names", None) or {}
+
+        columns = {
+            config.label_field: {self.ids[i]: labels[i] for i in np.flatnonzero(relabeled)},
+            config.loss_field: {
+                self.ids[i]: (float(self.losses[i]) if np.isfinite(self.losses[i]) else None)
+                for i in np.flatnonzero(reloss)
+            },
+            config.rep_field: {i: rank.get(i) for i in set(old_rank) | set(rank) if old_rank.get(i) != rank.get(i)},
+        }
+        if names or getattr(config, "name_field", None):
+            name_field = ensure_name_field(self.dataset, self.run_key, results)
+            old = [old_names.get(str(c)) for c in old_labels.tolist()] + [None] * (len(self.ids) - n_old)
+            columns[name_field] = {
+                sid: names.get(str(c))
+                for sid, c, before in zip(self.ids, labels, old)
+                if names.get(str(c)) != before
+            }
+        storage.write_fields(
+            self.dataset, {path: values for path, values in columns.items() if values},
+            patches_field=getattr(config, "patches_field", None),
+        )
+
+        live = self.cluster_ids()
+        naming = dict(getattr(results, "naming", None) or {})
+        naming["raw_names"] = dict(self.raw_names)
+        naming["clusters"] = self.provenance
+        naming["errors"] = {c: e for c, e in (naming.get("errors") or {}).items() if int(c) in live}
+        results.sample_ids = list(self.ids)
+        results.labels = self.labels
+        results.sample_losses = self.losses
+        results.centers = self.centers
+        results.cluster_sizes = np.bincount(self.labels[self.labels >= 0], minlength=len(self.centers))
+        results.objective = float(np.nansum(self.losses))
+        results.representatives = reps
+        results.names = names
+        results.descriptions = {c: d for c, d in self.descriptions.items() if c in names}
+        results.naming = naming
+        record = {"action": self.action, "params": params, "outcome": outcome or {}, "timestamp": _now()}
+        results.edits = list(getattr(results, "edits", None) or []) + [record]
+        self.dataset.save_run_results(self.run_key, results, overwrite=True)
+
+        if getattr(config, "k", None) is not None:
+            config.k = len(live)
+        config.num_clustered = len(self.ids)
+        self.dataset.update_run_config(self.run_key, config)
