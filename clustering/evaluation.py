@@ -244,7 +244,7 @@ def choose_k(
         columns), ``best`` (k picked by each criterion), ``recommended_k`` and
         ``reason``, plus what was run
     """
-    from .api import _load_features
+    from .api import read_features
 
     method_obj = get_method(method)
     if not method_obj.needs_k:
@@ -262,7 +262,8 @@ def choose_k(
 
     with progress_or_bar(progress, "Choosing k") as report:
         report(0.0, "loading features")
-        ids, X, missing, source = _load_features(samples, embeddings, None, None)
+        vectors, source = read_features(samples, embeddings)
+        X, missing = vectors.X, vectors.missing_ids
         n = len(X)
         if k_max > n - 1:
             raise ValueError(f"k_max={k_max} must be at most n - 1 = {n - 1} (samples with embeddings)")

@@ -191,16 +191,22 @@ def test_existing_key_needs_overwrite(pixel_dataset, plugin_operator):
     assert len(set(pixel_dataset.values("c_cluster"))) == 4
 
 
-def test_failed_write_leaves_no_fields_or_run(pixel_dataset, monkeypatch, fo):
+def _update_then_fail(monkeypatch, error):
+    """Makes the bulk writer apply half of its first update command, then fail."""
+    from clustering import storage
+
+    original = storage._update
+
+    def update(collection, statements):
+        original(collection, statements[: len(statements) // 2])
+        raise error
+
+    monkeypatch.setattr(storage, "_update", update)
+
+
+def test_failed_write_leaves_no_fields_or_run(pixel_dataset, monkeypatch):
     fields = set(pixel_dataset.get_field_schema())
-    original = fo.Dataset.set_values
-
-    def failing_set_values(self, field, *args, **kwargs):
-        if field == "c_loss":
-            raise RuntimeError("disk full")
-        return original(self, field, *args, **kwargs)
-
-    monkeypatch.setattr(fo.Dataset, "set_values", failing_set_values)
+    _update_then_fail(monkeypatch, RuntimeError("disk full"))
     with pytest.raises(RuntimeError, match="disk full"):
         clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
     _assert_nothing_written(pixel_dataset, fields)
@@ -257,14 +263,7 @@ def test_pca_and_normalization_are_recorded(pixel_dataset):
 def test_run_killed_while_writing_is_marked_incomplete_and_deletable(pixel_dataset, monkeypatch, fo):
     """A hard kill cannot run cleanup: the run is then registered as incomplete
     and delete_run removes it with its fields."""
-    original = fo.Dataset.set_values
-
-    def killed(self, field, *args, **kwargs):
-        if field == "c_rep":
-            raise KeyboardInterrupt  # stands for a kill: we skip the cleanup below
-        return original(self, field, *args, **kwargs)
-
-    monkeypatch.setattr(fo.Dataset, "set_values", killed)
+    _update_then_fail(monkeypatch, KeyboardInterrupt())  # stands for a kill: we skip the cleanup below
     monkeypatch.setattr(fo.Dataset, "delete_run", lambda self, key: None)
     with pytest.raises(KeyboardInterrupt):
         clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)

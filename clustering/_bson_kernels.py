@@ -1,0 +1,240 @@
+"""numba kernels that decode raw BSON batches of embeddings without Python
+objects per document.
+
+A batch is the bytes of consecutive documents ``{_id, s?, v?}`` as returned by
+``aggregate_raw_batches`` (see :mod:`clustering.storage`): ``_id`` the row's id,
+``s`` (patches) the id of the sample holding the label, ``v`` its vector. A
+vector is FiftyOne's zlib-compressed ``numpy.save`` bytes (``VectorField``,
+``ArrayField``), inflated by zlib's own ``uncompress`` called from the kernel,
+or a BSON array of numbers (``ListField``). Documents the kernel cannot decode
+exactly (an unusual dtype or shape, a non-numeric list) are flagged for the
+Python decoder, so the result is always that of FiftyOne's ``values()``.
+
+The kernels release the GIL, so batches decode on several threads while the
+next ones are fetched. They are unavailable (``AVAILABLE`` is False) without
+numba, with ``CLUSTERING_DISABLE_NUMBA`` set, or where zlib's shared library
+cannot be loaded; the Python decoder then does all the work.
+"""
+
+import ctypes.util
+import os
+
+import numpy as np
+
+try:
+    import llvmlite.binding as _llvm
+    import numba
+    from numba import njit, types
+except ImportError:  # pragma: no cover - torch-only installs
+    numba = None
+
+# status of a row after decoding
+MISSING, DECODED, PYTHON = 0, 1, 2
+# dtypes of numpy.save headers decoded by the kernel (code = index)
+DTYPES = ("<f4", "<f8", "<i8", "<i4")
+
+
+def _load_zlib():
+    """Makes zlib's ``uncompress`` callable from compiled code; its
+    ``ExternalFunction`` (linked by name, so the kernels stay cacheable), or None."""
+    if numba is None or os.environ.get("CLUSTERING_DISABLE_NUMBA"):
+        return None
+    path = ctypes.util.find_library("z")
+    if path is None:
+        return None
+    try:
+        _llvm.load_library_permanently(path)
+    except (OSError, RuntimeError):
+        return None
+    signature = types.int32(types.voidptr, types.voidptr, types.voidptr, types.uint64)
+    return types.ExternalFunction("uncompress", signature)
+
+
+_uncompress = _load_zlib()
+AVAILABLE = _uncompress is not None
+
+
+def npy_headers(dim):
+    """(headers, lengths): the ``numpy.save`` header of a ``(dim,)`` array of
+    each dtype of ``DTYPES``, one padded row each (the kernel's table)."""
+    import io
+
+    rows = []
+    for dtype in DTYPES:
+        with io.BytesIO() as f:
+            np.save(f, np.zeros(dim, dtype=dtype), allow_pickle=False)
+            data = f.getvalue()
+        rows.append(data[: len(data) - dim * np.dtype(dtype).itemsize])
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    table = np.zeros((len(rows), lengths.max()), dtype=np.uint8)
+    for i, r in enumerate(rows):
+        table[i, : len(r)] = np.frombuffer(r, dtype=np.uint8)
+    return table, lengths
+
+
+if AVAILABLE:
+
+    @njit(nogil=True, cache=True)
+    def _int32(buf, p):
+        return np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16) | (
+            np.int64(np.int8(buf[p + 3])) << 24
+        )
+
+    @njit(nogil=True, cache=True)
+    def index_docs(buf):
+        """Start offsets of the documents of a raw BSON batch."""
+        count = 0
+        pos = 0
+        while pos < len(buf):
+            count += 1
+            pos += _int32(buf, pos)
+        starts = np.empty(count, dtype=np.int64)
+        pos = 0
+        for i in range(count):
+            starts[i] = pos
+            pos += _int32(buf, pos)
+        return starts
+
+    @njit(nogil=True, cache=True)
+    def _key(buf, p, c0, c1):
+        """Whether the element name at ``p`` is the one- or two-letter name
+        ``c0 c1`` (c1 = 0 for one letter; ``_id`` is "_i" followed by "d")."""
+        if buf[p] != c0:
+            return False
+        if c1 == 0:
+            return buf[p + 1] == 0
+        return buf[p + 1] == c1 and buf[p + 2] == 100 and buf[p + 3] == 0  # "_id"
+
+    @njit(nogil=True, cache=True)
+    def _finite_row(X, row):
+        for j in range(X.shape[1]):
+            v = X[row, j]
+            if v != v or v == np.inf or v == -np.inf:
+                return False
+        return True
+
+    @njit(nogil=True, cache=True)
+    def _copy_npy(raw, offset, code, X, row):
+        d = X.shape[1]
+        if code == 0:
+            src = raw[offset : offset + 4 * d].view(np.float32)
+            for j in range(d):
+                X[row, j] = src[j]
+        elif code == 1:
+            src64 = raw[offset : offset + 8 * d].view(np.float64)
+            for j in range(d):
+                X[row, j] = np.float32(src64[j])
+        elif code == 2:
+            srci64 = raw[offset : offset + 8 * d].view(np.int64)
+            for j in range(d):
+                X[row, j] = np.float32(srci64[j])
+        else:
+            srci32 = raw[offset : offset + 4 * d].view(np.int32)
+            for j in range(d):
+                X[row, j] = np.float32(srci32[j])
+
+    @njit(nogil=True, cache=True)
+    def _decode_binary(buf, p, length, X, row, headers, header_lengths, itemsizes, scratch, out_length):
+        """Inflates FiftyOne's array bytes at ``buf[p:p + length]`` into
+        ``X[row]``; False when they are not a ``(d,)`` array of a known dtype."""
+        d = X.shape[1]
+        out_length[0] = len(scratch)
+        rc = _uncompress(scratch.ctypes.data, out_length.ctypes.data, buf[p:].ctypes.data, length)
+        if rc != 0:
+            return False
+        size = np.int64(out_length[0])
+        for code in range(len(header_lengths)):
+            hl = header_lengths[code]
+            if size != hl + itemsizes[code] * d:
+                continue
+            same = True
+            for j in range(hl):
+                if scratch[j] != headers[code, j]:
+                    same = False
+                    break
+            if same:
+                _copy_npy(scratch, hl, code, X, row)
+                return True
+        return False
+
+    @njit(nogil=True, cache=True)
+    def _decode_list(buf, p, X, row):
+        """A BSON array of numbers at ``p`` into ``X[row]`` (as numpy converts
+        Python floats and ints); False unless it holds exactly d numbers."""
+        d = X.shape[1]
+        end = p + _int32(buf, p) - 1
+        q = p + 4
+        j = 0
+        while q < end:
+            t = buf[q]
+            q += 1
+            while buf[q] != 0:  # the index key
+                q += 1
+            q += 1
+            if j >= d:
+                return False
+            if t == 1:
+                X[row, j] = np.float32(buf[q : q + 8].view(np.float64)[0])
+                q += 8
+            elif t == 16:
+                X[row, j] = np.float32(np.float64(_int32(buf, q)))
+                q += 4
+            elif t == 18:
+                X[row, j] = np.float32(np.float64(buf[q : q + 8].view(np.int64)[0]))
+                q += 8
+            else:
+                return False
+            j += 1
+        return j == d
+
+    @njit(nogil=True, cache=True)
+    def decode_vectors(buf, starts, dest, X, ids, sample_ids, status, headers, header_lengths, itemsizes, scratch):
+        """Decodes document ``i`` of ``buf`` into row ``dest[i]`` of ``X``, ``ids``
+        (12 id bytes), ``sample_ids`` (patches; may have no rows) and ``status``
+        (``DECODED``, ``MISSING`` or ``PYTHON``); ``dest[i] < 0`` skips it.
+        Returns the number of decoded rows with NaN or infinite values."""
+        out_length = np.zeros(1, dtype=np.uint64)
+        nonfinite = 0
+        for i in range(len(starts)):
+            row = dest[i]
+            if row < 0:
+                continue
+            pos = starts[i]
+            end = pos + _int32(buf, pos) - 1
+            p = pos + 4
+            state = MISSING
+            while p < end and state != PYTHON:
+                t = buf[p]
+                name = p + 1
+                p = name
+                while buf[p] != 0:
+                    p += 1
+                p += 1
+                if t == 7:  # an ObjectId: _id or s
+                    if _key(buf, name, 95, 105):
+                        for j in range(12):
+                            ids[row, j] = buf[p + j]
+                    elif len(sample_ids) and _key(buf, name, 115, 0):
+                        for j in range(12):
+                            sample_ids[row, j] = buf[p + j]
+                    p += 12
+                elif t == 10:  # null
+                    pass
+                elif not _key(buf, name, 118, 0):  # an element other than v
+                    state = PYTHON
+                elif t == 5:
+                    length = _int32(buf, p)
+                    ok = _decode_binary(
+                        buf, p + 5, length, X, row, headers, header_lengths, itemsizes, scratch, out_length
+                    )
+                    state = DECODED if ok else PYTHON
+                    p += 5 + length
+                elif t == 4:
+                    state = DECODED if _decode_list(buf, p, X, row) else PYTHON
+                    p += _int32(buf, p)
+                else:
+                    state = PYTHON
+            status[row] = state
+            if state == DECODED and not _finite_row(X, row):
+                nonfinite += 1
+        return nonfinite
