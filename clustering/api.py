@@ -128,7 +128,8 @@ def _features_source(samples, embeddings, model, progress):
         raise ValueError("Provide embeddings (a vector field name or an array) or a model")
 
     if model is not None:
-        from .embeddings import default_embeddings_field, ensure_embeddings
+        from .embeddings import ensure_embeddings
+        from .models import default_embeddings_field
 
         embeddings = embeddings or default_embeddings_field(model)
         patches_field = patches_field_of(samples)

@@ -22,6 +22,7 @@ import numpy as np
 from . import features as cf
 from . import metrics as cm
 from . import runs as cr
+from . import storage
 from .methods import get_method
 from .progress import progress_or_bar, scaled
 
@@ -99,17 +100,19 @@ def run_features(samples, run_key, embeddings=None):
                 "array as embeddings=, or store it in a vector field and recompute the run "
                 "with embeddings=<field>"
             )
-        dataset = samples._root_dataset
-        cf.validate_embeddings_field(dataset, field)
-        all_ids, values = dataset.values(["id", field])
-        lookup = dict(zip(all_ids, values))
-        missing = [i for i in run_ids if lookup.get(i) is None]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} samples of run '{run_key}' no longer have embeddings in "
-                f"'{field}'; recompute the run"
-            )
-        X = cf.as_matrix([lookup[i] for i in run_ids], source=f"embeddings in '{field}'")
+        vectors = storage.VectorReader(samples._root_dataset, field).read()
+        stored = storage.id_strings(vectors.ids)
+        if stored == run_ids:
+            X = vectors.X
+        else:
+            row_of = {i: r for r, i in enumerate(stored)}
+            missing = sum(i not in row_of for i in run_ids)
+            if missing:
+                raise ValueError(
+                    f"{missing} samples of run '{run_key}' no longer have embeddings in "
+                    f"'{field}'; recompute the run"
+                )
+            X = vectors.X[[row_of[i] for i in run_ids]]
         source = f"field '{field}'"
     reduction = getattr(config, "reduction", "none") or "none"
     transform = cf.FeatureTransform.from_state(

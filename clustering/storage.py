@@ -110,7 +110,7 @@ def _compact(X, keep):
     m, block = 0, 1 << 14
     for s in range(0, len(keep), block):
         rows = np.flatnonzero(keep[s : s + block]) + s
-        if len(rows) and rows[0] != m:
+        if len(rows) and rows[-1] != m + len(rows) - 1:  # not already in place
             X[m : m + len(rows)] = X[rows]
         m += len(rows)
     return m
@@ -454,7 +454,7 @@ def _label_statements(root, is_list, ids, sample_ids, order, bounds, columns, st
         if not values:
             continue
         values["last_modified_at"] = now
-        query = {"_id": ObjectId(sample_ids[rows[0]].tobytes())}
+        query = {"_id": ObjectId(sample_ids[rows[bounds[g] - lo]].tobytes())}
         statement = {"q": query, "u": {"$set": values}}
         if is_list:
             statement["arrayFilters"] = filters

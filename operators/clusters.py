@@ -78,7 +78,7 @@ def _features_inputs(ctx, inputs, target_view):
         field = ctx.params.get("embeddings") or fields[0]
         return field, target_view.exists(field).count()
 
-    from clustering.embeddings import available_models, default_embeddings_field
+    from clustering.models import available_models, default_embeddings_field
 
     models = available_models()
     inputs.enum("model", models, default=models[0], required=True, label="Model", view=types.DropdownView())

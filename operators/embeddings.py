@@ -6,6 +6,7 @@ import fiftyone.operators.types as types
 
 import clustering.backbones as bb
 import clustering.embeddings as ce
+import clustering.models as embedding_models
 import clustering.patches as cp
 
 from .common import add_delegate_input, execute_from_sdk, progress_callback
@@ -31,7 +32,7 @@ def _model_choices(models):
     view = types.DropdownView()
     for name in models:
         try:
-            description = ce.model_description(name)
+            description = embedding_models.model_description(name)
         except Exception:
             description = None
         view.add_choice(name, label=name, description=description)
@@ -72,7 +73,7 @@ def _patches_input(ctx, inputs, target):
 
 
 def _field_input(ctx, inputs, target, model, patches_field):
-    default = ce.default_embeddings_field(model)
+    default = embedding_models.default_embeddings_field(model)
     prop = inputs.str(
         "embeddings_field",
         default=default,
@@ -86,7 +87,7 @@ def _field_input(ctx, inputs, target, model, patches_field):
     )
     field = ctx.params.get("embeddings_field") or default
     try:
-        ce.validate_field_name(field)
+        embedding_models.validate_field_name(field)
     except ValueError as e:
         prop.invalid = True
         prop.error_message = str(e)
@@ -139,7 +140,7 @@ class ComputeEmbeddings(foo.Operator):
     def __call__(
         self,
         sample_collection,
-        model=ce.DEFAULT_MODEL,
+        model=embedding_models.DEFAULT_MODEL,
         embeddings_field="embeddings",
         patches_field=None,
         batch_size=None,
@@ -183,7 +184,7 @@ class ComputeEmbeddings(foo.Operator):
             types.Notice(label=f"{len(target)} samples will be embedded (fewer if not recomputing)"),
         )
 
-        models = ce.available_models()
+        models = embedding_models.available_models()
         inputs.enum(
             "model",
             models,
@@ -195,7 +196,7 @@ class ComputeEmbeddings(foo.Operator):
         )
         model = ctx.params.get("model") or models[0]
         if model in models:
-            inputs.view("model_info", types.Notice(label=ce.model_description(model)))
+            inputs.view("model_info", types.Notice(label=embedding_models.model_description(model)))
 
         patches_field = _patches_input(ctx, inputs, target)
         _field_input(ctx, inputs, target, model, patches_field)
