@@ -158,17 +158,11 @@ def read_features(samples, embeddings, progress=None):
 _FIT_BYTES_PER_VALUE, _FIT_BYTES_PER_SAMPLE = 6, 96
 #: share of the available memory a fit may plan to use
 _MEMORY_SHARE = 0.6
-#: bytes of features per chunk of the streamed assignment
+#: an automatic fit sample has at least this many rows per cluster
+_MIN_ROWS_PER_CLUSTER = 50
+#: bytes of features per chunk of the streamed assignment (at most a tenth of
+#: the available memory)
 _CHUNK_BYTES = 64 << 20
-
-
-def _fit_rows(count, dim):
-    """How many rows of ``dim`` features fit in the available memory (None:
-    unknown, assumed unlimited)."""
-    available = resources.available_memory()
-    if available is None:
-        return None
-    return int(_MEMORY_SHARE * available // (dim * _FIT_BYTES_PER_VALUE + _FIT_BYTES_PER_SAMPLE))
 
 
 def _check_fit_sample_size(method, fit_sample_size):
@@ -185,15 +179,27 @@ def _check_fit_sample_size(method, fit_sample_size):
     return int(fit_sample_size)
 
 
-def _plan_fit(method, count, dim, fit_sample_size):
+def _plan_fit(method, count, dim, k, fit_sample_size):
     """``(num_fit, streamed)``: fit on all ``count`` rows, or on a uniform
-    sample of ``num_fit`` rows then assign every row in streamed chunks."""
+    sample of ``num_fit`` rows then assign every row in streamed chunks.
+    ``"auto"`` fits on everything that fits in the available memory."""
     num_fit = _check_fit_sample_size(method, fit_sample_size)
-    if num_fit is None and method.can_assign:
-        num_fit = _fit_rows(count, dim)
+    available = resources.available_memory()
+    if num_fit is None and method.can_assign and available is not None:
+        fits = int(_MEMORY_SHARE * available // (dim * _FIT_BYTES_PER_VALUE + _FIT_BYTES_PER_SAMPLE))
+        num_fit = max(fits, _MIN_ROWS_PER_CLUSTER * (k or 1))
     if num_fit is None or num_fit >= count:
         return count, False
     return num_fit, True
+
+
+def _chunk_rows(dim):
+    """Rows per chunk of the streamed assignment."""
+    budget = _CHUNK_BYTES
+    available = resources.available_memory()
+    if available is not None:
+        budget = min(budget, available // 10)
+    return max(256, budget // (4 * dim))
 
 
 def _representative_ranks(labels, losses, n):
@@ -294,7 +300,7 @@ def compute_clusters(
         )
         if model is not None:
             timings["embed_s"] = time.perf_counter() - t0
-        num_fit, streamed = _plan_fit(method_obj, source.count, source.dim, fit_sample_size)
+        num_fit, streamed = _plan_fit(method_obj, source.count, source.dim, k, fit_sample_size)
         fit = _fit_sample_and_assign if streamed else _fit_all
         done = fit(source, num_fit, method_obj, k, params, transform, stages, timings)
         plan = {"fit_sample_size": requested_fit, "num_fit": done.num_fit, "streamed": streamed}
@@ -372,11 +378,10 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     del X
     timings["cluster_s"] = time.perf_counter() - t0
 
-    chunk_rows = max(1024, _CHUNK_BYTES // (4 * source.dim))
     parts = {"ids": [], "sample_ids": [], "missing": [], "labels": [], "losses": []}
     assigned, done = scaled(progress, 0.45, 0.75), 0
     t_read = time.perf_counter()
-    for chunk in source.chunks(chunk_rows):
+    for chunk in source.chunks(_chunk_rows(source.dim)):
         t0 = time.perf_counter()
         timings["read_s"] += t0 - t_read
         if len(chunk.ids):

@@ -153,6 +153,17 @@ def _method_inputs(ctx, inputs, n_available):
         inputs.int("min_samples", label="Min samples (optional)")
     if "random_state" in method.defaults:
         inputs.int("random_state", default=51, label="Seed")
+    if method.can_assign:
+        inputs.int(
+            "fit_sample_size",
+            min=1,
+            label="Fit on a sample of (optional)",
+            description=(
+                "Empty: fit on every sample when the features fit in memory, else on the largest "
+                "random sample that does. Either way every sample is then assigned to its "
+                "nearest center, a chunk at a time"
+            ),
+        )
 
 
 def _output_inputs(ctx, inputs):
@@ -283,6 +294,8 @@ class ComputeClusters(foo.Operator):
             "n_components", "num_representatives", "label_field", "loss_field",
             "rep_field", "overwrite", *method.defaults,
         }
+        if method.can_assign:
+            names.add("fit_sample_size")
         kwargs = {n: params[n] for n in names if params.get(n) not in (None, "")}
         if params.get("features") == "field":
             kwargs.pop("model", None)
