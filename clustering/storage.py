@@ -70,7 +70,7 @@ def id_strings(ids):
     return [text[i : i + 24] for i in range(0, len(text), 24)]
 
 
-def _id_keys(ids):
+def id_keys(ids):
     """One comparable (void) value per id, for ``np.isin`` and sorting."""
     return np.ascontiguousarray(ids).view(np.dtype((np.void, 12))).ravel()
 
@@ -504,7 +504,7 @@ def _reload_in_memory(dataset, sample_ids):
     if not instances:
         return
     loaded = list(instances.keys())
-    written = np.isin(_id_keys(id_array(loaded)), _id_keys(sample_ids))
+    written = np.isin(id_keys(id_array(loaded)), id_keys(sample_ids))
     fos.Sample._reload_docs(
         dataset._sample_collection_name, sample_ids=[i for i, w in zip(loaded, written) if w]
     )
@@ -533,8 +533,8 @@ def write_columns(dataset, ids, columns, patches_field=None, sample_ids=None, pr
             if not c.path.startswith(root + "."):
                 raise ValueError(f"'{c.path}' is not an attribute of the labels of '{patches_field}'")
         sample_ids = id_array(sample_ids) if sample_ids is not None else _samples_of_labels(dataset, patches_field, ids)
-        order = np.argsort(_id_keys(sample_ids), kind="stable")
-        keys = _id_keys(sample_ids)[order]
+        order = np.argsort(id_keys(sample_ids), kind="stable")
+        keys = id_keys(sample_ids)[order]
         bounds = np.concatenate([[0], np.flatnonzero(keys[1:] != keys[:-1]) + 1, [count]])
         units = len(bounds) - 1
 
