@@ -144,11 +144,10 @@ class VectorReader:
         self._pipeline = samples._pipeline(pipeline=[{"$project": project}])
         self.count = len(samples)
         self.dim = 0 if field is None else self._first_dim()
-        if self.dim:
-            table, lengths = K.npy_headers(self.dim)
-            itemsizes = np.array([np.dtype(t).itemsize for t in K.DTYPES], dtype=np.int64)
-            self._headers = (table, lengths, itemsizes)
-            self._scratch_bytes = int(lengths.max()) + 8 * self.dim + 64
+        table, lengths = K.npy_headers(self.dim)
+        itemsizes = np.array([np.dtype(t).itemsize for t in K.DTYPES], dtype=np.int64)
+        self._headers = (table, lengths, itemsizes)
+        self._scratch_bytes = int(lengths.max()) + 8 * self.dim + 64
 
     def _first_dim(self):
         first = list(
@@ -187,20 +186,15 @@ class VectorReader:
         """Decodes documents ``starts`` of ``buf`` into ``rows`` (``dest[i]``:
         the row of document ``i``, or -1)."""
         nonfinite = 0
-        if K.AVAILABLE and self.dim:
+        if K.AVAILABLE:
             table, lengths, itemsizes = self._headers
             scratch = np.empty(self._scratch_bytes, dtype=np.uint8)
-            nonfinite = K.decode_vectors(
-                buf, starts, dest, rows.X, rows.ids, rows.sample_ids, rows.status,
-                table, lengths, itemsizes, scratch,
-            )
+            with K.Inflater() as state:
+                nonfinite = K.decode_vectors(
+                    state, buf, starts, dest, rows.X, rows.ids, rows.sample_ids, rows.status,
+                    table, lengths, itemsizes, scratch,
+                )
             flagged = np.flatnonzero((dest >= 0) & (rows.status[np.maximum(dest, 0)] == K.PYTHON))
-        elif K.AVAILABLE:
-            K.decode_vectors(
-                buf, starts, dest, rows.X, rows.ids, rows.sample_ids, rows.status,
-                np.zeros((0, 0), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8),
-            )
-            flagged = ()
         else:
             flagged = np.flatnonzero(dest >= 0)
         if len(flagged):

@@ -247,3 +247,34 @@ def test_progress_reports_reading_and_writing(vectors_dataset, fo):
     storage.write_columns(vectors_dataset, vectors_dataset.values("id"), {"w": np.zeros(N, int)},
                           progress=lambda f, m: messages.append((f, m)))
     assert messages[-1] == (1.0, f"writing {N}/{N}")
+
+
+@pytest.mark.skipif(not K.AVAILABLE, reason="numba or the inflate libraries are not available")
+def test_the_zlib_inflater_reads_the_same(vectors_dataset):
+    """Where libdeflate is missing the kernels call zlib (forced here)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    code = (
+        "import sys, numpy as np, fiftyone as fo\n"
+        "from clustering import _bson_kernels as K, storage\n"
+        "ds = fo.load_dataset(sys.argv[1])\n"
+        "for field in ('v32', 'v64', 'arr'):\n"
+        "    ids, X, _ = storage.read_embeddings(ds, field)\n"
+        "    ref = [np.asarray(v, np.float32).ravel() for v in ds.select(ids, ordered=True).values(field)]\n"
+        "    assert np.array_equal(X, np.stack(ref)), field\n"
+        "print(K.INFLATE)\n"
+    )
+    vectors_dataset.persistent = True
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, vectors_dataset.name], cwd=REPO_ROOT, capture_output=True, text=True,
+            env=dict(os.environ, CLUSTERING_INFLATE="zlib"), timeout=300,
+        )
+    finally:
+        vectors_dataset.persistent = False
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "zlib"
