@@ -117,6 +117,10 @@ class Inflater:
         return False
 
 
+#: the names :func:`batch_documents` looks for in a cursor reply (as bytes)
+REPLY_NAMES = tuple(np.frombuffer(n, dtype=np.uint8) for n in (b"cursor", b"firstBatch", b"nextBatch", b"id"))
+
+
 def npy_headers(dim):
     """(headers, lengths): the ``numpy.save`` header of a ``(dim,)`` array of
     each dtype of ``DTYPES``, one padded row each (the kernel's table)."""
@@ -144,19 +148,93 @@ if AVAILABLE:
         )
 
     @njit(nogil=True, cache=True)
-    def index_docs(buf):
-        """Start offsets of the documents of a raw BSON batch."""
+    def _skip(buf, t, p):
+        """Offset after the value of BSON type ``t`` at ``p`` (-1: a type a
+        cursor reply does not hold)."""
+        if t == 1 or t == 9 or t == 17 or t == 18:
+            return p + 8
+        if t == 2:
+            return p + 4 + _int32(buf, p)
+        if t == 3 or t == 4:
+            return p + _int32(buf, p)
+        if t == 5:
+            return p + 5 + _int32(buf, p)
+        if t == 7:
+            return p + 12
+        if t == 8:
+            return p + 1
+        if t == 10:
+            return p
+        if t == 16:
+            return p + 4
+        if t == 19:
+            return p + 16
+        return -1
+
+    @njit(nogil=True, cache=True)
+    def _name_is(buf, p, name):
+        for j in range(len(name)):
+            if buf[p + j] != name[j]:
+                return False
+        return buf[p + len(name)] == 0
+
+    @njit(nogil=True, cache=True)
+    def batch_documents(buf, cursor_name, first_name, next_name, id_name):
+        """``(cursor id, document starts)`` of an aggregate or getMore reply:
+        ``{cursor: {id, firstBatch | nextBatch: [documents]}, ...}``;
+        cursor id -1 when the reply does not have that shape."""
+        cursor_id = np.int64(-1)
+        lo, hi = np.int64(-1), np.int64(-1)
+        end = _int32(buf, 0) - 1
+        p = 4
+        while p < end:
+            t = buf[p]
+            name = p + 1
+            p = name
+            while buf[p] != 0:
+                p += 1
+            p += 1
+            if t == 3 and _name_is(buf, name, cursor_name):
+                inner_end = p + _int32(buf, p) - 1
+                q = p + 4
+                while q < inner_end:
+                    ti = buf[q]
+                    inner_name = q + 1
+                    q = inner_name
+                    while buf[q] != 0:
+                        q += 1
+                    q += 1
+                    if ti == 4 and (_name_is(buf, inner_name, first_name) or _name_is(buf, inner_name, next_name)):
+                        lo, hi = q + 4, q + _int32(buf, q) - 1
+                    elif ti == 18 and _name_is(buf, inner_name, id_name):
+                        cursor_id = buf[q : q + 8].view(np.int64)[0]
+                    q = _skip(buf, ti, q)
+                    if q < 0:
+                        return np.int64(-1), np.empty(0, dtype=np.int64)
+            p = _skip(buf, t, p)
+            if p < 0:
+                return np.int64(-1), np.empty(0, dtype=np.int64)
+        if lo < 0:
+            return np.int64(-1), np.empty(0, dtype=np.int64)
         count = 0
-        pos = 0
-        while pos < len(buf):
+        q = lo
+        while q < hi:  # array elements: type, index key, document
+            q += 1
+            while buf[q] != 0:
+                q += 1
+            q += 1
             count += 1
-            pos += _int32(buf, pos)
+            q += _int32(buf, q)
         starts = np.empty(count, dtype=np.int64)
-        pos = 0
+        q = lo
         for i in range(count):
-            starts[i] = pos
-            pos += _int32(buf, pos)
-        return starts
+            q += 1
+            while buf[q] != 0:
+                q += 1
+            q += 1
+            starts[i] = q
+            q += _int32(buf, q)
+        return cursor_id, starts
 
     @njit(nogil=True, cache=True)
     def _key(buf, p, c0, c1):
@@ -323,13 +401,15 @@ def warm_up():
             np.save(f, np.arange(dim, dtype=dtype))
             values.append(bson.Binary(zlib.compress(f.getvalue())))
     values += [[0.5] * dim, None]
-    buf = np.frombuffer(b"".join(bson.encode({"_id": bson.ObjectId(), "v": v}) for v in values), dtype=np.uint8)
+    reply = {"cursor": {"id": bson.Int64(0), "ns": "db.c", "firstBatch": [{"_id": bson.ObjectId(), "v": v} for v in values]}, "ok": 1.0}
+    buf = np.frombuffer(bson.encode(reply), dtype=np.uint8)
+    _, starts = batch_documents(buf, *REPLY_NAMES)
     count = len(values)
     table, lengths = npy_headers(dim)
     itemsizes = np.array([np.dtype(t).itemsize for t in DTYPES], dtype=np.int64)
     with Inflater() as state:
         decode_vectors(
-            state, buf, index_docs(buf), np.arange(count, dtype=np.int64), np.empty((count, dim), np.float32),
+            state, buf, starts, np.arange(count, dtype=np.int64), np.empty((count, dim), np.float32),
             np.empty((count, 12), np.uint8), np.empty((0, 12), np.uint8), np.empty(count, np.uint8),
             table, lengths, itemsizes, np.empty(256, np.uint8),
         )

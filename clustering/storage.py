@@ -165,18 +165,8 @@ class VectorReader:
     def _batches(self):
         """(raw batch, document starts, position of its first document)."""
         first = 0
-        for batch in self._collection.aggregate_raw_batches(
-            self._pipeline, allowDiskUse=True, batchSize=_FETCH_BATCH
-        ):
-            buf = np.frombuffer(batch, dtype=np.uint8)
-            if K.AVAILABLE:
-                starts = K.index_docs(buf)
-            else:
-                starts, pos = [], 0
-                while pos < len(batch):
-                    starts.append(pos)
-                    pos += int.from_bytes(batch[pos : pos + 4], "little")
-                starts = np.asarray(starts, dtype=np.int64)
+        batches = _reply_batches if K.AVAILABLE else _raw_batches
+        for buf, starts in batches(self._collection, self._pipeline):
             yield buf, starts, first
             first += len(starts)
 
@@ -254,7 +244,7 @@ class VectorReader:
         ``positions`` (0-based, in the collection's order) only."""
         size = self.count if positions is None else len(positions)
         rows = _Rows(size, self.dim, self.patches)
-        with _Pool(progress, self.count, "reading") as pool:
+        with _Pool(progress, self.count) as pool:
             for buf, starts, first in self._batches():
                 last = first + len(starts)
                 if positions is None:
@@ -271,7 +261,7 @@ class VectorReader:
     def chunks(self, chunk_rows, progress=None):
         """Yields :class:`Vectors` of consecutive rows, ``chunk_rows`` at a time."""
         rows, filled = None, 0
-        with _Pool(progress, self.count, "reading") as pool:
+        with _Pool(progress, self.count) as pool:
             for buf, starts, _ in self._batches():
                 i = 0
                 while i < len(starts):
@@ -291,15 +281,56 @@ class VectorReader:
                 yield self._finish(rows, filled)
 
 
+def _reply_batches(collection, pipeline):
+    """``(bytes, document starts)`` of each batch of an aggregation: the
+    server's replies, located and indexed by a kernel (pymongo's raw batches
+    make a Python object per document on the way)."""
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    database = collection.database
+    options = CodecOptions(document_class=RawBSONDocument)
+    command = {
+        "aggregate": collection.name, "pipeline": pipeline, "allowDiskUse": True,
+        "cursor": {"batchSize": _FETCH_BATCH},
+    }
+    cursor_id = 0
+    with database.client.start_session() as session:  # a cursor's getMores must share its session
+        try:
+            while True:
+                buf = np.frombuffer(database.command(command, codec_options=options, session=session).raw, np.uint8)
+                cursor_id, starts = K.batch_documents(buf, *K.REPLY_NAMES)
+                if cursor_id < 0:
+                    raise RuntimeError("Unexpected reply to an aggregation from the database")
+                yield buf, starts
+                if cursor_id == 0:
+                    return
+                command = {"getMore": cursor_id, "collection": collection.name, "batchSize": _FETCH_BATCH}
+        finally:
+            if cursor_id > 0:  # stopped early: free the server's cursor
+                database.command({"killCursors": collection.name, "cursors": [cursor_id]}, session=session)
+
+
+def _raw_batches(collection, pipeline):
+    """``(bytes, document starts)`` of each of pymongo's raw batches (used
+    without the kernels)."""
+    with collection.aggregate_raw_batches(pipeline, allowDiskUse=True, batchSize=_FETCH_BATCH) as cursor:
+        for batch in cursor:
+            starts, pos = [], 0
+            while pos < len(batch):
+                starts.append(pos)
+                pos += int.from_bytes(batch[pos : pos + 4], "little")
+            yield np.frombuffer(batch, dtype=np.uint8), np.asarray(starts, dtype=np.int64)
+
+
 class _Pool:
     """Decoding tasks on a few threads (the kernels release the GIL), a bounded
     number in flight; reports ``reading n/N``."""
 
-    def __init__(self, progress, total, verb):
+    def __init__(self, progress, total):
         self.threads = max(1, usable_cpus())
         self.progress = progress
         self.total = total
-        self.verb = verb
         self.done = 0
         self._pending = deque()
 
@@ -317,7 +348,7 @@ class _Pool:
         future.result()
         self.done += done
         if self.progress is not None and self.total:
-            self.progress(min(1.0, self.done / self.total), f"{self.verb} {self.done}/{self.total}")
+            self.progress(min(1.0, self.done / self.total), f"reading {self.done}/{self.total}")
 
     def wait(self):
         while self._pending:

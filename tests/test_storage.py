@@ -130,6 +130,22 @@ def test_sampled_and_chunked_reads_cover_the_same_rows(vectors_dataset, decoder)
     assert storage.id_strings(np.concatenate([c.ids for c in chunks])) == storage.id_strings(full.ids)
 
 
+def test_a_read_stopped_early_frees_the_server_cursor(vectors_dataset, decoder, monkeypatch):
+    monkeypatch.setattr(storage, "_FETCH_BATCH", 10)  # several batches
+    database = vectors_dataset._sample_collection.database
+
+    def open_cursors():
+        return database.command("serverStatus")["metrics"]["cursor"]["open"]["total"]
+
+    before = open_cursors()
+    chunks = storage.VectorReader(vectors_dataset, "v32").chunks(16)
+    first = next(chunks)
+    assert len(first.ids) + len(first.missing_ids) == 16
+    assert open_cursors() == before + 1
+    chunks.close()
+    assert open_cursors() == before
+
+
 def test_bad_vectors_are_refused_with_their_count(vectors_dataset, decoder, fo):
     ids = vectors_dataset.values("id")
     bad = np.full(DIM, np.nan, dtype=np.float32)
