@@ -179,12 +179,11 @@ def _check_fit_sample_size(method, fit_sample_size):
     return int(fit_sample_size)
 
 
-def _plan_fit(method, count, dim, k, fit_sample_size):
+def _plan_fit(method, count, dim, k, fit_sample_size, available):
     """``(num_fit, streamed)``: fit on all ``count`` rows, or on a uniform
     sample of ``num_fit`` rows then assign every row in streamed chunks.
-    ``"auto"`` fits on everything that fits in the available memory."""
+    ``"auto"`` fits on as many rows as ``available`` bytes hold (None: all)."""
     num_fit = _check_fit_sample_size(method, fit_sample_size)
-    available = resources.available_memory()
     if num_fit is None and method.can_assign and available is not None:
         fits = int(_MEMORY_SHARE * available // (dim * _FIT_BYTES_PER_VALUE + _FIT_BYTES_PER_SAMPLE))
         num_fit = max(fits, _MIN_ROWS_PER_CLUSTER * (k or 1))
@@ -300,7 +299,9 @@ def compute_clusters(
         )
         if model is not None:
             timings["embed_s"] = time.perf_counter() - t0
-        num_fit, streamed = _plan_fit(method_obj, source.count, source.dim, k, fit_sample_size)
+        # an array is in memory already: "auto" fits on all of it
+        available = None if isinstance(source, _ArraySource) else resources.available_memory()
+        num_fit, streamed = _plan_fit(method_obj, source.count, source.dim, k, fit_sample_size, available)
         fit = _fit_sample_and_assign if streamed else _fit_all
         done = fit(source, num_fit, method_obj, k, params, transform, stages, timings)
         plan = {"fit_sample_size": requested_fit, "num_fit": done.num_fit, "streamed": streamed}

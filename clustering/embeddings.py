@@ -6,12 +6,15 @@ pipeline; ``zoo:<name>`` runs any FiftyOne Model Zoo model with embeddings
 (``zoo:clip-vit-base32-torch``, ``zoo:dinov2-vits14-torch``, ...) through
 FiftyOne's own ``compute_embeddings`` (downloaded on first use).
 
-Results are written batch by batch, by sample id, on the root dataset, so a
-view's excluded fields, filtered labels or other stages never affect what is
-saved. Only two fields are written: the vector field and, on samples whose image
+Results are written batch by batch, by sample id, on the root dataset (through
+:mod:`clustering.storage`), so a view's excluded fields, filtered labels or
+other stages never affect what is saved. Only two fields are written: the vector field and, on samples whose image
 could not be embedded, ``{embeddings_field}_error`` (a string; cleared when a
 later run succeeds). With ``patches_field``, the crops of a ``Detections`` field
 are embedded instead and stored on the labels (:mod:`clustering.patches`).
+
+To embed on several machines, the ``compute_embeddings`` operator splits a
+delegated run into shards (:mod:`clustering.shards`).
 """
 
 import logging

@@ -5,7 +5,7 @@ Each image is decoded once (large JPEGs at a reduced DCT scale when every box
 stays at least the model's input size), all its boxes are cropped and resized
 in worker processes, and the crops run through the model in batches. Vectors are
 written batch by batch with label-level updates (by sample and label id) on the
-root dataset, so a view's excluded fields, filtered labels or other stages never
+root dataset (through :mod:`clustering.storage`), so a view's excluded fields, filtered labels or other stages never
 affect what is saved; only the ``{patches_field}.detections.{embeddings_field}``
 attribute is written. ``zoo:`` models run through FiftyOne's
 ``compute_patch_embeddings``.
