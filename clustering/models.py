@@ -10,8 +10,6 @@ one field) and why an image could not be read.
 
 import logging
 
-import numpy as np
-
 from . import backbones as bb
 
 logger = logging.getLogger(__name__)

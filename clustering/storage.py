@@ -7,19 +7,25 @@ samples and for the labels of a patches field alike.
 
 Reading (:class:`VectorReader`) runs the collection's own pipeline (so a view's
 filters, order and limits apply) with a projection of the id and the one field,
-fetches raw BSON batches and decodes them on several threads straight into one
-preallocated float32 matrix (:mod:`clustering._bson_kernels`: FiftyOne's
-zlib-compressed arrays are inflated without a Python object per document). The
-values are exactly those of FiftyOne's ``values()``. A reader can also read a
-subset of rows (a random sample) or stream the collection in chunks.
+and decodes the server's replies on several threads straight into one
+preallocated float32 matrix: compiled kernels (:mod:`clustering._bson_kernels`)
+find the documents in each reply and inflate FiftyOne's zlib-compressed arrays,
+with no Python object per document (a Python decoder, through the field's own
+``to_python``, takes what they cannot and everything without numba). The
+values are exactly those of FiftyOne's ``values()``. A reader also reads a
+subset of rows (a random sample) or streams the collection in chunks, with
+progress (``reading n/N``).
 
-Writing (:func:`write_columns`, :func:`write_fields`) sends one unordered
-``update`` command per few thousand documents, each update setting every
-written field of one document (and ``last_modified_at``, as FiftyOne does) by
-``_id``; label attributes of a patches field are set through array filters on
-the labels' ids, one update per sample. Only the given paths and ids are
-touched, whatever view the values came from; in-memory samples are reloaded
-afterwards, as FiftyOne's ``set_values`` does.
+Writing (:func:`write_columns`, :func:`write_fields`) sends unordered ``update``
+commands of up to 50,000 statements on two threads (what pymongo's unordered
+``bulk_write`` of ``UpdateOne`` sends, without a Python object per operation),
+each statement setting every written field of one document and its
+``last_modified_at`` (as FiftyOne does) by ``_id``; label attributes of a
+patches field are set through array filters on the labels' ids, one statement
+per sample. Only the given paths and ids are touched, whatever view the values
+came from; the fields must be declared first (:func:`write_fields` declares
+new ones as ``set_values`` does); in-memory samples are reloaded afterwards, as
+FiftyOne's own writes do. Progress: ``writing n/N``.
 
 Ids travel as ``(n, 12)`` uint8 arrays of ObjectId bytes (:func:`id_array`,
 :func:`id_strings` convert).
