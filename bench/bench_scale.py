@@ -179,6 +179,20 @@ def build(uri, n, dim, k, seed=0):
     return dataset, time.perf_counter() - t0
 
 
+def settle(uri, n, dim):
+    """Before a measurement: no run left from an earlier one, and every change
+    checkpointed to disk (so that no checkpoint of earlier writes falls in it)."""
+    import fiftyone as fo
+    import pymongo
+
+    dataset = fo.load_dataset(dataset_name(n, dim))
+    for key in dataset.list_runs():
+        dataset.delete_run(key)
+    client = pymongo.MongoClient(uri)
+    client.admin.command("fsync")
+    client.close()
+
+
 # ---------------------------------------------------------------------------
 # measurements (each in its own process)
 
@@ -242,7 +256,7 @@ def _run(args, run_key, **params):
     t = time.perf_counter()
     results = operator(
         dataset, run_key=run_key, embeddings=FIELD, k=args.k, loss="squared", n_init=1, max_iter=20,
-        tol=0.0, random_state=0, overwrite=True, **params,
+        tol=0.0, random_state=0, **params,
     )
     wall = time.perf_counter() - t
     peak = peak_rss_bytes()
@@ -369,15 +383,16 @@ def main():
 
         print(f"building/loading the dataset ({args.n:,} x {args.dim}) ...", flush=True)
         _, built_s = build(uri, args.n, args.dim, args.k)
-        food._disconnect()
         argv = [f"--n={args.n}", f"--dim={args.dim}", f"--k={args.k}", f"--baseline-n={args.baseline_n}"]
         if args.fit_sample_size:
             argv.append(f"--fit-sample-size={args.fit_sample_size}")
         results = {}
         for name in ("io", "run", "streamed"):
+            settle(uri, args.n, args.dim)
             print(f"measuring {name} (load {load()}) ...", flush=True)
             results[name] = in_subprocess(name, argv, env)
             loads.append(load())
+        food._disconnect()
         report(args, built_s, results["io"], results["run"], results["streamed"], loads)
     finally:
         mongod.terminate()  # stop mongod before its files go

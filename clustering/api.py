@@ -413,7 +413,6 @@ def _save_run(samples, run_key, ids, sample_ids, out, fields, overwrite, num_rep
     import fiftyone as fo
 
     dataset = samples._root_dataset
-    t0 = time.perf_counter()
     labels = np.asarray(out.labels, dtype=np.int64)
     losses = np.asarray(out.sample_losses, dtype=np.float64)
     ranks, reps = _representative_ranks(labels, np.nan_to_num(losses, nan=np.inf), num_reps)
@@ -421,6 +420,7 @@ def _save_run(samples, run_key, ids, sample_ids, out, fields, overwrite, num_rep
 
     if overwrite and run_key in dataset.list_runs():
         dataset.delete_run(run_key)  # also deletes its fields
+    t0 = time.perf_counter()
 
     # registered first with status "writing" so that a run killed while writing
     # its fields is visible as incomplete and can be deleted with its fields
