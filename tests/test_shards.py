@@ -13,6 +13,7 @@ import pytest
 from bson import ObjectId
 
 from clustering import shards
+from conftest import form
 
 MODEL = "efficientnet-lite0"
 FIFTYONE = os.path.join(os.path.dirname(sys.executable), "fiftyone")
@@ -53,6 +54,13 @@ def test_shards_cover_every_sample_once(demo_dataset):
     assert len(shards.shard_specs(view.limit(2), 4)) == 2  # never more shards than samples
     with pytest.raises(ValueError, match="num_shards must be an integer >= 1"):
         shards.shard_specs(view, 0)
+
+
+def test_the_form_offers_shards_to_delegated_runs(demo_dataset, plugin_operator):
+    assert "num_shards" in form("compute_embeddings", demo_dataset, {"delegate": True})
+    assert "num_shards" not in form("compute_embeddings", demo_dataset, {})
+    with pytest.raises(ValueError, match="num_shards splits delegated runs: pass delegate=True"):
+        plugin_operator("compute_embeddings")(demo_dataset, model=MODEL, embeddings_field="e", num_shards=2)
 
 
 def test_two_workers_run_four_shards_and_a_killed_shard_is_rerun(demo_dataset, plugin_operator, fo):
