@@ -416,11 +416,22 @@ class _Column:
         if len(values) != count:
             raise ValueError(f"'{path}' has {len(values)} values for {count} ids")
 
+    @property
+    def numeric(self):
+        """Whether the values are a numeric array (see :meth:`arrays`)."""
+        return self._cast is not None
+
+    def arrays(self, index):
+        """``(values, skipped)`` at ``index`` of a numeric column: the values
+        as the field stores them (int64, float64 or bool) and the mask."""
+        return self._values[index].astype(self._cast), self._mask[index]
+
     def take(self, index):
         """BSON-ready values at ``index`` (a slice or an array of rows)."""
-        if self._cast is not None:
-            values = self._values[index].astype(self._cast).tolist()
-            for i in np.flatnonzero(self._mask[index]):
+        if self.numeric:
+            values, skipped = self.arrays(index)
+            values = values.tolist()
+            for i in np.flatnonzero(skipped):
                 values[i] = SKIP
             return values
         picked = self._values[index] if isinstance(index, slice) else [self._values[i] for i in index]
@@ -449,21 +460,70 @@ def _declared_fields(dataset, paths):
 
 
 def _sample_statements(ids, columns, start, stop, now):
-    """``update`` statements setting rows ``start:stop`` by sample id."""
-    from bson import ObjectId
+    """Encoded ``update`` statements setting rows ``start:stop`` by sample id."""
+    from bson import ObjectId, encode
 
+    if all(c.numeric for c in columns):
+        yield from _numeric_statements(ids, columns, start, stop, now)
+        return
     chunks = [(c.path, c.take(slice(start, stop))) for c in columns]
     for r in range(stop - start):
         values = {path: values[r] for path, values in chunks if values[r] is not SKIP}
         if values:
             values["last_modified_at"] = now
-            yield {"q": {"_id": ObjectId(ids[start + r].tobytes())}, "u": {"$set": values}}
+            yield encode({"q": {"_id": ObjectId(ids[start + r].tobytes())}, "u": {"$set": values}})
+
+
+# BSON types of numeric values as Python encodes them (the element type byte,
+# a value of that type, its numpy dtype), by kind: 1 int32, 2 int64, 3 double, 4 bool
+_NUMERIC_KINDS = {1: (0x10, 0, "<i4"), 2: (0x12, 1 << 40, "<i8"), 3: (0x01, 0.0, "<f8"), 4: (0x08, False, "?")}
+
+
+def _numeric_statements(ids, columns, start, stop, now):
+    """The statements of :func:`_sample_statements` for numeric columns, as
+    bytes built with numpy: one template per combination of value kinds
+    (int32 or int64 as Python ints encode, double, bool, or skipped), filled a
+    column at a time."""
+    from bson import ObjectId, encode
+
+    kinds = np.zeros(stop - start, dtype=np.int64)
+    values = []
+    for c in columns:
+        v, skipped = c.arrays(slice(start, stop))
+        if v.dtype == np.int64:
+            kind = np.where((v >= -(1 << 31)) & (v < (1 << 31)), 1, 2)
+        else:
+            kind = np.full(len(v), 3 if v.dtype == np.float64 else 4)
+        kinds = kinds * 5 + np.where(skipped, 0, kind)
+        values.append(v)
+    for combination in np.unique(kinds):
+        rows = np.flatnonzero(kinds == combination)
+        per_column = [(combination // 5 ** (len(columns) - 1 - i)) % 5 for i in range(len(columns))]
+        present = [(c, v, kind) for c, v, kind in zip(columns, values, per_column) if kind]
+        if not present:
+            continue
+        sample = {c.path: _NUMERIC_KINDS[kind][1] for c, _, kind in present}
+        sample["last_modified_at"] = now
+        template = encode({"q": {"_id": ObjectId(bytes(12))}, "u": {"$set": sample}})
+        out = np.tile(np.frombuffer(template, dtype=np.uint8), (len(rows), 1))
+        at = template.index(b"\x07_id\x00") + 5
+        out[:, at : at + 12] = ids[start + rows]
+        at = template.index(b"\x03$set\x00")
+        for c, v, kind in present:  # in the order of the template's elements
+            code, _, dtype = _NUMERIC_KINDS[kind]
+            key = bytes([code]) + c.path.encode() + b"\x00"
+            at = template.index(key, at) + len(key)
+            column = np.ascontiguousarray(v[rows].astype(dtype))
+            out[:, at : at + column.itemsize] = column.view(np.uint8).reshape(len(rows), -1)
+        data, size = out.tobytes(), len(template)
+        yield from (data[i : i + size] for i in range(0, len(data), size))
 
 
 def _label_statements(root, is_list, ids, sample_ids, order, bounds, columns, start, stop, now):
-    """``update`` statements setting the labels of samples ``start:stop`` (in
-    ``order``, grouped by ``bounds``) through array filters on label ids."""
-    from bson import ObjectId
+    """Encoded ``update`` statements setting the labels of samples
+    ``start:stop`` (in ``order``, grouped by ``bounds``) through array filters
+    on label ids."""
+    from bson import ObjectId, encode
 
     lo, hi = bounds[start], bounds[stop]
     rows = order[lo:hi]
@@ -491,7 +551,7 @@ def _label_statements(root, is_list, ids, sample_ids, order, bounds, columns, st
             statement["arrayFilters"] = filters
         else:
             query[f"{root}._id"] = filters[0]
-        yield statement
+        yield encode(statement)
 
 
 class _Sender:
@@ -585,7 +645,6 @@ def write_columns(dataset, ids, columns, patches_field=None, sample_ids=None, pr
 
 
 def _send_all(collection, statements, units, progress):
-    from bson import encode
     from bson.raw_bson import RawBSONDocument
 
     sender = _Sender(collection)
@@ -595,9 +654,8 @@ def _send_all(collection, statements, units, progress):
         for s in range(0, units, _WRITE_CHUNK):
             e = min(units, s + _WRITE_CHUNK)
             for statement in statements(s, e):
-                raw = RawBSONDocument(encode(statement))
-                batch.append(raw)
-                size += len(raw.raw)
+                batch.append(RawBSONDocument(statement))
+                size += len(statement)
                 if size >= _WRITE_BYTES or len(batch) >= _WRITE_DOCS:
                     sender.send(batch)
                     batch, size = [], 0
