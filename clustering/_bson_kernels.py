@@ -117,8 +117,10 @@ class Inflater:
         return False
 
 
-#: the names :func:`batch_documents` looks for in a cursor reply (as bytes)
-REPLY_NAMES = tuple(np.frombuffer(n, dtype=np.uint8) for n in (b"cursor", b"firstBatch", b"nextBatch", b"id"))
+# element names the kernels look for (small arrays: compiled in as constants)
+_CURSOR, _FIRST_BATCH, _NEXT_BATCH, _ID, _OBJECT_ID, _SAMPLE_ID, _VECTOR = (
+    np.frombuffer(name, dtype=np.uint8) for name in (b"cursor", b"firstBatch", b"nextBatch", b"id", b"_id", b"s", b"v")
+)
 
 
 def npy_headers(dim):
@@ -179,7 +181,7 @@ if AVAILABLE:
         return buf[p + len(name)] == 0
 
     @njit(nogil=True, cache=True)
-    def batch_documents(buf, cursor_name, first_name, next_name, id_name):
+    def batch_documents(buf):
         """``(cursor id, document starts)`` of an aggregate or getMore reply:
         ``{cursor: {id, firstBatch | nextBatch: [documents]}, ...}``;
         cursor id -1 when the reply does not have that shape."""
@@ -194,7 +196,7 @@ if AVAILABLE:
             while buf[p] != 0:
                 p += 1
             p += 1
-            if t == 3 and _name_is(buf, name, cursor_name):
+            if t == 3 and _name_is(buf, name, _CURSOR):
                 inner_end = p + _int32(buf, p) - 1
                 q = p + 4
                 while q < inner_end:
@@ -204,9 +206,9 @@ if AVAILABLE:
                     while buf[q] != 0:
                         q += 1
                     q += 1
-                    if ti == 4 and (_name_is(buf, inner_name, first_name) or _name_is(buf, inner_name, next_name)):
+                    if ti == 4 and (_name_is(buf, inner_name, _FIRST_BATCH) or _name_is(buf, inner_name, _NEXT_BATCH)):
                         lo, hi = q + 4, q + _int32(buf, q) - 1
-                    elif ti == 18 and _name_is(buf, inner_name, id_name):
+                    elif ti == 18 and _name_is(buf, inner_name, _ID):
                         cursor_id = buf[q : q + 8].view(np.int64)[0]
                     q = _skip(buf, ti, q)
                     if q < 0:
@@ -235,16 +237,6 @@ if AVAILABLE:
             starts[i] = q
             q += _int32(buf, q)
         return cursor_id, starts
-
-    @njit(nogil=True, cache=True)
-    def _key(buf, p, c0, c1):
-        """Whether the element name at ``p`` is the one- or two-letter name
-        ``c0 c1`` (c1 = 0 for one letter; ``_id`` is "_i" followed by "d")."""
-        if buf[p] != c0:
-            return False
-        if c1 == 0:
-            return buf[p + 1] == 0
-        return buf[p + 1] == c1 and buf[p + 2] == 100 and buf[p + 3] == 0  # "_id"
 
     @njit(nogil=True, cache=True)
     def _finite_row(X, row):
@@ -354,16 +346,16 @@ if AVAILABLE:
                     p += 1
                 p += 1
                 if t == 7:  # an ObjectId: _id or s
-                    if _key(buf, name, 95, 105):
+                    if _name_is(buf, name, _OBJECT_ID):
                         for j in range(12):
                             ids[row, j] = buf[p + j]
-                    elif len(sample_ids) and _key(buf, name, 115, 0):
+                    elif len(sample_ids) and _name_is(buf, name, _SAMPLE_ID):
                         for j in range(12):
                             sample_ids[row, j] = buf[p + j]
                     p += 12
                 elif t == 10:  # null
                     pass
-                elif not _key(buf, name, 118, 0):  # an element other than v
+                elif not _name_is(buf, name, _VECTOR):
                     outcome = PYTHON
                 elif t == 5:
                     length = _int32(buf, p)
@@ -403,7 +395,7 @@ def warm_up():
     values += [[0.5] * dim, None]
     reply = {"cursor": {"id": bson.Int64(0), "ns": "db.c", "firstBatch": [{"_id": bson.ObjectId(), "v": v} for v in values]}, "ok": 1.0}
     buf = np.frombuffer(bson.encode(reply), dtype=np.uint8)
-    _, starts = batch_documents(buf, *REPLY_NAMES)
+    _, starts = batch_documents(buf)
     count = len(values)
     table, lengths = npy_headers(dim)
     itemsizes = np.array([np.dtype(t).itemsize for t in DTYPES], dtype=np.int64)

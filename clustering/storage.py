@@ -305,7 +305,7 @@ def _reply_batches(collection, pipeline):
         try:
             while True:
                 buf = np.frombuffer(database.command(command, codec_options=options, session=session).raw, np.uint8)
-                cursor_id, starts = K.batch_documents(buf, *K.REPLY_NAMES)
+                cursor_id, starts = K.batch_documents(buf)
                 if cursor_id < 0:
                     raise RuntimeError("Unexpected reply to an aggregation from the database")
                 yield buf, starts
