@@ -302,8 +302,10 @@ def compute_clusters(
         # an array is in memory already: "auto" fits on all of it
         available = None if isinstance(source, _ArraySource) else resources.available_memory()
         num_fit, streamed = _plan_fit(method_obj, source.count, source.dim, k, fit_sample_size, available)
-        fit = _fit_sample_and_assign if streamed else _fit_all
-        done = fit(source, num_fit, method_obj, k, params, transform, stages, timings)
+        if streamed:
+            done = _fit_sample_and_assign(source, num_fit, method_obj, k, params, transform, stages, timings)
+        else:
+            done = _fit_all(source, method_obj, k, params, transform, stages, timings)
         plan = {"fit_sample_size": requested_fit, "num_fit": done.num_fit, "streamed": streamed}
         if streamed:
             plan["fit_objective"] = done.fit_objective
@@ -348,7 +350,7 @@ class _Clustered:
     fit_objective: float
 
 
-def _fit_all(source, num_fit, method, k, params, transform, progress, timings):
+def _fit_all(source, method, k, params, transform, progress, timings):
     """Reads every row and fits on all of them."""
     t0 = time.perf_counter()
     vectors = source.read(progress=scaled(progress, 0.0, 0.15))
