@@ -27,7 +27,7 @@ _LAZY = {
     "load_clustering_results": "api",
     "available_methods": "methods",
     "compute_embeddings": "embeddings",
-    "available_models": "embeddings",
+    "available_models": "models",
     "label_clusters": "labeling",
     "set_cluster_name": "curation",
     "merge_clusters": "curation",

@@ -434,7 +434,7 @@ def validate_heatmap_field(dataset, field, model, layer, samples):
     ``samples``. Returns whether it exists."""
     import fiftyone as fo
 
-    from .embeddings import validate_field_name
+    from .models import validate_field_name
 
     validate_field_name(field, what="heatmap field", example="vgg16_heatmap")
     ftype = dataset.get_field_schema(flat=True).get(field)

@@ -8,10 +8,12 @@ removed again.
 """
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import features as cf
+from . import resources
 from . import runs as cr
 from . import storage
 from .methods import get_method
@@ -84,24 +86,50 @@ def _check_k(method, k, n):
     return k
 
 
-def _load_features(samples, embeddings, model, progress):
-    """Returns (sample ids, X, ids without embeddings, source description)."""
-    if embeddings is not None and not isinstance(embeddings, str):
-        X = np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings)
+class _ArraySource:
+    """An ``(n, d)`` embeddings array aligned with ``samples``, read like a
+    field (:class:`clustering.storage.VectorReader`). Its rows are the caller's:
+    they are never modified in place."""
+
+    in_place = False
+
+    def __init__(self, samples, X):
+        X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X)
         if X.ndim != 2:
             raise ValueError(f"An embeddings array must be 2-D (n, d); got shape {X.shape}")
-        ids = samples.values("id")
-        if len(X) != len(ids):
+        self.ids, self.sample_ids = storage.read_ids(samples)
+        if len(X) != len(self.ids):
             raise ValueError(
-                f"The embeddings array has {len(X)} rows but the collection has {len(ids)} samples"
+                f"The embeddings array has {len(X)} rows but the collection has {len(self.ids)} samples"
             )
-        return ids, cf.as_matrix(list(X), "the embeddings array"), [], {"source": "array"}
+        self.X = cf.as_matrix(X, "the embeddings array")
+        self.count, self.dim = self.X.shape
 
+    def _rows(self, index):
+        sample_ids = self.sample_ids[index] if self.sample_ids is not None else None
+        return storage.Vectors(self.ids[index], self.X[index], np.empty((0, 12), np.uint8), sample_ids)
+
+    def read(self, positions=None, progress=None):
+        return self._rows(slice(None) if positions is None else positions)
+
+    def chunks(self, chunk_rows, progress=None):
+        for s in range(0, self.count, chunk_rows):
+            yield self._rows(slice(s, s + chunk_rows))
+
+
+def _features_source(samples, embeddings, model, progress):
+    """Where the features come from, and its description for the run config:
+    an :class:`_ArraySource` or a :class:`clustering.storage.VectorReader` of
+    the embeddings field (computed first with ``model`` for the samples that
+    lack it)."""
+    if embeddings is not None and not isinstance(embeddings, str):
+        return _ArraySource(samples, embeddings), {"source": "array"}
     if embeddings is None and model is None:
         raise ValueError("Provide embeddings (a vector field name or an array) or a model")
 
     if model is not None:
-        from .embeddings import default_embeddings_field, ensure_embeddings
+        from .embeddings import ensure_embeddings
+        from .models import default_embeddings_field
 
         embeddings = embeddings or default_embeddings_field(model)
         patches_field = patches_field_of(samples)
@@ -113,22 +141,81 @@ def _load_features(samples, embeddings, model, progress):
             samples = _regenerated(samples)
         else:
             ensure_embeddings(samples, embeddings, model, progress=progress)
-    ids, X, missing = storage.read_embeddings(samples, embeddings)
-    return ids, X, missing, {"source": "model" if model else "field", "embeddings_field": embeddings, "model": model}
+    description = {"source": "model" if model else "field", "embeddings_field": embeddings, "model": model}
+    return storage.VectorReader(samples, embeddings), description
+
+
+def read_features(samples, embeddings, progress=None):
+    """``(vectors, description)``: the :class:`clustering.storage.Vectors` of
+    every row of ``embeddings`` (a field of ``samples`` or an array aligned
+    with them) and the source's description for a run config."""
+    source, description = _features_source(samples, embeddings, None, None)
+    return source.read(progress=progress), description
+
+
+#: bytes of memory a full fit needs per feature value (the float32 matrix and
+#: the engine's temporaries) and per sample (ids, labels, losses, ...)
+_FIT_BYTES_PER_VALUE, _FIT_BYTES_PER_SAMPLE = 6, 96
+#: share of the available memory a fit may plan to use
+_MEMORY_SHARE = 0.6
+#: an automatic fit sample has at least this many rows per cluster
+_MIN_ROWS_PER_CLUSTER = 50
+#: bytes of features per chunk of the streamed assignment (at most a tenth of
+#: the available memory)
+_CHUNK_BYTES = 64 << 20
+
+
+def _check_fit_sample_size(method, fit_sample_size):
+    """The requested sample size (None for ``"auto"``), checked."""
+    if fit_sample_size in (None, "auto"):
+        return None
+    if isinstance(fit_sample_size, bool) or not isinstance(fit_sample_size, (int, np.integer)) or fit_sample_size < 1:
+        raise ValueError(f"fit_sample_size must be 'auto' or an integer >= 1; got {fit_sample_size!r}")
+    if not method.can_assign:
+        raise ValueError(
+            f"Method '{method.name}' cannot assign samples outside its fit, so it cannot fit on a "
+            "sample (fit_sample_size); use generalized_kmeans, kmeans or minibatch_kmeans"
+        )
+    return int(fit_sample_size)
+
+
+def _plan_fit(method, count, dim, k, fit_sample_size, available):
+    """``(num_fit, streamed)``: fit on all ``count`` rows, or on a uniform
+    sample of ``num_fit`` rows then assign every row in streamed chunks.
+    ``"auto"`` fits on as many rows as ``available`` bytes hold (None: all)."""
+    num_fit = _check_fit_sample_size(method, fit_sample_size)
+    if num_fit is None and method.can_assign and available is not None:
+        fits = int(_MEMORY_SHARE * available // (dim * _FIT_BYTES_PER_VALUE + _FIT_BYTES_PER_SAMPLE))
+        num_fit = max(fits, _MIN_ROWS_PER_CLUSTER * (k or 1))
+    if num_fit is None or num_fit >= count:
+        return count, False
+    return num_fit, True
+
+
+def _chunk_rows(dim):
+    """Rows per chunk of the streamed assignment."""
+    budget = _CHUNK_BYTES
+    available = resources.available_memory()
+    if available is not None:
+        budget = min(budget, available // 10)
+    return max(256, budget // (4 * dim))
 
 
 def _representative_ranks(labels, losses, n):
     """rank 1..n of the n smallest-loss members of each cluster (0 = unranked),
     and {cluster: member indices best first}."""
+    order = np.lexsort((losses, labels))  # by cluster, then loss; ties by index
+    ordered = labels[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(order)]
     ranks = np.zeros(len(labels), dtype=np.int64)
     reps = {}
-    for c in np.unique(labels):
-        if c < 0:
+    for s, e in zip(starts, ends):
+        if ordered[s] < 0:
             continue
-        members = np.flatnonzero(labels == c)
-        best = members[np.argsort(losses[members], kind="stable")[:n]]
+        best = order[s : min(e, s + n)]
         ranks[best] = np.arange(1, len(best) + 1)
-        reps[int(c)] = best
+        reps[int(ordered[s])] = best
     return ranks, reps
 
 
@@ -148,6 +235,7 @@ def compute_clusters(
     label_field=None,
     loss_field=None,
     rep_field=None,
+    fit_sample_size="auto",
     overwrite=False,
     progress=None,
     **method_params,
@@ -171,6 +259,12 @@ def compute_clusters(
             ``{run_key}_loss``, ``{run_key}_rep``); on a patches view
             (``dataset.to_patches(field)``) they are attributes of the labels
             (``field.detections.{run_key}_cluster``)
+        fit_sample_size: ``"auto"`` (fit on every sample when the features fit
+            in the available memory, else on the largest sample that does), or
+            a number of samples: fit on a uniform random sample of that many
+            (normalization and reduction too), then assign every sample, a chunk
+            at a time, to the center of smallest loss (``generalized_kmeans``,
+            ``kmeans``, ``minibatch_kmeans``)
         overwrite: replace an existing run with this key
         progress: None or True (a progress bar), False (silent), or a callable
             ``progress(fraction, message)``
@@ -193,54 +287,142 @@ def compute_clusters(
     _check_k(method_obj, k, len(samples))
     if int(num_representatives) < 1:
         raise ValueError("num_representatives must be >= 1")
+    transform = cf.FeatureTransform(normalize, reduction, n_components, random_state=params.get("random_state"))
+    requested_fit = _check_fit_sample_size(method_obj, fit_sample_size) or "auto"
 
     with progress_or_bar(progress, f"Clustering '{run_key}'") as report:
-        has_model = model is not None
-        ids, X, missing, source = _load_features(
-            samples, embeddings, model, scaled(report, 0.0, 0.5) if has_model else None
+        timings = {}
+        stages = scaled(report, 0.5, 1.0) if model is not None else report
+        t0 = time.perf_counter()
+        source, description = _features_source(
+            samples, embeddings, model, scaled(report, 0.0, 0.5) if model is not None else None
         )
-        k = _check_k(method_obj, k, len(ids))
-        t_features = time.perf_counter()
-        transform = cf.FeatureTransform(normalize, reduction, n_components, random_state=params.get("random_state"))
-        X = transform.fit_transform(X)
-        feature_info = transform.info_
-        start = 0.5 if has_model else 0.05
-        out = method_obj.fit(X, k, params, progress=scaled(report, start, 0.95))
-        t_cluster = time.perf_counter()
-        report(0.95, "saving")
+        if model is not None:
+            timings["embed_s"] = time.perf_counter() - t0
+        # an array is in memory already: "auto" fits on all of it
+        available = None if isinstance(source, _ArraySource) else resources.available_memory()
+        num_fit, streamed = _plan_fit(method_obj, source.count, source.dim, k, fit_sample_size, available)
+        if streamed:
+            done = _fit_sample_and_assign(source, num_fit, method_obj, k, params, transform, stages, timings)
+        else:
+            done = _fit_all(source, method_obj, k, params, transform, stages, timings)
+        plan = {"fit_sample_size": requested_fit, "num_fit": done.num_fit, "streamed": streamed}
+        if streamed:
+            plan["fit_objective"] = done.fit_objective
+        out = done.out
         results = _save_run(
-            samples, run_key, ids, out, fields, overwrite, int(num_representatives),
+            samples, run_key, done.ids, done.sample_ids, out, fields, overwrite, int(num_representatives),
             config=dict(
                 method=method,
-                k=k,
+                k=done.k,
                 patches_field=patches_field_of(samples),
                 **out.params,
-                **source,
-                **feature_info,
-                num_samples=len(samples),
-                num_clustered=len(ids),
-                num_missing_embeddings=len(missing),
+                **description,
+                **transform.info_,
+                **plan,
+                num_samples=int(source.count),
+                num_clustered=len(done.ids),
+                num_missing_embeddings=len(done.missing_ids),
                 num_representatives=int(num_representatives),
                 **fields,
             ),
-            timings={"features_s": t_features - t_start, "cluster_s": t_cluster - t_features},
+            timings=timings,
+            t_start=t_start,
             transform_state=transform.state(),
+            progress=scaled(stages, 0.75, 1.0),
         )
         report(1.0, "done")
     return results
 
 
-def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, timings, transform_state):
+@dataclass
+class _Clustered:
+    """What a fit gives ``_save_run``: the clustered rows' ids (and their
+    samples' ids, for patches), the ids without embeddings, the method's
+    output over every clustered row, k, and the rows and objective of the fit."""
+
+    ids: np.ndarray
+    sample_ids: np.ndarray
+    missing_ids: np.ndarray
+    out: object
+    k: int
+    num_fit: int
+    fit_objective: float
+
+
+def _fit_all(source, method, k, params, transform, progress, timings):
+    """Reads every row and fits on all of them."""
+    t0 = time.perf_counter()
+    vectors = source.read(progress=scaled(progress, 0.0, 0.15))
+    timings["read_s"] = time.perf_counter() - t0
+    k = _check_k(method, k, len(vectors.ids))
+    t0 = time.perf_counter()
+    X = transform.fit_transform(vectors.X, copy=not source.in_place)
+    vectors.X = None  # X may be a transformed copy: let the original go
+    out = method.fit(X, k, params, progress=scaled(progress, 0.15, 0.75))
+    timings["cluster_s"] = time.perf_counter() - t0
+    return _Clustered(vectors.ids, vectors.sample_ids, vectors.missing_ids, out, k, len(X), out.objective)
+
+
+def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progress, timings):
+    """Fits on ``num_fit`` uniformly drawn rows, then assigns every row a chunk
+    at a time (memory: the sample and one chunk, whatever the number of rows)."""
+    rng = np.random.default_rng(params.get("random_state"))
+    positions = np.sort(rng.choice(source.count, size=num_fit, replace=False))
+    t0 = time.perf_counter()
+    sample = source.read(positions, progress=scaled(progress, 0.0, 0.1))
+    timings["read_s"] = time.perf_counter() - t0
+    k = _check_k(method, k, len(sample.ids))
+    t0 = time.perf_counter()
+    X = transform.fit_transform(sample.X, copy=not source.in_place)
+    del sample
+    out = method.fit(X, k, params, progress=scaled(progress, 0.1, 0.45))
+    fitted = len(X)
+    del X
+    timings["cluster_s"] = time.perf_counter() - t0
+
+    parts = {"ids": [], "sample_ids": [], "missing": [], "labels": [], "losses": []}
+    assigned, done = scaled(progress, 0.45, 0.75), 0
+    t_read = time.perf_counter()
+    for chunk in source.chunks(_chunk_rows(source.dim)):
+        t0 = time.perf_counter()
+        timings["read_s"] += t0 - t_read
+        if len(chunk.ids):
+            labels, losses = method.assign(out, transform.transform(chunk.X, copy=not source.in_place))
+            parts["labels"].append(labels)
+            parts["losses"].append(losses)
+        parts["ids"].append(chunk.ids)
+        parts["missing"].append(chunk.missing_ids)
+        if chunk.sample_ids is not None:
+            parts["sample_ids"].append(chunk.sample_ids)
+        done += len(chunk.ids) + len(chunk.missing_ids)
+        if assigned is not None:
+            assigned(done / source.count, f"assigning {done}/{source.count}")
+        t_read = time.perf_counter()
+        timings["cluster_s"] += t_read - t0
+    fit_objective = out.objective
+    out.labels = np.concatenate(parts["labels"])
+    out.sample_losses = np.concatenate(parts["losses"])
+    out.objective = float(np.nansum(out.sample_losses, dtype=np.float64))
+    sample_ids = np.concatenate(parts["sample_ids"]) if parts["sample_ids"] else None
+    return _Clustered(
+        np.concatenate(parts["ids"]), sample_ids, np.concatenate(parts["missing"]), out, k, fitted, fit_objective
+    )
+
+
+def _save_run(samples, run_key, ids, sample_ids, out, fields, overwrite, num_reps, config, timings, t_start,
+              transform_state, progress=None):
     import fiftyone as fo
 
     dataset = samples._root_dataset
-    t0 = time.perf_counter()
     labels = np.asarray(out.labels, dtype=np.int64)
     losses = np.asarray(out.sample_losses, dtype=np.float64)
     ranks, reps = _representative_ranks(labels, np.nan_to_num(losses, nan=np.inf), num_reps)
+    id_strings = storage.id_strings(ids)
 
     if overwrite and run_key in dataset.list_runs():
         dataset.delete_run(run_key)  # also deletes its fields
+    t0 = time.perf_counter()
 
     # registered first with status "writing" so that a run killed while writing
     # its fields is visible as incomplete and can be deleted with its fields
@@ -251,23 +433,26 @@ def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, t
         dataset.add_sample_field(fields["loss_field"], fo.FloatField)
         dataset.add_sample_field(fields["rep_field"], fo.IntField)
 
-        storage.write_fields(
+        storage.write_columns(
             dataset,
+            ids,
             {
-                fields["label_field"]: dict(zip(ids, labels.tolist())),
-                fields["loss_field"]: {i: float(v) for i, v in zip(ids, losses) if np.isfinite(v)},
-                fields["rep_field"]: {ids[i]: int(ranks[i]) for i in np.flatnonzero(ranks)},
+                fields["label_field"]: labels,
+                fields["loss_field"]: np.ma.masked_invalid(losses),
+                fields["rep_field"]: np.ma.masked_equal(ranks, 0),
             },
             patches_field=run_config.patches_field,
+            sample_ids=sample_ids,
+            progress=scaled(progress, 0.0, 0.9),
         )
         k_total = int(labels.max()) + 1 if (labels >= 0).any() else 0
         timings = dict(timings, write_s=time.perf_counter() - t0)
-        timings["total_s"] = sum(timings.values())
+        timings["total_s"] = time.perf_counter() - t_start
         results = cr.ClusteringResults(
             samples,
             run_config,
             run_key,
-            sample_ids=list(ids),
+            sample_ids=id_strings,
             labels=labels,
             sample_losses=losses,
             centers=np.asarray(out.centers, dtype=np.float32),
@@ -275,11 +460,13 @@ def _save_run(samples, run_key, ids, out, fields, overwrite, num_reps, config, t
             objective=float(out.objective),
             objective_history=np.asarray(out.objective_history, dtype=np.float64),
             n_iter=out.n_iter,
-            representatives={str(c): [ids[i] for i in idx] for c, idx in reps.items()},
+            representatives={str(c): [id_strings[i] for i in idx] for c, idx in reps.items()},
             timings=timings,
             names={},
             **transform_state,
         )
+        if progress is not None:
+            progress(0.9, "saving the run's results")
         samples.save_run_results(run_key, results)
         run_config.status = "completed"
         dataset.update_run_config(run_key, run_config)

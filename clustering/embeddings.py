@@ -6,12 +6,15 @@ pipeline; ``zoo:<name>`` runs any FiftyOne Model Zoo model with embeddings
 (``zoo:clip-vit-base32-torch``, ``zoo:dinov2-vits14-torch``, ...) through
 FiftyOne's own ``compute_embeddings`` (downloaded on first use).
 
-Results are written batch by batch, by sample id, on the root dataset, so a
-view's excluded fields, filtered labels or other stages never affect what is
-saved. Only two fields are written: the vector field and, on samples whose image
+Results are written batch by batch, by sample id, on the root dataset (through
+:mod:`clustering.storage`), so a view's excluded fields, filtered labels or
+other stages never affect what is saved. Only two fields are written: the vector field and, on samples whose image
 could not be embedded, ``{embeddings_field}_error`` (a string; cleared when a
 later run succeeds). With ``patches_field``, the crops of a ``Detections`` field
 are embedded instead and stored on the labels (:mod:`clustering.patches`).
+
+To embed on several machines, the ``compute_embeddings`` operator splits a
+delegated run into shards (:mod:`clustering.shards`).
 """
 
 import logging
@@ -20,122 +23,29 @@ import time
 import numpy as np
 
 from . import backbones as bb
+from . import storage
+from .models import (  # noqa: F401 (model names stay importable from here)
+    DEFAULT_MODEL,
+    MAX_REPORTED_FAILURES,
+    available_models,
+    default_embeddings_field,
+    field_model,
+    load_zoo_model,
+    model_description,
+    read_error,
+    stamp_field,
+    type_name,
+    validate_field_name,
+    validate_model,
+)
 
 logger = logging.getLogger(__name__)
 
-ZOO_PREFIX = "zoo:"
-DEFAULT_MODEL = bb.DEFAULT_MODEL
 ERROR_SUFFIX = "_error"
-MAX_REPORTED_FAILURES = 20
-
-#: zoo models offered in model lists (any zoo model with embeddings is accepted)
-SUGGESTED_ZOO_MODELS = (
-    "clip-vit-base32-torch",
-    "dinov2-vits14-torch",
-    "dinov2-vitb14-torch",
-    "siglip-base-patch16-224-torch",
-    "resnet50-imagenet-torch",
-)
-
-_RESERVED_FIELDS = {
-    "id",
-    "_id",
-    "filepath",
-    "tags",
-    "metadata",
-    "media_type",
-    "created_at",
-    "last_modified_at",
-    "frames",
-    "dataset_id",
-}
-
-
-# --------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------
-
-
-def available_models(include_zoo=True):
-    """Model names accepted by :func:`compute_embeddings`, the offline default
-    first: the registered backbones, then suggested ``zoo:`` models."""
-    names = bb.available_models()
-    if include_zoo:
-        names += [ZOO_PREFIX + n for n in SUGGESTED_ZOO_MODELS]
-    return names
-
-
-def model_description(model):
-    """One line describing ``model`` (dimension and preprocessing) for forms."""
-    if model.startswith(ZOO_PREFIX):
-        return (
-            f"FiftyOne zoo model '{model[len(ZOO_PREFIX):]}' with its own "
-            "preprocessing; weights are downloaded on first use"
-        )
-    info = bb.model_info(model)
-    where = "offline" if info["offline"] else f"weights {info['weights_file']}, downloaded on first use"
-    return f"{info['dim']}-d; {info['description']}; {info['preprocessing']} ({where})"
-
-
-def default_embeddings_field(model):
-    """A field name derived from the model, e.g. ``efficientnet_lite0_embeddings``."""
-    name = model[len(ZOO_PREFIX):] if model.startswith(ZOO_PREFIX) else model
-    name = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
-    while "__" in name:
-        name = name.replace("__", "_")
-    if not name or not name[0].isalpha():
-        name = "m_" + name
-    return f"{name}_embeddings"
-
-
-def _zoo_names():
-    import fiftyone.zoo as foz
-
-    return set(foz.list_zoo_models())
-
-
-def validate_model(model):
-    """Returns ``("builtin", name)`` or ``("zoo", zoo_name)``; ``ValueError``
-    listing the valid names otherwise."""
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"Invalid model {model!r}; choose one of {', '.join(available_models())}")
-    if model.startswith(ZOO_PREFIX):
-        name = model[len(ZOO_PREFIX):]
-        if name not in _zoo_names():
-            raise ValueError(
-                f"Unknown FiftyOne zoo model {name!r}; see fiftyone.zoo.list_zoo_models"
-                f"(tags='embeddings'). Valid models: {', '.join(available_models())}"
-            )
-        return "zoo", name
-    if model not in bb.available_models():
-        raise ValueError(
-            f"Unknown model {model!r}; valid models: {', '.join(available_models())} "
-            "(or any 'zoo:<FiftyOne zoo model>')"
-        )
-    return "builtin", model
-
-
-def validate_field_name(name, what="embeddings field", example="embeddings"):
-    """``ValueError`` unless ``name`` can be a new sample field (``what`` and
-    ``example`` word the message)."""
-    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
-        raise ValueError(
-            f"Invalid {what} {name!r}: use a Python identifier such as "
-            f"'{example}' (letters, digits, underscores; not starting with a digit or '_')"
-        )
-    if name in _RESERVED_FIELDS:
-        raise ValueError(f"'{name}' is a reserved FiftyOne field; choose another name")
-
 
 # --------------------------------------------------------------------------
 # Fields
 # --------------------------------------------------------------------------
-
-
-def _type_name(ftype):
-    doc = getattr(ftype, "document_type", None)
-    name = type(ftype).__name__
-    return f"{name}({doc.__name__})" if doc is not None else name
 
 
 def _check_field_types(dataset, field, error_field):
@@ -145,37 +55,16 @@ def _check_field_types(dataset, field, error_field):
     ftype = schema.get(field)
     if ftype is not None and not isinstance(ftype, (fo.VectorField, fo.ArrayField)):
         raise ValueError(
-            f"Field '{field}' exists with type {_type_name(ftype)}; choose "
+            f"Field '{field}' exists with type {type_name(ftype)}; choose "
             "another embeddings field (a vector field is needed)"
         )
     etype = schema.get(error_field)
     if etype is not None and not isinstance(etype, fo.StringField):
         raise ValueError(
-            f"Field '{error_field}' exists with type {_type_name(etype)}; it is "
+            f"Field '{error_field}' exists with type {type_name(etype)}; it is "
             "needed for failure messages: choose another embeddings field"
         )
     return ftype is not None, etype is not None
-
-
-def _field_model(dataset, field):
-    try:
-        info = dataset.get_field(field).info or {}
-    except Exception:
-        return None
-    return info.get("model")
-
-
-def _stamp_field(dataset, field, model, dim):
-    """Records the model in the vector field's ``info`` (used to refuse mixing
-    the embeddings of different models in one field)."""
-    try:
-        f = dataset.get_field(field)
-        info = dict(f.info or {})
-        info.update({"model": model, "dim": int(dim) if dim else None, "created_by": "@imgclust/clustering"})
-        f.info = info
-        f.save()
-    except Exception as e:  # metadata only
-        logger.debug("Could not record model info on field '%s': %s", field, e)
 
 
 def _existing_dim(samples, field):
@@ -191,8 +80,9 @@ def _existing_dim(samples, field):
 
 
 class _Writer:
-    """Bulk-writes by sample id on the root dataset, buffering small batches
-    (one write per ``flush_every`` samples); tracks counts."""
+    """Writes vectors and failure markers by sample id on the root dataset
+    (through :class:`clustering.storage.BatchWriter`, one write per
+    ``flush_every`` samples); tracks counts."""
 
     def __init__(self, dataset, field, error_field, had_errors, error_exists, flush_every=256):
         self.dataset = dataset
@@ -200,32 +90,20 @@ class _Writer:
         self.error_field = error_field
         self.error_exists = error_exists
         self.had_errors = had_errors  # ids with an error marker from an earlier run
-        self.flush_every = flush_every
         self.num_embedded = 0
         self.failures = {}
         self.dim = None
-        self._vectors = {}
-        self._failures = {}
+        self._batch = storage.BatchWriter(dataset, flush_every=flush_every)
 
     def write(self, ids, vectors, failures):
         """``ids``/``vectors``: embedded samples; ``failures``: {id: message}."""
-        for i, v in zip(ids, vectors):
-            self._vectors[i] = np.asarray(v, dtype=np.float32)
         if len(ids):
             self.dim = self.dim or int(np.asarray(vectors[0]).size)
-        self._failures.update(failures)
-        if failures or len(self._vectors) + len(self._failures) >= self.flush_every:
-            self.flush()
-
-    def flush(self):
-        vectors, failures = self._vectors, self._failures
-        self._vectors, self._failures = {}, {}
-        if vectors:
-            self.dataset.set_values(self.field, vectors, key_field="id")
-            cleared = [i for i in vectors if i in self.had_errors]
-            if cleared:
-                self.dataset.set_values(self.error_field, {i: None for i in cleared}, key_field="id")
-            self.num_embedded += len(vectors)
+            columns = {self.field: [np.asarray(v, dtype=np.float32) for v in vectors]}
+            if self.had_errors:  # clear the markers of an earlier run
+                columns[self.error_field] = [None if i in self.had_errors else storage.SKIP for i in ids]
+            self._batch.add(ids, columns)
+            self.num_embedded += len(ids)
         if failures:
             if not self.error_exists:  # created on the first failure only
                 import fiftyone as fo
@@ -236,9 +114,14 @@ class _Writer:
                     description=f"Why '{self.field}' could not be computed",
                 )
                 self.error_exists = True
-            self.dataset.set_values(self.field, {i: None for i in failures}, key_field="id")
-            self.dataset.set_values(self.error_field, dict(failures), key_field="id")
+            self._batch.add(
+                list(failures), {self.field: [None] * len(failures), self.error_field: list(failures.values())}
+            )
             self.failures.update(failures)
+            self.flush()
+
+    def flush(self):
+        self._batch.flush()
 
 
 def compute_embeddings(
@@ -346,7 +229,7 @@ def compute_embeddings(
 
     if exists:
         # refuse to mix embeddings of different models in one field
-        previous = _field_model(dataset, embeddings_field)
+        previous = field_model(dataset, embeddings_field)
         untouched = dataset.exists(embeddings_field).count() - target.exists(embeddings_field).count()
         expected_dim = bb.get_spec(name).dim if kind == "builtin" else None
         have_dim = _existing_dim(dataset, embeddings_field) if untouched else None
@@ -364,7 +247,7 @@ def compute_embeddings(
     runner = None
     if ids:
         # load the model before touching the schema (missing weights fail here)
-        runner = bb.get_backbone(name, device, precision) if kind == "builtin" else _load_zoo_model(name, device)
+        runner = bb.get_backbone(name, device, precision) if kind == "builtin" else load_zoo_model(name, device)
 
     if not exists:
         import fiftyone as fo
@@ -402,7 +285,7 @@ def compute_embeddings(
             report(1.0, f"{writer.num_embedded} embedded, {len(writer.failures)} failed")
         summary.update(info)
         dim = writer.dim or summary.get("dim")
-        _stamp_field(dataset, embeddings_field, model, dim)
+        stamp_field(dataset, embeddings_field, model, dim)
     else:
         info = {"device": None, "precision": None, "batch_size": None, "num_workers": None}
         summary.update(info)
@@ -467,34 +350,6 @@ def _compute_builtin(backbone, ids, filepaths, writer, batch_size, num_workers, 
     }
 
 
-def _read_error(filepath):
-    """Why FiftyOne cannot read ``filepath`` (None if it can)."""
-    import fiftyone.utils.image as foui
-
-    try:
-        foui.read(filepath)
-    except Exception as e:
-        return bb._describe(e)
-    return None
-
-
-def _load_zoo_model(name, device):
-    import fiftyone.zoo as foz
-
-    kwargs = {} if device in (None, "auto") else {"device": str(device)}
-    try:
-        model = foz.load_zoo_model(name, **kwargs)
-    except Exception as e:
-        raise RuntimeError(
-            f"Could not load FiftyOne zoo model '{name}' ({type(e).__name__}: {e}). Zoo "
-            "models are downloaded on first use; without network, use the offline "
-            f"model '{DEFAULT_MODEL}'"
-        ) from e
-    if not getattr(model, "has_embeddings", False):
-        raise ValueError(f"Zoo model '{name}' does not expose embeddings")
-    return model
-
-
 def _compute_zoo(model, name, dataset, ids, filepaths, writer, batch_size, num_workers, device, skip_failures, report):
     n = len(ids)
     batch = int(batch_size or 32)
@@ -517,7 +372,7 @@ def _compute_zoo(model, name, dataset, ids, filepaths, writer, batch_size, num_w
                 embs[j] = e
         ok = [j for j, e in enumerate(embs) if e is not None]
         failures = {
-            cids[j]: _read_error(cpaths[j]) or f"zoo model '{name}' failed on this image"
+            cids[j]: read_error(cpaths[j]) or f"zoo model '{name}' failed on this image"
             for j, e in enumerate(embs)
             if e is None
         }

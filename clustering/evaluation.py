@@ -22,6 +22,7 @@ import numpy as np
 from . import features as cf
 from . import metrics as cm
 from . import runs as cr
+from . import storage
 from .methods import get_method
 from .progress import progress_or_bar, scaled
 
@@ -99,17 +100,19 @@ def run_features(samples, run_key, embeddings=None):
                 "array as embeddings=, or store it in a vector field and recompute the run "
                 "with embeddings=<field>"
             )
-        dataset = samples._root_dataset
-        cf.validate_embeddings_field(dataset, field)
-        all_ids, values = dataset.values(["id", field])
-        lookup = dict(zip(all_ids, values))
-        missing = [i for i in run_ids if lookup.get(i) is None]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} samples of run '{run_key}' no longer have embeddings in "
-                f"'{field}'; recompute the run"
-            )
-        X = cf.as_matrix([lookup[i] for i in run_ids], source=f"embeddings in '{field}'")
+        vectors = storage.VectorReader(samples._root_dataset, field).read()
+        stored = storage.id_strings(vectors.ids)
+        if stored == run_ids:
+            X = vectors.X
+        else:
+            row_of = {i: r for r, i in enumerate(stored)}
+            missing = sum(i not in row_of for i in run_ids)
+            if missing:
+                raise ValueError(
+                    f"{missing} samples of run '{run_key}' no longer have embeddings in "
+                    f"'{field}'; recompute the run"
+                )
+            X = vectors.X[[row_of[i] for i in run_ids]]
         source = f"field '{field}'"
     reduction = getattr(config, "reduction", "none") or "none"
     transform = cf.FeatureTransform.from_state(
@@ -244,7 +247,7 @@ def choose_k(
         columns), ``best`` (k picked by each criterion), ``recommended_k`` and
         ``reason``, plus what was run
     """
-    from .api import _load_features
+    from .api import read_features
 
     method_obj = get_method(method)
     if not method_obj.needs_k:
@@ -262,7 +265,8 @@ def choose_k(
 
     with progress_or_bar(progress, "Choosing k") as report:
         report(0.0, "loading features")
-        ids, X, missing, source = _load_features(samples, embeddings, None, None)
+        vectors, source = read_features(samples, embeddings)
+        X, missing = vectors.X, vectors.missing_ids
         n = len(X)
         if k_max > n - 1:
             raise ValueError(f"k_max={k_max} must be at most n - 1 = {n - 1} (samples with embeddings)")

@@ -6,26 +6,46 @@ import numpy as np
 REDUCTIONS = ("none", "pca", "umap")
 
 
+def nonfinite_message(count, n, source="embeddings"):
+    """The error for ``count`` of ``n`` rows with NaN or infinite values."""
+    return (
+        f"{count} of {n} rows of {source} contain NaN or "
+        "infinite values; fix or remove them before clustering"
+    )
+
+
+def mismatched_dimensions_message(source, dims):
+    """The error for vectors of different lengths ``dims``."""
+    return (
+        f"{source} have mismatched dimensions {sorted(set(dims))}; all vectors "
+        "must have the same length"
+    )
+
+
+#: rows per block of the passes over a feature matrix (no full-size temporaries)
+_BLOCK_ROWS = 1 << 14
+
+
 def check_finite(X, source="embeddings"):
     """Raises ``ValueError`` giving the count of rows with NaN or infinite values."""
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        raise ValueError(
-            f"{int(bad.sum())} of {len(X)} rows of {source} contain NaN or "
-            "infinite values; fix or remove them before clustering"
-        )
+    bad = sum(
+        int((~np.isfinite(X[s : s + _BLOCK_ROWS]).all(axis=1)).sum()) for s in range(0, len(X), _BLOCK_ROWS)
+    )
+    if bad:
+        raise ValueError(nonfinite_message(bad, len(X), source))
 
 
 def as_matrix(rows, source="embeddings"):
-    """Stacks per-sample vectors into a float32 (n, d) matrix, naming the
-    problem when their dimensions differ."""
-    dims = {np.asarray(r).size for r in rows}
-    if len(dims) > 1:
-        raise ValueError(
-            f"{source} have mismatched dimensions {sorted(dims)}; all vectors "
-            "must have the same length"
-        )
-    X = np.asarray([np.asarray(r, dtype=np.float32).ravel() for r in rows], dtype=np.float32)
+    """Stacks per-sample vectors (or checks a 2-D array) into a float32
+    ``(n, d)`` matrix, naming the problem when their dimensions differ. A
+    float32 C-contiguous array is returned as is."""
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        X = np.ascontiguousarray(rows, dtype=np.float32)
+    else:
+        dims = {np.asarray(r).size for r in rows}
+        if len(dims) > 1:
+            raise ValueError(mismatched_dimensions_message(source, dims))
+        X = np.asarray([np.asarray(r, dtype=np.float32).ravel() for r in rows], dtype=np.float32)
     if X.ndim != 2 or X.shape[1] == 0:
         raise ValueError(f"{source} are empty")
     check_finite(X, source)
@@ -98,15 +118,22 @@ class FeatureTransform:
         self.pca_mean_ = self.pca_components_ = None
         self._umap = None
 
-    def _normalized(self, X):
+    def _normalized(self, X, copy):
+        """X with unit rows (in place unless ``copy``), a block at a time."""
         if not self.normalize:
             return X
-        norms = np.linalg.norm(X, axis=1, keepdims=True)
-        return X / np.maximum(norms, 1e-12)
+        if copy:
+            X = X.copy()
+        for s in range(0, len(X), _BLOCK_ROWS):
+            block = X[s : s + _BLOCK_ROWS]
+            block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        return X
 
-    def fit_transform(self, X):
+    def fit_transform(self, X, copy=True):
+        """Fits the transform on ``X`` (float32 ``(n, d)``) and returns it
+        applied; ``copy=False`` lets it normalize ``X`` in place."""
         self.info_ = {"normalize": self.normalize, "reduction": self.reduction, "input_dim": int(X.shape[1])}
-        X = self._normalized(X)
+        X = self._normalized(np.asarray(X, dtype=np.float32), copy)
         if self.reduction != "none":
             n_components = self.n_components
             limit = min(X.shape) if self.reduction == "pca" else X.shape[1]
@@ -132,9 +159,10 @@ class FeatureTransform:
         self.info_["dim"] = int(X.shape[1])
         return np.ascontiguousarray(X, dtype=np.float32)
 
-    def transform(self, X):
-        """The fitted mapping applied to new rows ``X`` (float32 result)."""
-        X = self._normalized(np.asarray(X, dtype=np.float32))
+    def transform(self, X, copy=True):
+        """The fitted mapping applied to new rows ``X`` (float32 result;
+        ``copy=False`` lets it normalize a float32 ``X`` in place)."""
+        X = self._normalized(np.asarray(X, dtype=np.float32), copy)
         if self.reduction == "pca":
             if self.pca_components_ is None:
                 raise ValueError("This FeatureTransform's PCA is not fitted")

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from . import runs as cr
+from . import storage
 from .progress import progress_or_bar
 
 logger = logging.getLogger(__name__)
@@ -738,4 +739,4 @@ def _store(dataset, run_key, results, name_field, provider, summary, outcomes,
         if sid in existing
     }
     if values:
-        dataset.set_values(name_field, values, key_field="id")
+        storage.write_fields(dataset, {name_field: values})

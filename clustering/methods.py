@@ -24,16 +24,19 @@ class ClusteringOutput:
     objective_history: list = field(default_factory=list)
     n_iter: int = None
     params: dict = field(default_factory=dict)
+    model: object = None  # what ``ClusteringMethod.assign`` needs of the fit
 
 
 class ClusteringMethod:
-    """Base class: ``name``, ``label``, ``needs_k`` and ``defaults`` (the
-    method's own parameters and their default values)."""
+    """Base class: ``name``, ``label``, ``needs_k``, ``defaults`` (the
+    method's own parameters and their default values) and ``can_assign``
+    (whether :meth:`assign` maps samples outside the fit to its clusters)."""
 
     name = None
     label = None
     needs_k = True
     defaults = {}
+    can_assign = False
 
     def resolve_params(self, params):
         """Defaults updated with ``params``; unknown names raise ``ValueError``."""
@@ -50,6 +53,11 @@ class ClusteringMethod:
     def fit(self, X, k, params, progress=None):
         raise NotImplementedError
 
+    def assign(self, out, X):
+        """``(labels, losses)`` of new rows ``X`` under the fitted ``out``: the
+        center of smallest loss and the loss to it, as the fit defines them."""
+        raise NotImplementedError(f"Method '{self.name}' cannot assign samples outside its fit")
+
 
 def _mean_centers(X, labels, k):
     centers = np.zeros((k, X.shape[1]), dtype=np.float64)
@@ -57,6 +65,26 @@ def _mean_centers(X, labels, k):
     np.add.at(centers, labels[labels >= 0], X[labels >= 0])
     centers /= np.maximum(counts, 1)[:, None]
     return centers.astype(np.float32)
+
+
+def _assign_to_means(centers, X):
+    """Nearest cluster mean (squared Euclidean distance) and that distance."""
+    C = np.asarray(centers, dtype=np.float32)
+    scores = X @ C.T
+    scores *= -2.0
+    scores += (C * C).sum(axis=1)
+    labels = np.argmin(scores, axis=1).astype(np.int64)
+    losses = ((X - C[labels]) ** 2).sum(axis=1)
+    return labels, losses
+
+
+class _MeanCentersMethod(ClusteringMethod):
+    """A method whose clusters are represented by their means (k-means)."""
+
+    can_assign = True
+
+    def assign(self, out, X):
+        return _assign_to_means(out.centers, X)
 
 
 def _mean_output(X, labels, params, n_iter=None):
@@ -79,6 +107,7 @@ def _mean_output(X, labels, params, n_iter=None):
 
 class GeneralizedKMeansMethod(ClusteringMethod):
     name = "generalized_kmeans"
+    can_assign = True
     label = "Generalized k-means (loss-based)"
     defaults = {
         "loss": "squared",
@@ -115,10 +144,20 @@ class GeneralizedKMeansMethod(ClusteringMethod):
             objective_history=[float(v) for v in model.objective_history_],
             n_iter=int(model.n_iter_),
             params=used,
+            model=model,
         )
 
+    def assign(self, out, X):
+        import torch
 
-class KMeansMethod(ClusteringMethod):
+        model = out.model
+        labels = model.predict(X)
+        C = torch.as_tensor(model.cluster_centers_)
+        losses = get_loss(model.loss).loss(torch.from_numpy(X), C[torch.from_numpy(labels)], model.loss_param_)
+        return labels, losses.numpy()
+
+
+class KMeansMethod(_MeanCentersMethod):
     name = "kmeans"
     label = "K-means (scikit-learn)"
     defaults = {"n_init": 3, "max_iter": 300, "tol": 1e-4, "random_state": 51}
@@ -130,7 +169,7 @@ class KMeansMethod(ClusteringMethod):
         return _mean_output(X, model.labels_, params, n_iter=int(model.n_iter_))
 
 
-class MiniBatchKMeansMethod(ClusteringMethod):
+class MiniBatchKMeansMethod(_MeanCentersMethod):
     name = "minibatch_kmeans"
     label = "Mini-batch k-means (scikit-learn)"
     defaults = {"batch_size": 1024, "n_init": 3, "max_iter": 100, "random_state": 51}

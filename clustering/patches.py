@@ -5,7 +5,7 @@ Each image is decoded once (large JPEGs at a reduced DCT scale when every box
 stays at least the model's input size), all its boxes are cropped and resized
 in worker processes, and the crops run through the model in batches. Vectors are
 written batch by batch with label-level updates (by sample and label id) on the
-root dataset, so a view's excluded fields, filtered labels or other stages never
+root dataset (through :mod:`clustering.storage`), so a view's excluded fields, filtered labels or other stages never
 affect what is saved; only the ``{patches_field}.detections.{embeddings_field}``
 attribute is written. ``zoo:`` models run through FiftyOne's
 ``compute_patch_embeddings``.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import backbones as bb
-from . import embeddings as ce
+from . import models, storage
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -283,38 +283,35 @@ def validate_patches_field(samples, patches_field):
     doc = getattr(ftype, "document_type", None)
     if not (isinstance(ftype, fo.EmbeddedDocumentField) and issubclass(doc, fo.Detections)):
         raise ValueError(
-            f"Patches field '{patches_field}' has type {ce._type_name(ftype)}; patches need "
+            f"Patches field '{patches_field}' has type {models.type_name(ftype)}; patches need "
             f"a Detections field (bounding boxes). Detections fields: {choices}"
         )
 
 
 class _LabelWriter:
-    """Bulk label-level writes on the root dataset (one write per
-    ``flush_every`` patches)."""
+    """Writes vectors on labels (by sample and label id) on the root dataset
+    (through :class:`clustering.storage.BatchWriter`, one write per
+    ``flush_every`` patches); counts them."""
 
-    def __init__(self, dataset, path, flush_every=1024):
-        self.dataset = dataset
+    def __init__(self, dataset, path, patches_field, flush_every=1024):
         self.path = path
-        self.flush_every = flush_every
         self.num_embedded = 0
         self.dim = None
-        self._values = []
+        self._batch = storage.BatchWriter(dataset, patches_field=patches_field, flush_every=flush_every)
 
     def write(self, sample_ids, label_ids, vectors):
         """Sets ``vectors`` (None clears) on the labels; aligned lists."""
-        for sid, lid, v in zip(sample_ids, label_ids, vectors):
+        values = []
+        for v in vectors:
             if v is not None:
                 v = np.asarray(v, dtype=np.float32)
                 self.dim = self.dim or int(v.size)
                 self.num_embedded += 1
-            self._values.append({"sample_id": sid, "label_id": lid, "value": v})
-        if len(self._values) >= self.flush_every:
-            self.flush()
+            values.append(v)
+        self._batch.add(list(label_ids), {self.path: values}, sample_ids=list(sample_ids))
 
     def flush(self):
-        values, self._values = self._values, []
-        if values:
-            self.dataset.set_label_values(self.path, values)
+        self._batch.flush()
 
 
 def compute_patch_embeddings(
@@ -355,8 +352,8 @@ def compute_patch_embeddings(
     from .progress import progress_or_bar
 
     t0 = time.perf_counter()
-    kind, name = ce.validate_model(model)
-    ce.validate_field_name(embeddings_field)
+    kind, name = models.validate_model(model)
+    models.validate_field_name(embeddings_field)
     if samples.media_type != fom.IMAGE:
         raise ValueError(f"Patch embeddings need an image collection; this one has media type '{samples.media_type}'")
     if samples._is_generated or samples._is_dynamic_groups:
@@ -380,7 +377,7 @@ def compute_patch_embeddings(
     ftype = dataset.get_field_schema(flat=True).get(path)
     if ftype is not None and not isinstance(ftype, (fo.VectorField, fo.ArrayField)):
         raise ValueError(
-            f"Label attribute '{path}' exists with type {ce._type_name(ftype)}; choose "
+            f"Label attribute '{path}' exists with type {models.type_name(ftype)}; choose "
             "another embeddings field (a vector attribute is needed)"
         )
 
@@ -407,7 +404,7 @@ def compute_patch_embeddings(
 
     if ftype is not None and refs:
         # refuse to mix embeddings of different models in one attribute
-        previous = ce._field_model(dataset, path)
+        previous = models.field_model(dataset, path)
         untouched = dataset.count(path) - (target.count(path) if overwrite else 0)
         if untouched and previous is not None and previous != model:
             raise ValueError(
@@ -418,11 +415,11 @@ def compute_patch_embeddings(
 
     runner = None
     if refs:
-        runner = bb.get_backbone(name, device, precision) if kind == "builtin" else ce._load_zoo_model(name, device)
+        runner = bb.get_backbone(name, device, precision) if kind == "builtin" else models.load_zoo_model(name, device)
     if ftype is None and num_target:
         dataset.add_sample_field(path, fo.VectorField, description=f"Patch embeddings ({model})")
 
-    writer = _LabelWriter(dataset, path)
+    writer = _LabelWriter(dataset, path, patches_field)
     if degenerate:
         writer.write(*zip(*degenerate), [None] * len(degenerate))
     failures = {}
@@ -446,11 +443,11 @@ def compute_patch_embeddings(
             report(1.0, f"{writer.num_embedded} patches embedded, {len(failures)} images failed")
     dim = writer.dim or (bb.get_spec(name).dim if kind == "builtin" else None)
     if writer.num_embedded:
-        ce._stamp_field(dataset, path, model, dim)
+        models.stamp_field(dataset, path, model, dim)
 
     seconds = time.perf_counter() - t0
     failed_ids = list(failures)
-    shown = failed_ids[: ce.MAX_REPORTED_FAILURES]
+    shown = failed_ids[: models.MAX_REPORTED_FAILURES]
     num_failed = sum(len(patches[s]) for _, s in failures.values())
     return {
         "model": model,
@@ -534,7 +531,7 @@ def _compute_zoo(
         for s, lids in zip(chunk, order):
             e = embs.get(sample_ids[s])
             if e is None or len(e) != len(lids):
-                errors[s] = ce._read_error(filepaths[s]) or f"zoo model '{name}' failed on this image"
+                errors[s] = models.read_error(filepaths[s]) or f"zoo model '{name}' failed on this image"
             else:
                 writer.write([sample_ids[s]] * len(lids), lids, list(e))
         _fail(failures, writer, refs, sample_ids, patches, errors, skip_failures)

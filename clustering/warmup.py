@@ -1,4 +1,5 @@
-"""Compiling the engine's CPU kernels ahead of first use.
+"""Compiling the engine's CPU kernels (and the kernels that decode embeddings
+read from the database) ahead of first use.
 
 numba compiles the kernels a loss needs the first time a process fits with it
 (a few seconds for squared L2, 12-13 s for absolute, Huber or pseudo-Huber)
@@ -102,12 +103,18 @@ def ensure_ready(loss, dtype="float32", progress=None):
 
 
 def compile_all(losses=None, dtypes=("float32",), progress=None):
-    """Compiles every loss's kernels (``losses``: names, default all)."""
+    """Compiles every loss's kernels (``losses``: names, default all) and those
+    that decode embeddings read from the database."""
+    from . import _bson_kernels
+
     todo = [(loss, dtype) for loss in (losses or available_losses()) for dtype in dtypes]
     for i, (loss, dtype) in enumerate(todo):
         if progress is not None:
-            progress(i / len(todo), f"{loss} ({dtype})")
+            progress(i / (len(todo) + 1), f"{loss} ({dtype})")
         ensure_ready(loss, dtype)
+    if progress is not None:
+        progress(len(todo) / (len(todo) + 1), "embeddings decoding")
+    _bson_kernels.warm_up()
     if progress is not None:
         progress(1.0, "done")
 

@@ -78,7 +78,7 @@ def _features_inputs(ctx, inputs, target_view):
         field = ctx.params.get("embeddings") or fields[0]
         return field, target_view.exists(field).count()
 
-    from clustering.embeddings import available_models, default_embeddings_field
+    from clustering.models import available_models, default_embeddings_field
 
     models = available_models()
     inputs.enum("model", models, default=models[0], required=True, label="Model", view=types.DropdownView())
@@ -153,6 +153,17 @@ def _method_inputs(ctx, inputs, n_available):
         inputs.int("min_samples", label="Min samples (optional)")
     if "random_state" in method.defaults:
         inputs.int("random_state", default=51, label="Seed")
+    if method.can_assign:
+        inputs.int(
+            "fit_sample_size",
+            min=1,
+            label="Fit on a sample of (optional)",
+            description=(
+                "Empty: fit on every sample when the features fit in memory, else on the largest "
+                "random sample that does. Either way every sample is then assigned to its "
+                "nearest center, a chunk at a time"
+            ),
+        )
 
 
 def _output_inputs(ctx, inputs):
@@ -283,6 +294,8 @@ class ComputeClusters(foo.Operator):
             "n_components", "num_representatives", "label_field", "loss_field",
             "rep_field", "overwrite", *method.defaults,
         }
+        if method.can_assign:
+            names.add("fit_sample_size")
         kwargs = {n: params[n] for n in names if params.get(n) not in (None, "")}
         if params.get("features") == "field":
             kwargs.pop("model", None)

@@ -1,12 +1,18 @@
 """``compute_embeddings``: the App form, delegation and SDK entry point for
 :func:`clustering.embeddings.compute_embeddings`."""
 
+import copy
+import os
+import socket
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import clustering.backbones as bb
 import clustering.embeddings as ce
+import clustering.models as embedding_models
 import clustering.patches as cp
+import clustering.shards as shards
 
 from .common import add_delegate_input, execute_from_sdk, progress_callback
 
@@ -31,7 +37,7 @@ def _model_choices(models):
     view = types.DropdownView()
     for name in models:
         try:
-            description = ce.model_description(name)
+            description = embedding_models.model_description(name)
         except Exception:
             description = None
         view.add_choice(name, label=name, description=description)
@@ -72,7 +78,7 @@ def _patches_input(ctx, inputs, target):
 
 
 def _field_input(ctx, inputs, target, model, patches_field):
-    default = ce.default_embeddings_field(model)
+    default = embedding_models.default_embeddings_field(model)
     prop = inputs.str(
         "embeddings_field",
         default=default,
@@ -86,7 +92,7 @@ def _field_input(ctx, inputs, target, model, patches_field):
     )
     field = ctx.params.get("embeddings_field") or default
     try:
-        ce.validate_field_name(field)
+        embedding_models.validate_field_name(field)
     except ValueError as e:
         prop.invalid = True
         prop.error_message = str(e)
@@ -139,7 +145,7 @@ class ComputeEmbeddings(foo.Operator):
     def __call__(
         self,
         sample_collection,
-        model=ce.DEFAULT_MODEL,
+        model=embedding_models.DEFAULT_MODEL,
         embeddings_field="embeddings",
         patches_field=None,
         batch_size=None,
@@ -151,10 +157,15 @@ class ComputeEmbeddings(foo.Operator):
         alpha=None,
         precision="auto",
         delegate=False,
+        num_shards=None,
     ):
         """SDK entry: same parameters as
         :func:`clustering.embeddings.compute_embeddings`; returns its summary
-        dict (or the delegated operation when ``delegate``)."""
+        dict (or the delegated operation when ``delegate``). With ``delegate``
+        and ``num_shards=N``, queues N delegated operations over disjoint
+        parts of the samples (see :mod:`clustering.shards`) for any number of
+        ``fiftyone delegated launch`` workers, and returns what was queued
+        (``operations``: their ids, ``shards``: their specs)."""
         params = dict(
             model=model,
             embeddings_field=embeddings_field,
@@ -167,9 +178,12 @@ class ComputeEmbeddings(foo.Operator):
             skip_failures=skip_failures,
             force_square=force_square or None,
             alpha=alpha,
+            num_shards=num_shards,
         )
+        if num_shards is not None and not delegate:
+            raise ValueError("num_shards splits delegated runs: pass delegate=True")
         result = execute_from_sdk(self, sample_collection, params, delegate=delegate)
-        if delegate:
+        if delegate and not _queues_shards(params):
             return result
         if getattr(result, "error", None):
             raise RuntimeError(result.error)
@@ -183,7 +197,7 @@ class ComputeEmbeddings(foo.Operator):
             types.Notice(label=f"{len(target)} samples will be embedded (fewer if not recomputing)"),
         )
 
-        models = ce.available_models()
+        models = embedding_models.available_models()
         inputs.enum(
             "model",
             models,
@@ -195,7 +209,7 @@ class ComputeEmbeddings(foo.Operator):
         )
         model = ctx.params.get("model") or models[0]
         if model in models:
-            inputs.view("model_info", types.Notice(label=ce.model_description(model)))
+            inputs.view("model_info", types.Notice(label=embedding_models.model_description(model)))
 
         patches_field = _patches_input(ctx, inputs, target)
         _field_input(ctx, inputs, target, model, patches_field)
@@ -236,21 +250,42 @@ class ComputeEmbeddings(foo.Operator):
             description="Mark them in '<field>_error' and continue (otherwise stop at the first one)",
         )
         add_delegate_input(inputs)
+        if ctx.params.get("delegate"):
+            inputs.int(
+                "num_shards",
+                min=1,
+                label="Shards (optional)",
+                description=(
+                    "Split into this many delegated operations over disjoint parts of the samples, "
+                    "for several `fiftyone delegated launch` workers (one per GPU or machine)"
+                ),
+            )
         return types.Property(inputs, view=types.View(label="Compute embeddings"))
 
     def resolve_delegation(self, ctx):
-        return ctx.params.get("delegate", False)
+        # a sharded request runs now: it only queues its shards
+        return bool(ctx.params.get("delegate", False)) and not _queues_shards(ctx.params)
+
+    def resolve_run_name(self, ctx):
+        shard = ctx.params.get("shard")
+        return f"{self.config.label} ({shards.describe(shard)})" if shard else self.config.label
 
     def execute(self, ctx):
+        target = ctx.target_view(require_flat=True)
+        if _queues_shards(ctx.params):
+            return _queue_shards(self, ctx, target)
         kwargs = {k: ctx.params[k] for k in PARAMS if ctx.params.get(k) not in (None, "", NO_PATCHES)}
         if "patches_field" not in kwargs:  # patch options left over from the form
             kwargs.pop("force_square", None)
             kwargs.pop("alpha", None)
+        shard = ctx.params.get("shard")
         summary = ce.compute_embeddings(
-            ctx.target_view(require_flat=True),
+            shards.shard_view(target, shard) if shard else target,
             progress=progress_callback(ctx, "Embedding"),
             **kwargs,
         )
+        if shard:  # which shard, and which worker executed it
+            summary.update(shard=shard, executed_by=f"{socket.gethostname()}:{os.getpid()}")
         if not ctx.delegated:
             ctx.ops.reload_dataset()
         summary["message"] = _markdown(summary)
@@ -259,6 +294,9 @@ class ComputeEmbeddings(foo.Operator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("message", label="Summary", view=types.MarkdownView())
+        if _queues_shards(ctx.params):
+            outputs.list("operations", types.String(), label="Queued operations")
+            return types.Property(outputs, view=types.View(label="Shards queued"))
         outputs.str("field", label="Embeddings field")
         outputs.int("dim", label="Dimension")
         outputs.int("num_embedded", label="Embedded")
@@ -273,6 +311,40 @@ def _where(summary):
         return ""
     precision = f" ({summary['precision']})" if summary.get("precision") else ""
     return f" on {summary['device']}{precision}"
+
+
+def _queues_shards(params):
+    """Whether a request splits the work into shards (rather than being one)."""
+    return (params.get("num_shards") or 1) > 1 and not params.get("shard")
+
+
+def _queue_shards(operator, ctx, target):
+    """Queues one delegated operation per shard of ``target``, each with this
+    request's context and parameters plus its shard spec."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionContext
+
+    specs = shards.shard_specs(target, ctx.params["num_shards"])
+    service = DelegatedOperationService()
+    operations = []
+    for spec in specs:
+        request = copy.deepcopy(ctx.request_params)
+        request["params"] = dict(ctx.params, shard=spec, num_shards=None, delegate=True)
+        request["delegated"] = True
+        shard_ctx = ExecutionContext(request_params=request)
+        operation = service.queue_operation(
+            operator=operator.uri,
+            label=operator.resolve_run_name(shard_ctx),
+            context=shard_ctx.serialize(),
+            rerunnable=True,
+        )
+        operations.append(str(operation.id))
+    summary = {"num_shards": len(specs), "shards": specs, "operations": operations}
+    summary["message"] = (
+        f"**{len(specs)}** delegated operations queued, one per shard of the {len(target)} samples: "
+        "run `fiftyone delegated launch` on each worker"
+    )
+    return summary
 
 
 def _markdown(summary):

@@ -191,16 +191,22 @@ def test_existing_key_needs_overwrite(pixel_dataset, plugin_operator):
     assert len(set(pixel_dataset.values("c_cluster"))) == 4
 
 
-def test_failed_write_leaves_no_fields_or_run(pixel_dataset, monkeypatch, fo):
+def _update_then_fail(monkeypatch, error):
+    """Makes the bulk writer apply half of its first update command, then fail."""
+    from clustering import storage
+
+    original = storage._update
+
+    def update(collection, statements):
+        original(collection, statements[: len(statements) // 2])
+        raise error
+
+    monkeypatch.setattr(storage, "_update", update)
+
+
+def test_failed_write_leaves_no_fields_or_run(pixel_dataset, monkeypatch):
     fields = set(pixel_dataset.get_field_schema())
-    original = fo.Dataset.set_values
-
-    def failing_set_values(self, field, *args, **kwargs):
-        if field == "c_loss":
-            raise RuntimeError("disk full")
-        return original(self, field, *args, **kwargs)
-
-    monkeypatch.setattr(fo.Dataset, "set_values", failing_set_values)
+    _update_then_fail(monkeypatch, RuntimeError("disk full"))
     with pytest.raises(RuntimeError, match="disk full"):
         clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
     _assert_nothing_written(pixel_dataset, fields)
@@ -257,14 +263,7 @@ def test_pca_and_normalization_are_recorded(pixel_dataset):
 def test_run_killed_while_writing_is_marked_incomplete_and_deletable(pixel_dataset, monkeypatch, fo):
     """A hard kill cannot run cleanup: the run is then registered as incomplete
     and delete_run removes it with its fields."""
-    original = fo.Dataset.set_values
-
-    def killed(self, field, *args, **kwargs):
-        if field == "c_rep":
-            raise KeyboardInterrupt  # stands for a kill: we skip the cleanup below
-        return original(self, field, *args, **kwargs)
-
-    monkeypatch.setattr(fo.Dataset, "set_values", killed)
+    _update_then_fail(monkeypatch, KeyboardInterrupt())  # stands for a kill: we skip the cleanup below
     monkeypatch.setattr(fo.Dataset, "delete_run", lambda self, key: None)
     with pytest.raises(KeyboardInterrupt):
         clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
@@ -333,3 +332,87 @@ def test_progress_callable_and_bad_value(pixel_dataset):
     with pytest.raises(ValueError, match="progress must be None, True, False or a callable"):
         clustering.compute_clusters(pixel_dataset, "q", embeddings="pixels", k=2, progress="yes")
     assert "q" not in pixel_dataset.list_runs()
+
+
+def _nearest(X, centers):
+    """Direct assignment: index and squared distance of each row's nearest center."""
+    d2 = ((X[:, None, :].astype(np.float64) - centers[None].astype(np.float64)) ** 2).sum(-1)
+    return d2.argmin(1), d2.min(1)
+
+
+def test_fit_on_a_sample_with_a_tiny_memory_budget_assigns_every_sample(pixel_dataset, plugin_operator, monkeypatch):
+    from clustering import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 100_000)  # room for a few hundred vectors
+    seen = []
+    results = clustering.compute_clusters(
+        pixel_dataset, "s", embeddings="pixels", k=4, n_init=1, random_state=0,
+        progress=lambda f, m: seen.append(m),
+    )
+    config = results.config
+    n = len(pixel_dataset)
+    assert config.streamed and config.fit_sample_size == "auto" and 4 * 50 <= config.num_fit < n
+    assert config.num_clustered == n and config.fit_objective > 0
+    assert any(m.startswith("assigning") for m in seen) and f"writing {n}/{n}" in seen
+
+    X = np.stack(pixel_dataset.values("pixels"))
+    labels, losses, ranks = pixel_dataset.values(["s_cluster", "s_loss", "s_rep"])
+    nearest, d2 = _nearest(X, results.centers)
+    assert labels == nearest.tolist()
+    np.testing.assert_allclose(losses, d2, rtol=1e-4, atol=1e-6)
+    assert np.isclose(results.objective, d2.sum(), rtol=1e-5)
+    for c in range(4):
+        members = np.flatnonzero(nearest == c)
+        assert ranks[members[np.argmin(d2[members])]] == 1
+    assert results.sample_ids == pixel_dataset.values("id")
+
+
+def test_fit_sample_size_with_normalization_pca_and_missing_embeddings(pixel_dataset):
+    from clustering.features import FeatureTransform
+
+    ids = pixel_dataset.values("id")
+    without = set(ids[::9])
+    pixel_dataset.select(list(without)).set_field("pixels", None).save()
+    view = pixel_dataset.sort_by("filepath", reverse=True)
+    results = clustering.compute_clusters(
+        view, "p", embeddings="pixels", method="kmeans", k=3, normalize=True, reduction="pca",
+        n_components=8, fit_sample_size=120, random_state=1,
+    )
+    config = results.config
+    assert config.streamed and config.fit_sample_size == 120 and config.num_fit <= 120
+    assert config.num_missing_embeddings == len(without) and config.num_clustered == len(ids) - len(without)
+
+    view_ids, values, labels = view.values(["id", "pixels", "p_cluster"])
+    have = [i for i, v in enumerate(values) if v is not None]
+    stored = pixel_dataset.load_run_results("p", cache=False)
+    mapped = FeatureTransform.from_state(stored.config, stored.pca_mean, stored.pca_components).transform(
+        np.stack([values[i] for i in have])
+    )
+    assert [labels[i] for i in have] == _nearest(mapped, results.centers)[0].tolist()
+    assert all(labels[i] is None for i, v in enumerate(values) if v is None)
+    assert results.sample_ids == [view_ids[i] for i in have]
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"method": "hdbscan", "fit_sample_size": 100}, "cannot assign samples outside its fit"),
+        ({"k": 3, "fit_sample_size": 0}, "fit_sample_size must be 'auto' or an integer >= 1"),
+        ({"k": 3, "fit_sample_size": "half"}, "fit_sample_size must be 'auto' or an integer >= 1"),
+    ],
+)
+def test_bad_fit_sample_size_fails_before_any_write(pixel_dataset, kwargs, message):
+    fields = set(pixel_dataset.get_field_schema())
+    with pytest.raises(ValueError, match=message):
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", **kwargs)
+    _assert_nothing_written(pixel_dataset, fields)
+
+
+def test_form_offers_fit_sample_size_to_methods_that_assign(pixel_dataset, plugin_operator):
+    assert "fit_sample_size" in form("compute_clusters", pixel_dataset, {"embeddings": "pixels"})
+    assert "fit_sample_size" not in form("compute_clusters", pixel_dataset, {"embeddings": "pixels", "method": "hdbscan"})
+    results = plugin_operator("compute_clusters")(
+        pixel_dataset, run_key="f", embeddings="pixels", k=3, fit_sample_size=100
+    )
+    assert results.config.streamed and results.config.num_fit == 100
+    assert pixel_dataset.count("f_cluster") == len(pixel_dataset)

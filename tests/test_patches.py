@@ -379,6 +379,28 @@ def test_patch_embeddings_cluster_faces_apart_from_textures(patches_dataset):
     assert len(left) == 1 and len(right) == 1 and left != right
 
 
+def test_a_patches_run_fitted_on_a_sample_assigns_every_label(patches_dataset):
+    """The beyond-RAM mode on patches: fit on a few labels, every label of the
+    view assigned (on the label, by label id) to its nearest center."""
+    import clustering
+    from fiftyone import ViewField as F
+
+    ds = patches_dataset
+    clustering.compute_embeddings(ds, MODEL, "emb", patches_field="gt", progress=quiet)
+    patches = ds.filter_labels("gt", F("label").is_in(["left", "right"])).to_patches("gt")
+    results = clustering.compute_clusters(
+        patches, "s", embeddings="gt.emb", method="kmeans", k=2, fit_sample_size=6, random_state=0, progress=quiet,
+    )
+    assert results.config.streamed and results.config.num_fit == 6
+    ids, X = patches.values(["id", "gt.emb"])
+    X = np.stack(X)
+    nearest = ((X[:, None] - results.centers[None]) ** 2).sum(-1).argmin(1)
+    stored = {i: c for lids, cs in zip(*ds.values(["gt.detections.id", "gt.detections.s_cluster"]))
+              for i, c in zip(lids, cs)}
+    assert [stored[i] for i in ids] == nearest.tolist()
+    assert sum(c is not None for c in stored.values()) == len(ids)  # the filtered-out labels: untouched
+
+
 def test_evaluation_patches_are_refused_before_any_write(patches_dataset):
     """An evaluation patches view (true/false positives of two fields) has no
     single label field to store a run on: clustering it fails with a message

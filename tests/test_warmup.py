@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import clustering._bson_kernels as B
 import clustering._kernels as K
 from conftest import REPO_ROOT
 
@@ -23,6 +24,7 @@ _FIT_AND_COUNT_COMPILES = """
 import json, sys
 import numpy as np
 from numba.core.registry import CPUDispatcher
+import clustering._bson_kernels as B
 import clustering._kernels as K
 from clustering import GeneralizedKMeans
 
@@ -64,3 +66,31 @@ def test_first_use_compiles_and_says_so(tmp_path):
     assert "compiling the squared kernels (first use only)" in first["messages"]
     again = _fit("squared", tmp_path)
     assert again["compiled"] == [] and not any("compiling" in m for m in again["messages"])
+
+
+# reads of every kind of stored vector, then the reading kernels numba had to compile
+_READ_AND_COUNT_COMPILES = """
+import json
+import numpy as np
+import fiftyone as fo
+from numba.core.registry import CPUDispatcher
+import clustering._bson_kernels as B
+from clustering import storage
+
+ds = fo.Dataset()
+ds.add_samples([fo.Sample(filepath=f"/x/{i}.jpg") for i in range(20)], progress=False)
+ds.set_values("v", [np.ones(8, np.float32)] * 10 + [np.ones(8)] * 5 + [None] * 5)
+ds.set_values("l", [[1.0] * 8] * 20)
+storage.read_embeddings(ds, "v")
+storage.read_embeddings(ds.limit(15), "l")
+fo.delete_dataset(ds.name)
+compiled = sorted(d.py_func.__name__ for d in vars(B).values() if isinstance(d, CPUDispatcher) and d.stats.cache_misses)
+print(json.dumps(compiled))
+"""
+
+
+@pytest.mark.skipif(not B.AVAILABLE, reason="no reading kernels here (numba or the inflate libraries missing)")
+def test_warmup_compiles_the_reading_kernels(tmp_path):
+    assert json.loads(_run(["-c", _READ_AND_COUNT_COMPILES], tmp_path / "cold").splitlines()[-1])
+    _run(["-m", "clustering.warmup", "--loss", "squared"], tmp_path / "warm")
+    assert json.loads(_run(["-c", _READ_AND_COUNT_COMPILES], tmp_path / "warm").splitlines()[-1]) == []
