@@ -105,6 +105,7 @@ class GeneralizedKMeansMethod(ClusteringMethod):
         used = dict(
             params,
             loss_param=model.loss_param_,
+            loss_param_rule=model.loss_param_rule_,
             device=str(getattr(model, "device_", params["device"])),
         )
         return ClusteringOutput(
