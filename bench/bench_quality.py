@@ -44,7 +44,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from clustering import GeneralizedKMeans, get_loss  # noqa: E402  (first: OpenMP policy)
-from clustering.datasets import contaminated_blobs  # noqa: E402
+from clustering.datasets import contaminated_blobs, separated_blobs  # noqa: E402
 
 RESULTS = os.path.join(REPO_ROOT, "bench", "results")
 HYMENOPTERA = "/work/shared/data/hymenoptera"
@@ -328,19 +328,6 @@ def real_section(quick, sets):
 
 
 # ------------------------------------------------------------------ section 3
-def unequal_blobs(sizes, d=4, std=2.0, min_separation=9.0, box=10.0, random_state=0):
-    """Gaussian clusters of the given sizes whose centers, uniform in a box, are
-    at least ``min_separation`` apart (so that the true k is recoverable)."""
-    rng = np.random.default_rng(random_state)
-    centers = []
-    while len(centers) < len(sizes):
-        c = rng.uniform(-box, box, d)
-        if all(np.linalg.norm(c - other) >= min_separation for other in centers):
-            centers.append(c)
-    labels = np.repeat(np.arange(len(sizes)), sizes)
-    return np.asarray(centers)[labels] + std * rng.normal(size=(len(labels), d))
-
-
 def choose_k_sets(quick, real):
     """[(name, X, true k, loss)]: labelled sets for choosing k."""
     from sklearn.datasets import load_iris, load_wine, make_blobs
@@ -353,7 +340,7 @@ def choose_k_sets(quick, real):
                           random_state=seed)
         out.append((f"overlapping blobs k=4 (seed {seed})", X, 4, "squared"))
     for seed in seeds:  # k-means at the true k has ARI 0.98-1.00
-        X = unequal_blobs([400, 300, 200, 150, 100, 80, 60, 40], random_state=seed)
+        X, _ = separated_blobs([400, 300, 200, 150, 100, 80, 60, 40], random_state=seed)
         out.append((f"unequal blobs k=8 (seed {seed})", X, 8, "squared"))
     for seed in seeds:
         X, _, inliers, _ = contaminated_blobs(k=5, contamination="far", fraction=0.1,

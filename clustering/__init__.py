@@ -30,6 +30,7 @@ _LAZY = {
     "available_models": "embeddings",
     "label_clusters": "labeling",
     "choose_k": "evaluation",
+    "recommend_k": "selection",
     "evaluate_run": "evaluation",
     "compare_runs": "evaluation",
     "silhouette_analysis": "evaluation",

@@ -4,7 +4,8 @@
 crops of its brick, grass and gravel textures as PNG files; ``load_demo_dataset``
 wraps them in a FiftyOne dataset with the known class in ``ground_truth``.
 ``contaminated_blobs`` draws Gaussian clusters with far outliers or heavy-tailed
-noise, the setting where the choice of loss matters.
+noise, the setting where the choice of loss matters; ``separated_blobs`` draws
+clusters of given sizes whose centers keep a minimum distance.
 """
 
 import os
@@ -119,3 +120,26 @@ def contaminated_blobs(n=2000, d=32, k=5, contamination="none", fraction=0.1, sp
         else:
             X[bad] = centers[labels[bad]] + rng.standard_cauchy(size=(len(bad), d))
     return X.astype(np.float32), labels, inliers, centers
+
+
+def separated_blobs(sizes, d=4, std=2.0, min_separation=9.0, box=10.0, random_state=0):
+    """Gaussian clusters of the given ``sizes`` (standard deviation ``std``)
+    whose centers, uniform in [-box, box]^d, are at least ``min_separation``
+    apart, so that no two clusters merge by chance.
+
+    Returns:
+        ``(X float32 (sum(sizes), d), labels)``, the clusters in order
+    """
+    rng = np.random.default_rng(random_state)
+    centers, attempts = [], 0
+    while len(centers) < len(sizes):
+        attempts += 1
+        if attempts > 10_000 * len(sizes):
+            raise ValueError(f"cannot place {len(sizes)} centers {min_separation} apart in "
+                             f"[-{box}, {box}]^{d}")
+        c = rng.uniform(-box, box, d)
+        if all(np.linalg.norm(c - other) >= min_separation for other in centers):
+            centers.append(c)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    X = np.asarray(centers)[labels] + std * rng.normal(size=(len(labels), d))
+    return X.astype(np.float32), labels

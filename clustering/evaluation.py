@@ -222,8 +222,6 @@ def choose_k(
         that pick the recommended k), ``recommended_k`` and ``reason``, plus
         what was run
     """
-    from .api import _load_features
-
     method_obj = get_method(method)
     if not method_obj.needs_k:
         raise ValueError(f"Method '{method}' chooses its own number of clusters; choose_k sweeps k")
@@ -243,6 +241,8 @@ def choose_k(
         if samples is None:
             X, missing, source = _array_features(embeddings)
         else:
+            from .api import _load_features  # FiftyOne only where there is a collection
+
             _, X, missing, source = _load_features(samples, embeddings, None, None)
         n = len(X)
         if k_max > n - 1:
