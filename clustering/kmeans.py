@@ -785,7 +785,7 @@ class GeneralizedKMeans:
                              f"({k}, {d}), got {shape}")
         return _as_tensor(init, device, dtype, what="init").clone()
 
-    def _default_param(self, loss, X, k, init, rng, report):
+    def _default_param(self, loss, X, k, init, rng, prune, report):
         """(data-driven loss_param, the rule in words) from a pilot sample.
 
         A first value comes from the residuals to a squared k-means++ seeding
@@ -810,7 +810,7 @@ class GeneralizedKMeans:
             C = _Engine(Xs, loss, param, self.chunk_size).kmeans_plusplus(k, rng)
         for rounds in range(1, _PARAM_ROUNDS + 1):
             report(0, 0.0, f"estimating {loss.param_name}: round {rounds}, {param:.4g}")
-            result = _Engine(Xs, loss, param, self.chunk_size).run(
+            result = _Engine(Xs, loss, param, self.chunk_size, prune).run(
                 C, int(self.max_iter), float(self.tol), lambda *args: None, 0)
             C = result.centers
             estimate = float(loss.default_param(Xs - C[result.labels]))
@@ -849,14 +849,14 @@ class GeneralizedKMeans:
 
             dtype_name = str(X.dtype).removeprefix("torch.")
             ensure_ready(loss.name, dtype_name, progress=lambda message: report(0, 0.0, message))
-        rule = None
-        if param is None and loss.param_name is not None:
-            param, rule = self._default_param(loss, X, k, init, rng, report)
         prune = self.prune
         if prune == "auto":
             prune = loss.geometry == "coordinatewise" or (
                 loss.geometry == "euclidean"
                 and (device.type != "cpu" or k >= _PRUNE_MIN_CLUSTERS))
+        rule = None
+        if param is None and loss.param_name is not None:
+            param, rule = self._default_param(loss, X, k, init, rng, prune, report)
         engine = _Engine(X, loss, param, self.chunk_size, prune)
         best = None
         for restart in range(n_init):

@@ -143,7 +143,7 @@ class ChooseK(foo.Operator):
             "sample_size", default=ce.DEFAULT_SAMPLE_SIZE, min=10, label="Silhouette sample size",
             description="Points scored (each against all points); exact when the dataset is smaller",
         )
-        inputs.int("n_init", default=3, min=1, label="Restarts per k")
+        inputs.int("n_init", default=get_method(method).defaults.get("n_init", 1), min=1, label="Restarts per k")
         inputs.int("random_state", default=51, label="Seed")
         add_delegate_input(inputs)
         return types.Property(inputs, view=types.View(label="Choose k"))
