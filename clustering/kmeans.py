@@ -65,9 +65,9 @@ _CPU_BLOCK, _MIN_CPU_ROWS = 1 << 19, 2048
 _SEEDING_SHARE = 0.1  # share of a restart's progress given to seeding
 # robust seeding (see _Engine._robust_seeding): candidates drawn per step, the
 # samples of the probe that screens them, local-search swaps per center
-_SCREENED = 16
-_PROBE_SAMPLES = 1024
-_SWAPS_PER_CENTER = 2
+_SCREENED = 8
+_PROBE_SAMPLES = 512
+_SWAPS_PER_CENTER = 1
 
 
 def _swap_costs(losses, best, second, label, k):
@@ -81,10 +81,10 @@ def _swap_costs(losses, best, second, label, k):
     return kept.sum(0)[None, :] + delta.index_add_(0, label, lost)
 
 
-def _capped_draw(best, count, rng):
-    """``count`` sample indices drawn proportionally to ``best`` capped at its
-    median (uncapped where the median is 0); None when every loss is 0."""
-    cap = float(best.median())
+def _capped_draw(best, count, rng, rows=slice(None)):
+    """``count`` sample indices drawn proportionally to ``best`` capped at the
+    median of ``best[rows]`` (uncapped where it is 0); None when every loss is 0."""
+    cap = float(best[rows].median())
     weights = best.clamp(max=cap) if cap > 0 else best
     cumulative = torch.cumsum(weights, 0)
     potential = float(cumulative[-1])
@@ -440,17 +440,17 @@ class _Engine:
         return labels, self._bound_to_loss(upper)
 
     # --------------------------------------------------------------- seeding
-    def _seed_losses(self, C, rows=None):
-        """(n, m) float64 loss of every sample (of X[rows] if given) to each of a
-        few candidate centers C (euclidean losses on the numba path: direct
-        differences, no GEMM)."""
-        X = self.X if rows is None else self.X[rows]
-        if self.geometry == "euclidean" and K.numba_active(X):
-            d2 = K.coord_pairwise(X, C, K.SQUARED, 1.0).double()
+    def _seed_losses(self, C):
+        """(n, m) float64 loss of every sample to each of a few candidate centers C
+        (euclidean losses on the numba path: direct differences, no GEMM)."""
+        if self.geometry == "euclidean" and K.numba_active(self.X):
+            d2 = K.coord_pairwise(self.X, C, K.SQUARED, 1.0).double()
             return self.loss.from_sqdist(d2, self.param)
-        if rows is None:
-            return self.losses_to(C).double()
-        return self.loss.pairwise(X, C, self.param).double()
+        return self.losses_to(C).double()
+
+    def _subset(self, rows):
+        """An engine on the samples X[rows] (same loss and parameter)."""
+        return _Engine(self.X[rows], self.loss, self.param, self.chunk_size)
 
     def kmeans_plusplus(self, k, rng, n_trials=None):
         """Greedy k-means++ under the loss: each new center is the best of
@@ -503,18 +503,20 @@ class _Engine:
         """
         X = self.X
         n = X.shape[0]
-        probe = None
+        probe = None  # (rows, engine on them): all samples for small n
         if n > _PROBE_SAMPLES:
-            probe = torch.as_tensor(np.sort(rng.choice(n, _PROBE_SAMPLES, replace=False)),
-                                    device=X.device)
+            rows = torch.as_tensor(np.sort(rng.choice(n, _PROBE_SAMPLES, replace=False)),
+                                   device=X.device)
+            probe = rows, self._subset(rows)
         first = int(rng.integers(n))
         chosen = [first]
         best = self._seed_losses(X[first:first + 1])[:, 0].clamp_(min=0)
         label = torch.zeros(n, dtype=torch.int64, device=X.device)
         second = torch.full_like(best, math.inf)
         label2 = torch.full_like(label, -1)
+        sampled = slice(None) if probe is None else probe[0]  # rows whose median caps the draws
         for j in range(1, k):
-            candidates = _capped_draw(best, _SCREENED, rng)
+            candidates = _capped_draw(best, _SCREENED, rng, sampled)
             if candidates is None:  # every sample sits on a chosen center: pick an unused one
                 unused = np.setdiff1d(np.arange(n), np.asarray(chosen))
                 candidates = torch.as_tensor([int(rng.choice(unused))], device=X.device)
@@ -522,11 +524,11 @@ class _Engine:
             self._insert_seed(losses, j, best, label, second, label2)
             chosen.append(pick)
         for _ in range(_SWAPS_PER_CENTER * k if k > 1 else 0):
-            candidates = _capped_draw(best, _SCREENED, rng)
+            candidates = _capped_draw(best, _SCREENED, rng, sampled)
             if candidates is None:
                 break
-            rows = slice(None) if probe is None else probe
-            costs = _swap_costs(self._seed_losses(X[candidates], probe).clamp_(min=0),
+            rows, screen = (slice(None), self) if probe is None else probe
+            costs = _swap_costs(screen._seed_losses(X[candidates]).clamp_(min=0),
                                 best[rows], second[rows], label[rows], k)
             p = int(candidates[int(torch.argmin(costs.min(0).values))])
             losses = self._seed_losses(X[p:p + 1])[:, 0].clamp_(min=0)
@@ -540,7 +542,7 @@ class _Engine:
             self._insert_seed(losses, j, best, label, second, label2)
             if stale.numel():
                 C = X[torch.as_tensor(chosen, device=X.device)]
-                top = torch.topk(self._seed_losses(C, stale).clamp_(min=0), 2, dim=1,
+                top = torch.topk(self._subset(stale)._seed_losses(C).clamp_(min=0), 2, dim=1,
                                  largest=False)
                 best[stale], second[stale] = top.values[:, 0], top.values[:, 1]
                 label[stale], label2[stale] = top.indices[:, 0], top.indices[:, 1]
@@ -548,13 +550,14 @@ class _Engine:
 
     def _best_candidate(self, candidates, probe, best, trials):
         """(index, losses of all samples to it) of the candidate that lowers the
-        summed loss ``best`` most: the ``trials`` best on the ``probe`` rows
-        (all rows if None) are scored on all rows."""
-        losses = self._seed_losses(self.X[candidates], probe).clamp_(min=0)
+        summed loss ``best`` most: the ``trials`` best on the ``probe`` (rows,
+        engine on them; None: all samples) are scored on all samples."""
         if probe is not None:
-            drop = (best[probe, None] - torch.minimum(best[probe, None], losses)).sum(0)
+            rows, screen = probe
+            losses = screen._seed_losses(self.X[candidates]).clamp_(min=0)
+            drop = (best[rows, None] - torch.minimum(best[rows, None], losses)).sum(0)
             candidates = candidates[torch.argsort(drop, descending=True)[:trials]]
-            losses = self._seed_losses(self.X[candidates]).clamp_(min=0)
+        losses = self._seed_losses(self.X[candidates]).clamp_(min=0)
         pick = int(torch.argmin(torch.minimum(best[:, None], losses).sum(0)))
         return int(candidates[pick]), losses[:, pick].contiguous()
 
@@ -674,8 +677,9 @@ class GeneralizedKMeans:
         nearest chosen center, k distinct random samples, or given centers.
         For robust losses (absolute, huber, pseudo_huber, correntropy,
         epsilon_insensitive, geometric_median) k-means++ draws proportionally
-        to that loss capped at its median, and 2 k local-search swaps follow,
-        so that far outliers do not take centers.
+        to that loss capped at its median, screens the candidates on a probe of
+        512 samples, and k local-search swaps follow, so that far outliers do
+        not take centers.
     n_init : int
         Number of restarts; the one with the lowest objective is kept (a
         single run when ``init`` is an array).
