@@ -15,7 +15,6 @@ The math lives in :mod:`clustering.metrics`.
 * :func:`run_summary`: sizes, names, representatives (thumbnails) and metrics
 """
 
-import time
 from urllib.parse import quote
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from . import features as cf
 from . import metrics as cm
 from . import selection as sel
+from .selection import _float
 from .losses import get_loss
 from .methods import get_method
 from .progress import progress_or_bar, scaled
@@ -52,10 +52,6 @@ def _run_labels(samples, run_key):
         ids = [i for i, k in zip(ids, keep) if k]
         labels = labels[keep]
     return results, ids, labels
-
-
-def _float(v):
-    return None if v is None or not np.isfinite(v) else float(v)
 
 
 def _silhouette_metric(loss, metric):

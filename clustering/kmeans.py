@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import _kernels as K
-from .losses import _OUTLIER_DISTANCES, get_loss
+from .losses import OUTLIER_DISTANCES, get_loss
 
 __all__ = ["GeneralizedKMeans", "NotFittedError"]
 
@@ -826,7 +826,7 @@ class GeneralizedKMeans:
         start = "the given init" if given else "a squared k-means++ seeding"
         return param, (
             f"{rule}, over the residuals x - c to the nearest center c of the samples "
-            f"within {_OUTLIER_DISTANCES:g}x the median distance; estimated from {start} "
+            f"within {OUTLIER_DISTANCES:g}x the median distance; estimated from {start} "
             f"and re-estimated as the centers settled ({rounds} rounds of Lloyd "
             f"iterations on {m} samples)")
 

@@ -136,11 +136,11 @@ class RadialLoss(Loss):
 
 # residual rows farther from their center than this many times the median
 # distance are outliers: the scale estimates leave them out
-_OUTLIER_DISTANCES = 3.0
+OUTLIER_DISTANCES = 3.0
 
 
 def _inlier_residuals(residuals):
-    """float64 numpy residual rows whose norm is at most ``_OUTLIER_DISTANCES``
+    """float64 numpy residual rows whose norm is at most ``OUTLIER_DISTANCES``
     times the median norm (all rows when that median is 0), and their norms.
 
     The median itself is robust, but far outliers still shift it to a higher
@@ -151,7 +151,7 @@ def _inlier_residuals(residuals):
     norms = np.linalg.norm(R, axis=1)
     median = np.median(norms)
     if median > 0:
-        inliers = norms <= _OUTLIER_DISTANCES * median
+        inliers = norms <= OUTLIER_DISTANCES * median
         R, norms = R[inliers], norms[inliers]
     return R, norms
 

@@ -22,7 +22,7 @@ Criteria, each picking a k (``best``):
 import numpy as np
 
 from . import metrics as cm
-from .losses import _OUTLIER_DISTANCES as OUTLIER_DISTANCES
+from .losses import OUTLIER_DISTANCES
 
 CRITERIA = ("elbow", "silhouette", "davies_bouldin", "calinski_harabasz", "stability", "gap")
 KNEE_MIN_STRENGTH = 0.05
