@@ -84,27 +84,16 @@ class GeneralizedKMeansMethod(ClusteringMethod):
         "loss": "squared",
         "loss_param": None,
         "init": "k-means++",
-        "n_init": "auto",  # see auto_n_init
+        "n_init": 10,  # bench/README.md, "Defaults from evidence"
         "max_iter": 100,
         "tol": 1e-4,
         "device": "auto",
         "random_state": 51,
     }
 
-    @staticmethod
-    def auto_n_init(loss):
-        """Restarts when ``n_init="auto"`` (bench/README.md, "Defaults from
-        evidence"): 10 for losses seeded by plain k-means++ (squared, cosine;
-        NMI 0.786 -> 0.793 from 3 to 10 restarts for squared, on 4 image sets),
-        1 for robust losses, whose seeding does its own local search (more
-        restarts did not raise their NMI)."""
-        return 1 if get_loss(loss).robust else 10
-
     def resolve_params(self, params):
         params = super().resolve_params(params)
         get_loss(params["loss"])  # raises with the list of valid losses
-        if params["n_init"] == "auto":
-            params["n_init"] = self.auto_n_init(params["loss"])
         if params["loss_param"] is not None and not params["loss_param"] > 0:
             raise ValueError(
                 f"loss_param must be > 0 for loss '{params['loss']}'; got {params['loss_param']}"

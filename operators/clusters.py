@@ -133,8 +133,7 @@ def _method_inputs(ctx, inputs, n_available):
             if value is not None and value <= 0:
                 prop.invalid = True
                 prop.error_message = f"{pname} must be > 0"
-        inputs.int("n_init", default=method.auto_n_init(loss), min=1, label="Restarts (best objective kept)",
-                   description="Default: 10 for squared and cosine, 1 for the robust losses (their seeding searches locally)")
+        inputs.int("n_init", default=method.defaults["n_init"], min=1, label="Restarts (best objective kept)")
         inputs.int("max_iter", default=100, min=1, label="Max iterations")
         devices = types.RadioGroup(orientation="horizontal")
         for value in ("auto", "cpu", "cuda"):

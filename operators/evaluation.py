@@ -124,10 +124,9 @@ class ChooseK(foo.Operator):
                 methods.add_choice(name, label=get_method(name).label)
         inputs.enum("method", methods.values(), default="generalized_kmeans", label="Method", view=methods)
         method = ctx.params.get("method") or "generalized_kmeans"
-        chosen = {}  # the form's choices that set method defaults
         if method == "generalized_kmeans":
             inputs.enum("loss", clustering.available_losses(), default="squared", label="Loss", view=_loss_choices())
-            loss = chosen["loss"] = ctx.params.get("loss") or "squared"
+            loss = ctx.params.get("loss") or "squared"
             if loss in LOSS_PARAM_NAME:
                 inputs.float(
                     "loss_param", label=f"{LOSS_PARAM_NAME[loss]} (optional)",
@@ -144,7 +143,7 @@ class ChooseK(foo.Operator):
             "sample_size", default=ce.DEFAULT_SAMPLE_SIZE, min=10, label="Silhouette sample size",
             description="Points scored (each against all points); exact when the dataset is smaller",
         )
-        inputs.int("n_init", default=get_method(method).resolve_params(chosen).get("n_init", 1), min=1, label="Restarts per k")
+        inputs.int("n_init", default=get_method(method).defaults.get("n_init", 1), min=1, label="Restarts per k")
         inputs.int("random_state", default=51, label="Seed")
         add_delegate_input(inputs)
         return types.Property(inputs, view=types.View(label="Choose k"))
