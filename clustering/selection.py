@@ -26,6 +26,7 @@ from .losses import OUTLIER_DISTANCES
 
 CRITERIA = ("elbow", "silhouette", "davies_bouldin", "calinski_harabasz", "stability", "gap")
 KNEE_MIN_STRENGTH = 0.05
+GAP_SLACK = 1  # see recommend_k
 WEAK_SILHOUETTE = 0.25
 AUX_SAMPLE_SIZE = 2000  # points of the stability subsamples and gap references
 NUM_SUBSAMPLES = 5
@@ -95,13 +96,13 @@ def recommend_k(ks, metrics):
     The rule follows the quality benchmark (``bench/bench_quality.py`` and
     ``bench/README.md``), where the gap statistic against a Gaussian null of
     the data's shape was the criterion right on the most labelled sets: the
-    gap statistic's k, unless it is larger than every other criterion's k
-    (the gap's way of failing: on data without a plateau it grows to k_max),
-    in which case the largest k another criterion picks. Without a gap
-    statistic (too few samples), the k most criteria pick (ties: the larger
-    k). The separation indices and the elbow err low when clusters overlap or
-    differ in size, stability errs low at large k, the gap errs high: the
-    rule takes the gap's k where some other criterion allows it.
+    gap statistic's k, unless it exceeds every other criterion's k by more
+    than ``GAP_SLACK`` (the gap's way of failing: on data without a plateau it
+    grows towards k_max), in which case the largest k another criterion
+    picks. The separation indices and the elbow err low when clusters overlap
+    or differ in size, stability errs low at large k: a gap one above them is
+    plausible, more is not. Without a gap statistic (too few samples), the k
+    most criteria pick (ties: the larger k).
 
     Returns:
         ``(k, reason, best)``: the k (None when nothing could be scored), why
@@ -110,12 +111,12 @@ def recommend_k(ks, metrics):
     best, _ = best_per_criterion(ks, metrics)
     others = {name: k for name, k in best.items() if name != "gap" and k is not None}
     gap = best["gap"]
-    if gap is not None and (not others or gap <= max(others.values())):
+    if gap is not None and (not others or gap <= max(others.values()) + GAP_SLACK):
         k, why = gap, f"the gap statistic picks k={gap}"
     elif gap is not None:
         k = max(others.values())
-        why = (f"the gap statistic's k={gap} is larger than every other criterion's, so the "
-               f"largest of theirs, k={k}")
+        why = (f"the gap statistic's k={gap} exceeds every other criterion's by more than "
+               f"{GAP_SLACK}, so the largest of theirs, k={k}")
     elif others:
         votes = {}
         for kk in others.values():

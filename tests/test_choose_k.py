@@ -50,11 +50,15 @@ def test_recommend_k_takes_the_gap_where_another_criterion_allows_it():
                     "stability": 3, "gap": 5}
     assert k == 5 and "gap statistic picks k=5" in reason and "(elbow, gap)" in reason
 
-    # the gap beyond every other criterion: the largest of theirs
+    # the gap one above every other criterion (which err low): still the gap's k
+    m = metrics_with_picks(elbow=4, silhouette=3, davies_bouldin=3, calinski_harabasz=3,
+                           stability=2, gap=5)
+    assert clustering.recommend_k(KS, m)[0] == 5
+    # more than one above: the largest of theirs
     m = metrics_with_picks(elbow=4, silhouette=3, davies_bouldin=3, calinski_harabasz=3,
                            stability=2, gap=7)
     k, reason, _ = clustering.recommend_k(KS, m)
-    assert k == 4 and "larger than every other criterion's" in reason
+    assert k == 4 and "exceeds every other criterion's by more than 1" in reason
 
     # no gap statistic: the k most criteria pick
     m = metrics_with_picks(elbow=4, silhouette=6, davies_bouldin=6, calinski_harabasz=4)
