@@ -528,14 +528,20 @@ class _Engine:
             if candidates is None:
                 break
             rows, screen = (slice(None), self) if probe is None else probe
-            costs = _swap_costs(screen._seed_losses(X[candidates]).clamp_(min=0),
-                                best[rows], second[rows], label[rows], k)
-            p = int(candidates[int(torch.argmin(costs.min(0).values))])
-            losses = self._seed_losses(X[p:p + 1])[:, 0].clamp_(min=0)
-            cost = _swap_costs(losses[:, None], best, second, label, k)[:, 0]
-            j = int(torch.argmin(cost))
-            if not float(cost[j]) < float(best.sum()) * (1 - 1e-9):
-                continue
+            screened = screen._seed_losses(X[candidates]).clamp_(min=0)
+            costs = _swap_costs(screened, best[rows], second[rows], label[rows], k)
+            j, c = divmod(int(torch.argmin(costs)), costs.shape[1])
+            if not float(costs[j, c]) < float(best[rows].sum()) * (1 - 1e-9):
+                continue  # no candidate lowers the (probe's) summed loss
+            p = int(candidates[c])
+            if probe is None:  # the screen was exact
+                losses = screened[:, c].contiguous()
+            else:
+                losses = self._seed_losses(X[p:p + 1])[:, 0].clamp_(min=0)
+                cost = _swap_costs(losses[:, None], best, second, label, k)[:, 0]
+                j = int(torch.argmin(cost))
+                if not float(cost[j]) < float(best.sum()) * (1 - 1e-9):
+                    continue
             chosen[j] = p
             # samples whose best or second-best seed was j: recomputed against all seeds
             stale = torch.nonzero((label == j) | (label2 == j)).flatten()
