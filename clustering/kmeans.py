@@ -24,6 +24,11 @@ matrix fits (``_ELKAN_MAX_BYTES``): after the first iterations only a few
 percent of the pairs are computed, even where clusters overlap. Otherwise
 Hamerly's single lower bound per sample skips whole rows. Center updates only
 revisit clusters whose members changed.
+
+Robust losses (``Loss.robust``) are seeded so that far outliers do not take
+centers (``_Engine._robust_seeding``), and a data-driven ``loss_param`` is
+re-estimated from the residuals as the centers settle, far outliers left out
+(``GeneralizedKMeans._default_param``); bench/README.md has the evidence.
 """
 
 import functools
