@@ -38,6 +38,7 @@ bench: venv
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_embeddings.py
 	$(PY) bench/bench_scale.py
+	$(PY) bench/bench_quality.py  # Fashion-MNIST from Debian's dataset-fashion-mnist, skipped without it
 
 # Link this checkout into your own FiftyOne plugins directory.
 install-plugin: venv

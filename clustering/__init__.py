@@ -37,6 +37,7 @@ _LAZY = {
     "tag_cluster": "curation",
     "untag_cluster": "curation",
     "choose_k": "evaluation",
+    "recommend_k": "selection",
     "evaluate_run": "evaluation",
     "compare_runs": "evaluation",
     "silhouette_analysis": "evaluation",

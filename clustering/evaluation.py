@@ -4,8 +4,9 @@ Every function returns a plain JSON-serializable dict (so results pass through
 operators unchanged); :mod:`clustering.plots` turns them into Plotly figures.
 The math lives in :mod:`clustering.metrics`.
 
-* :func:`choose_k`: sweep k; objective (elbow + knee), silhouette,
-  Davies-Bouldin, Calinski-Harabasz, and a recommended k with its reason
+* :func:`choose_k`: sweep k (on a collection or on an array alone): elbow,
+  silhouette, Davies-Bouldin, Calinski-Harabasz, stability and gap statistic,
+  which criteria agree, and a recommended k with its reason
 * :func:`evaluate_run`: NMI, ARI, Hungarian accuracy and purity vs ground truth
 * :func:`compare_runs`: ARI, NMI, contingency table and changed samples of two runs
 * :func:`silhouette_analysis` / :func:`plot_silhouette`: per-cluster silhouettes
@@ -14,25 +15,25 @@ The math lives in :mod:`clustering.metrics`.
 * :func:`run_summary`: sizes, names, representatives (thumbnails) and metrics
 """
 
-import time
 from urllib.parse import quote
 
 import numpy as np
 
 from . import features as cf
 from . import metrics as cm
-from . import runs as cr
+from . import selection as sel
 from . import storage
+from .losses import get_loss
+from .selection import _float
 from .methods import get_method
 from .progress import progress_or_bar, scaled
 
 DEFAULT_SAMPLE_SIZE = 2000
 VISUALIZATION_METHODS = ("umap", "tsne", "pca")
-KNEE_MIN_STRENGTH = 0.05
-WEAK_SILHOUETTE = 0.25
 
 
 def _results(samples, run_key):
+    from . import runs as cr
     from .api import load_clustering_results
 
     results = load_clustering_results(samples._root_dataset, run_key)
@@ -52,10 +53,6 @@ def _run_labels(samples, run_key):
         ids = [i for i, k in zip(ids, keep) if k]
         labels = labels[keep]
     return results, ids, labels
-
-
-def _float(v):
-    return None if v is None or not np.isfinite(v) else float(v)
 
 
 def _silhouette_metric(loss, metric):
@@ -156,47 +153,17 @@ def _sweep_params(method_obj, loss, loss_param, random_state, method_params):
     return method_obj.resolve_params({k: v for k, v in params.items() if v is not None})
 
 
-def _argbest(ks, values, mode):
-    pts = [(k, v) for k, v in zip(ks, values) if v is not None]
-    if not pts:
-        return None
-    return (max if mode == "max" else min)(pts, key=lambda p: p[1])[0]
-
-
-def _recommend(ks, metrics, best, knee_strength):
-    sil = metrics["silhouette"]
-    others = []
-    if best["elbow"] is not None:
-        others.append(f"the elbow (knee) of the objective is at k={best['elbow']}")
-    else:
-        others.append("the objective curve has no clear elbow")
-    if best["davies_bouldin"] is not None:
-        others.append(f"Davies-Bouldin is lowest at k={best['davies_bouldin']}")
-    if best["calinski_harabasz"] is not None:
-        others.append(f"Calinski-Harabasz is highest at k={best['calinski_harabasz']}")
-
-    if best["silhouette"] is not None:
-        k = best["silhouette"]
-        s = sil[ks.index(k)]
-        ranked = sorted((v, kk) for kk, v in zip(ks, sil) if v is not None and kk != k)
-        runner = f"; next best k={ranked[-1][1]} ({ranked[-1][0]:.3f})" if ranked else ""
-        reason = f"k={k} has the highest mean silhouette ({s:.3f}{runner})"
-        if s < WEAK_SILHOUETTE:
-            reason += (
-                f"; all silhouettes are below {WEAK_SILHOUETTE}, so the cluster structure is "
-                "weak and k is a choice rather than a discovery"
-            )
-    elif best["elbow"] is not None:
-        k = best["elbow"]
-        reason = f"k={k} is the knee of the objective curve (silhouette not available)"
-    elif best["davies_bouldin"] is not None:
-        k = best["davies_bouldin"]
-        reason = f"k={k} has the lowest Davies-Bouldin index (silhouette and elbow not available)"
-    else:
-        return None, "No k could be evaluated (every fit produced fewer than 2 clusters)"
-    agree = [name for name, v in best.items() if v == k]
-    reason += ". Also: " + "; ".join(others) + f". {len(agree)} of 4 criteria pick k={k}."
-    return k, reason
+def _array_features(embeddings):
+    """(X, missing, source) of an embeddings array given without a collection."""
+    if embeddings is None or isinstance(embeddings, str):
+        raise ValueError(
+            "Without a collection (samples=None), embeddings must be an (n, d) array; "
+            f"got {embeddings!r}"
+        )
+    X = np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings)
+    if X.ndim != 2:
+        raise ValueError(f"An embeddings array must be 2-D (n, d); got shape {X.shape}")
+    return cf.as_matrix(list(X), "the embeddings array"), [], {"source": "array"}
 
 
 def choose_k(
@@ -216,26 +183,32 @@ def choose_k(
     progress=None,
     **method_params,
 ):
-    """Clusters ``samples`` for every k in ``[k_min, k_max]`` and scores each k.
+    """Clusters the features for every k in ``[k_min, k_max]``, scores each k by
+    six criteria and recommends one (:func:`clustering.selection.recommend_k`).
 
     Per k: the objective (sum of per-sample losses, for the elbow), the mean
-    silhouette, the Davies-Bouldin and the Calinski-Harabasz index. The
-    silhouette is exact for ``n <= sample_size``; otherwise it is the mean over
-    the same random ``sample_size`` points for every k, each scored against
+    silhouette, the Davies-Bouldin and Calinski-Harabasz indices, the stability
+    under subsampling and the gap statistic (see :mod:`clustering.selection`).
+    The silhouette is exact for ``n <= sample_size``; otherwise it is the mean
+    over the same random ``sample_size`` points for every k, each scored against
     all ``n`` points. For losses with a data-driven parameter (Huber delta,
     correntropy sigma, ...) the value chosen at ``k_min`` is kept for every k,
     so that the objectives are comparable.
 
     Args:
-        samples: a FiftyOne dataset or view
-        embeddings: a vector field name or an (n, d) array aligned with ``samples``
+        samples: a FiftyOne dataset or view, or None with an embeddings array
+            (no database needed)
+        embeddings: a vector field name, or an (n, d) array (aligned with
+            ``samples`` when given); an array gives the same result as the
+            same vectors in a field
         loss, loss_param: the generalized k-means loss (``method="generalized_kmeans"``)
         k_min, k_max: the range of k (``1 <= k_min <= k_max <= n - 1``; metrics
             other than the objective need k >= 2)
         method: a clustering method that takes k (see :func:`clustering.available_methods`)
         normalize, reduction, n_components: preprocessing, as in ``compute_clusters``
         sample_size: points whose silhouette is computed (None = all)
-        random_state: seed of the fits and of the silhouette sample
+        random_state: seed of the fits, the silhouette sample, the subsamples
+            and the gap's reference sets
         silhouette_metric: ``"euclidean"`` / ``"sqeuclidean"`` / ``"cosine"``
             (default: cosine for the cosine loss, else euclidean)
         progress: None or True (a progress bar), False (silent), or a callable
@@ -244,11 +217,10 @@ def choose_k(
 
     Returns:
         a dict with ``per_k`` (list of per-k dicts), ``metrics`` (the same as
-        columns), ``best`` (k picked by each criterion), ``recommended_k`` and
-        ``reason``, plus what was run
+        columns), ``best`` (k picked by each criterion), ``agree`` (the criteria
+        that pick the recommended k), ``recommended_k`` and ``reason``, plus
+        what was run
     """
-    from .api import read_features
-
     method_obj = get_method(method)
     if not method_obj.needs_k:
         raise ValueError(f"Method '{method}' chooses its own number of clusters; choose_k sweeps k")
@@ -265,63 +237,33 @@ def choose_k(
 
     with progress_or_bar(progress, "Choosing k") as report:
         report(0.0, "loading features")
-        vectors, source = read_features(samples, embeddings)
-        X, missing = vectors.X, vectors.missing_ids
+        if samples is None:
+            X, missing, source = _array_features(embeddings)
+        else:
+            from .api import read_features  # FiftyOne only where there is a collection
+
+            vectors, source = read_features(samples, embeddings)
+            X, missing = vectors.X, vectors.missing_ids
         n = len(X)
         if k_max > n - 1:
             raise ValueError(f"k_max={k_max} must be at most n - 1 = {n - 1} (samples with embeddings)")
         X, feature_info = cf.prepare_features(X, normalize, reduction, n_components, random_state=random_state)
-        idx = cm.sample_indices(n, sample_size, random_state)
-        ks = list(range(k_min, k_max + 1))
-        per_k = []
-        for i, k in enumerate(ks):
-            t0 = time.perf_counter()
-            lo, hi = 0.05 + 0.9 * i / len(ks), 0.05 + 0.9 * (i + 1) / len(ks)
-            report(lo, f"k={k}")
-            out = method_obj.fit(X, k, params, progress=scaled(report, lo, lo + 0.8 * (hi - lo)))
+
+        def fit(data, k, progress, single):
+            nonlocal params
+            restarts = {"n_init": 1} if single and "n_init" in params else {}
+            out = method_obj.fit(data, k, dict(params, **restarts), progress=progress)
             if params.get("loss_param") is None and out.params.get("loss_param") is not None:
                 params = dict(params, loss_param=out.params["loss_param"])  # fixed for every k
-            labels = np.asarray(out.labels, dtype=np.int64)
-            member = labels >= 0
-            n_clusters = len(np.unique(labels[member]))
-            row = {
-                "k": k,
-                "num_clusters": int(n_clusters),
-                "objective": _float(out.objective),
-                "silhouette": None,
-                "davies_bouldin": None,
-                "calinski_harabasz": None,
-                "cluster_sizes": np.bincount(labels[member], minlength=k).tolist(),
-            }
-            report(lo + 0.8 * (hi - lo), f"k={k}: scoring")
-            if 2 <= n_clusters <= member.sum() - 1:
-                sil_idx = idx[member[idx]]
-                if member.all():
-                    vals = cm.silhouette_samples(X, labels, sil_idx, metric=metric)
-                else:  # noise points are not a cluster
-                    pos = np.cumsum(member) - 1
-                    vals = cm.silhouette_samples(X[member], labels[member], pos[sil_idx], metric=metric)
-                row["silhouette"] = float(vals.mean())
-                row["davies_bouldin"] = cm.davies_bouldin(X[member], labels[member])
-                row["calinski_harabasz"] = cm.calinski_harabasz(X[member], labels[member])
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            per_k.append(row)
-        report(1.0, "done")
+            return out
 
-    cols = ("k", "objective", "silhouette", "davies_bouldin", "calinski_harabasz")
-    metrics = {c: [r[c] for r in per_k] for c in cols}
-    objective = metrics["objective"]
-    knee, strength = None, 0.0
-    if all(v is not None for v in objective) and objective[-1] < objective[0]:
-        i, strength = cm.find_knee(ks, objective, "decreasing", "convex", KNEE_MIN_STRENGTH)
-        knee = ks[i] if i is not None else None
-    best = {
-        "elbow": knee,
-        "silhouette": _argbest(ks, metrics["silhouette"], "max"),
-        "davies_bouldin": _argbest(ks, metrics["davies_bouldin"], "min"),
-        "calinski_harabasz": _argbest(ks, metrics["calinski_harabasz"], "max"),
-    }
-    recommended, reason = _recommend(ks, metrics, best, strength)
+        ks = list(range(k_min, k_max + 1))
+        robust = "loss" in params and get_loss(params["loss"]).robust
+        per_k, metrics = sel.sweep_k(X, ks, fit, metric=metric, sample_size=sample_size,
+                                     random_state=random_state, robust=robust,
+                                     progress=scaled(report, 0.05, 1.0))
+    recommended, reason, best = sel.recommend_k(ks, metrics)
+    _, strength = sel.best_per_criterion(ks, metrics)
     return {
         "method": method,
         "loss": params.get("loss"),
@@ -332,11 +274,12 @@ def choose_k(
         "num_missing_embeddings": len(missing),
         "features": feature_info,
         "silhouette_metric": metric,
-        "silhouette_sample_size": int(len(idx)),
-        "silhouette_exact": bool(len(idx) == n),
+        "silhouette_sample_size": int(min(n, sample_size or n)),
+        "silhouette_exact": bool(sample_size is None or sample_size >= n),
         "per_k": per_k,
         "metrics": metrics,
         "best": best,
+        "agree": [name for name, k in best.items() if k == recommended and k is not None],
         "knee_strength": float(strength),
         "recommended_k": recommended,
         "reason": reason,
@@ -621,6 +564,8 @@ def plot_silhouette(samples, run_key, **kwargs):
 
 def _visualize(samples, run_key, method="umap", brain_key=None, num_dims=2, features="embeddings", overwrite=False, random_state=51, progress=None, **kwargs):
     import fiftyone.brain as fob
+
+    from . import runs as cr
 
     if method not in VISUALIZATION_METHODS:
         raise ValueError(f"Unknown method '{method}'; choose one of {VISUALIZATION_METHODS}")

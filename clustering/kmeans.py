@@ -24,6 +24,11 @@ matrix fits (``_ELKAN_MAX_BYTES``): after the first iterations only a few
 percent of the pairs are computed, even where clusters overlap. Otherwise
 Hamerly's single lower bound per sample skips whole rows. Center updates only
 revisit clusters whose members changed.
+
+Robust losses (``Loss.robust``) are seeded so that far outliers do not take
+centers (``_Engine._robust_seeding``), and a data-driven ``loss_param`` is
+re-estimated from the residuals as the centers settle, far outliers left out
+(``GeneralizedKMeans._default_param``); bench/README.md has the evidence.
 """
 
 import functools
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 
 from . import _kernels as K
-from .losses import get_loss
+from .losses import OUTLIER_DISTANCES, get_loss
 
 __all__ = ["GeneralizedKMeans", "NotFittedError"]
 
@@ -54,12 +59,44 @@ _ELKAN_MAX_BYTES = 1 << 28
 # ... and renews them all with a full tiled pass (cheaper per loss) after a scan
 # that had to compute more than this fraction of the pairs
 _ELKAN_FULL_FRACTION = 0.8
-# a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param
+# a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param,
+# re-estimated until it changes by less than this fraction (at most this many rounds)
 _PILOT_SAMPLES = 10_000
+_PARAM_RTOL = 0.05
+_PARAM_ROUNDS = 5
 # CPU blocks of the (rows, k) loss matrix: about this many elements (2 MB of
 # float32, cache-sized), >= this many rows
 _CPU_BLOCK, _MIN_CPU_ROWS = 1 << 19, 2048
 _SEEDING_SHARE = 0.1  # share of a restart's progress given to seeding
+# robust seeding (see _Engine._robust_seeding): candidates drawn per step, the
+# samples of the probe that screens them, local-search swaps per center
+_SCREENED = 8
+_PROBE_SAMPLES = 512
+_SWAPS_PER_CENTER = 1
+
+
+def _swap_costs(losses, best, second, label, k):
+    """(k, m) summed loss of the samples when chosen center j is replaced by
+    candidate c, from their (n, m) ``losses`` to the candidates and their best
+    (center ``label``) and second-best losses: j's members fall back to
+    min(second-best, candidate), the others to min(best, candidate)."""
+    kept = torch.minimum(losses, best[:, None])
+    lost = torch.minimum(losses, second[:, None]) - kept
+    delta = torch.zeros((k, losses.shape[1]), dtype=losses.dtype, device=losses.device)
+    return kept.sum(0)[None, :] + delta.index_add_(0, label, lost)
+
+
+def _capped_draw(best, count, rng, rows=slice(None)):
+    """``count`` sample indices drawn proportionally to ``best`` capped at the
+    median of ``best[rows]`` (uncapped where it is 0); None when every loss is 0."""
+    cap = float(best[rows].median())
+    weights = best.clamp(max=cap) if cap > 0 else best
+    cumulative = torch.cumsum(weights, 0)
+    potential = float(cumulative[-1])
+    if not (potential > 0 and math.isfinite(potential)):
+        return None
+    targets = torch.as_tensor(rng.random(count) * potential, device=best.device)
+    return torch.searchsorted(cumulative, targets, right=True).clamp_(max=best.shape[0] - 1)
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -416,12 +453,19 @@ class _Engine:
             return self.loss.from_sqdist(d2, self.param)
         return self.losses_to(C).double()
 
+    def _subset(self, rows):
+        """An engine on the samples X[rows] (same loss and parameter)."""
+        return _Engine(self.X[rows], self.loss, self.param, self.chunk_size)
+
     def kmeans_plusplus(self, k, rng, n_trials=None):
         """Greedy k-means++ under the loss: each new center is the best of
-        ``n_trials`` samples drawn proportionally to their loss to the nearest chosen center."""
+        ``n_trials`` samples drawn proportionally to their loss to the nearest
+        chosen center (robust losses: see ``_robust_seeding``)."""
         X = self.X
         n = X.shape[0]
         trials = n_trials or 2 + int(math.log(k))
+        if self.loss.robust:
+            return self._robust_seeding(k, rng, trials)
         chosen = [int(rng.integers(n))]
         closest = self._seed_losses(X[chosen[0]:chosen[0] + 1])[:, 0].clamp_(min=0)
         cumulative = torch.cumsum(closest, 0)
@@ -443,6 +487,101 @@ class _Engine:
             cumulative = torch.cumsum(closest, 0)
             chosen.append(int(candidates[best]))
         return X[torch.as_tensor(chosen, device=X.device)].clone()
+
+    def _robust_seeding(self, k, rng, trials):
+        """Seeding for robust losses: greedy k-means++ whose draws are
+        proportional to the loss to the nearest chosen center *capped* (see
+        ``_capped_draw``), then ``_SWAPS_PER_CENTER * k`` local-search swaps.
+
+        Uncapped, far outliers have the largest losses and take most draws, and
+        a robust loss never pulls a center off an outlier, so the clusters it
+        left unseeded stay merged. Capped, an outlier is drawn about as often as
+        a sample of an unseeded cluster; what tells them apart is how much the
+        summed loss drops with the candidate as a center (an outlier only
+        lowers its own loss). So each step draws ``_SCREENED`` candidates,
+        scores them on a probe of at most ``_PROBE_SAMPLES`` samples, and the
+        best ``trials`` are scored on all samples (greedy k-means++). A swap
+        (local search, Lattanzi & Sohler 2019) draws and screens candidates the
+        same way and replaces the chosen center whose replacement by the best
+        of them lowers the summed loss most, if any does: it moves a seed off
+        an outlier or an over-seeded cluster to a cluster still unseeded.
+        """
+        X = self.X
+        n = X.shape[0]
+        probe = None  # (rows, engine on them): all samples for small n
+        if n > _PROBE_SAMPLES:
+            rows = torch.as_tensor(np.sort(rng.choice(n, _PROBE_SAMPLES, replace=False)),
+                                   device=X.device)
+            probe = rows, self._subset(rows)
+        first = int(rng.integers(n))
+        chosen = [first]
+        best = self._seed_losses(X[first:first + 1])[:, 0].clamp_(min=0)
+        label = torch.zeros(n, dtype=torch.int64, device=X.device)
+        second = torch.full_like(best, math.inf)
+        label2 = torch.full_like(label, -1)
+        sampled = slice(None) if probe is None else probe[0]  # rows whose median caps the draws
+        for j in range(1, k):
+            candidates = _capped_draw(best, _SCREENED, rng, sampled)
+            if candidates is None:  # every sample sits on a chosen center: pick an unused one
+                unused = np.setdiff1d(np.arange(n), np.asarray(chosen))
+                candidates = torch.as_tensor([int(rng.choice(unused))], device=X.device)
+            pick, losses = self._best_candidate(candidates, probe, best, trials)
+            self._insert_seed(losses, j, best, label, second, label2)
+            chosen.append(pick)
+        for _ in range(_SWAPS_PER_CENTER * k if k > 1 else 0):
+            candidates = _capped_draw(best, _SCREENED, rng, sampled)
+            if candidates is None:
+                break
+            rows, screen = (slice(None), self) if probe is None else probe
+            screened = screen._seed_losses(X[candidates]).clamp_(min=0)
+            costs = _swap_costs(screened, best[rows], second[rows], label[rows], k)
+            j, c = divmod(int(torch.argmin(costs)), costs.shape[1])
+            if not float(costs[j, c]) < float(best[rows].sum()) * (1 - 1e-9):
+                continue  # no candidate lowers the (probe's) summed loss
+            p = int(candidates[c])
+            if probe is None:  # the screen was exact
+                losses = screened[:, c].contiguous()
+            else:
+                losses = self._seed_losses(X[p:p + 1])[:, 0].clamp_(min=0)
+                cost = _swap_costs(losses[:, None], best, second, label, k)[:, 0]
+                j = int(torch.argmin(cost))
+                if not float(cost[j]) < float(best.sum()) * (1 - 1e-9):
+                    continue
+            chosen[j] = p
+            # samples whose best or second-best seed was j: recomputed against all seeds
+            stale = torch.nonzero((label == j) | (label2 == j)).flatten()
+            self._insert_seed(losses, j, best, label, second, label2)
+            if stale.numel():
+                C = X[torch.as_tensor(chosen, device=X.device)]
+                top = torch.topk(self._subset(stale)._seed_losses(C).clamp_(min=0), 2, dim=1,
+                                 largest=False)
+                best[stale], second[stale] = top.values[:, 0], top.values[:, 1]
+                label[stale], label2[stale] = top.indices[:, 0], top.indices[:, 1]
+        return X[torch.as_tensor(chosen, device=X.device)].clone()
+
+    def _best_candidate(self, candidates, probe, best, trials):
+        """(index, losses of all samples to it) of the candidate that lowers the
+        summed loss ``best`` most: the ``trials`` best on the ``probe`` (rows,
+        engine on them; None: all samples) are scored on all samples."""
+        if probe is not None:
+            rows, screen = probe
+            losses = screen._seed_losses(self.X[candidates]).clamp_(min=0)
+            drop = (best[rows, None] - torch.minimum(best[rows, None], losses)).sum(0)
+            candidates = candidates[torch.argsort(drop, descending=True)[:trials]]
+        losses = self._seed_losses(self.X[candidates]).clamp_(min=0)
+        pick = int(torch.argmin(torch.minimum(best[:, None], losses).sum(0)))
+        return int(candidates[pick]), losses[:, pick].contiguous()
+
+    @staticmethod
+    def _insert_seed(losses, j, best, label, second, label2):
+        """Updates (in place) each sample's best and second-best seed with seed
+        ``j`` at ``losses``."""
+        closer = losses < best
+        runner = ~closer & (losses < second)
+        second.copy_(torch.where(closer, best, torch.where(runner, losses, second)))
+        label2.copy_(torch.where(closer, label, torch.where(runner, j, label2)))
+        best.copy_(torch.where(closer, losses, best))
+        label.copy_(torch.where(closer, j, label))
 
     # ------------------------------------------------------------ iterations
     def reseed_empty(self, labels, losses, C):
@@ -534,15 +673,24 @@ class GeneralizedKMeans:
     loss_param : float or None
         delta (huber, pseudo_huber), sigma (correntropy), epsilon
         (epsilon_insensitive); must be None for the other losses. None on a
-        parametrized loss picks a data-driven default from a pilot k-means++
-        (squared loss, on at most max(10000, 10 k) samples; the init array when
-        one is given): huber / pseudo_huber: delta = 1.345 * 1.4826 * median
-        |x_j - c_j| over residual coordinates; correntropy: sigma = median
-        distance to the nearest center; epsilon_insensitive: epsilon = half that
-        median distance. The value used is ``loss_param_``.
+        parametrized loss picks a data-driven default from the residuals
+        x - c to the nearest center c, over the samples within 3x the median
+        distance (far outliers left out): huber / pseudo_huber: delta = 1.345
+        * 1.4826 * median |x_j - c_j| over residual coordinates; correntropy:
+        sigma = median ||x - c||; epsilon_insensitive: epsilon = half that. It
+        is estimated on a pilot of at most max(10000, 10 k) samples, first
+        from a squared k-means++ seeding (or the init array), then re-estimated
+        from the centers that Lloyd iterations under the loss settle on, until
+        it changes by less than 5%. The value used is ``loss_param_``, the rule
+        ``loss_param_rule_``.
     init : "k-means++", "random" or array (k, d)
         Seeding: greedy k-means++ with sampling proportional to the loss to the
         nearest chosen center, k distinct random samples, or given centers.
+        For robust losses (absolute, huber, pseudo_huber, correntropy,
+        epsilon_insensitive, geometric_median) k-means++ draws proportionally
+        to that loss capped at its median, screens the candidates on a probe of
+        512 samples, and k local-search swaps follow, so that far outliers do
+        not take centers.
     n_init : int
         Number of restarts; the one with the lowest objective is kept (a
         single run when ``init`` is an array).
@@ -579,6 +727,9 @@ class GeneralizedKMeans:
     ----------
     cluster_centers_, labels_, objective_, objective_history_, n_iter_,
     sample_losses_, loss_param_, n_features_in_ (numpy / Python values).
+    loss_param_rule_ : str or None
+        How the data-driven ``loss_param_`` was estimated, in words (None when
+        ``loss_param`` was given or the loss has none).
     """
 
     def __init__(self, n_clusters, loss="squared", loss_param=None, init="k-means++",
@@ -649,14 +800,46 @@ class GeneralizedKMeans:
                              f"({k}, {d}), got {shape}")
         return _as_tensor(init, device, dtype, what="init").clone()
 
-    def _default_param(self, loss, X, k, init, rng):
+    def _default_param(self, loss, X, k, init, rng, prune, report):
+        """(data-driven loss_param, the rule in words) from a pilot sample.
+
+        A first value comes from the residuals to a squared k-means++ seeding
+        (or to ``init``); then, on the same sample, the loss's own seeding and
+        Lloyd iterations run with it and the value is re-estimated from the
+        residuals to the settled centers, until it changes by less than
+        ``_PARAM_RTOL`` (at most ``_PARAM_ROUNDS`` rounds, each from the
+        previous round's centers). The residuals of seeds are those of data
+        points (larger by about sqrt(2) than to a cluster's center), and under
+        contamination those of seeds on outliers: only settled centers give the
+        inliers' scale.
+        """
         n = X.shape[0]
         m = min(n, max(_PILOT_SAMPLES, 10 * k))
         Xs = X if m == n else X[torch.as_tensor(rng.choice(n, m, replace=False), device=X.device)]
         pilot = _Engine(Xs, get_loss("squared"), None, self.chunk_size)
-        C = init if isinstance(init, torch.Tensor) else pilot.kmeans_plusplus(k, rng)
+        given = isinstance(init, torch.Tensor)
+        C = init if given else pilot.kmeans_plusplus(k, rng)
         labels, _ = pilot.assign(C)
-        return float(loss.default_param(Xs - C[labels]))
+        param = float(loss.default_param(Xs - C[labels]))
+        if not given:
+            C = _Engine(Xs, loss, param, self.chunk_size).kmeans_plusplus(k, rng)
+        for rounds in range(1, _PARAM_ROUNDS + 1):
+            report(0, 0.0, f"estimating {loss.param_name}: round {rounds}, {param:.4g}")
+            result = _Engine(Xs, loss, param, self.chunk_size, prune).run(
+                C, int(self.max_iter), float(self.tol), lambda *args: None, 0)
+            C = result.centers
+            estimate = float(loss.default_param(Xs - C[result.labels]))
+            settled = abs(estimate - param) <= _PARAM_RTOL * param
+            param = estimate
+            if settled:
+                break
+        rule = loss.param_rule or f"{loss.param_name} = {type(loss).__name__}.default_param"
+        start = "the given init" if given else "a squared k-means++ seeding"
+        return param, (
+            f"{rule}, over the residuals x - c to the nearest center c of the samples "
+            f"within {OUTLIER_DISTANCES:g}x the median distance; estimated from {start} "
+            f"and re-estimated as the centers settled ({rounds} rounds of Lloyd "
+            f"iterations on {m} samples)")
 
     def fit(self, X, progress=None):
         """Cluster X (n, d) (numpy array or torch tensor); returns self.
@@ -681,13 +864,14 @@ class GeneralizedKMeans:
 
             dtype_name = str(X.dtype).removeprefix("torch.")
             ensure_ready(loss.name, dtype_name, progress=lambda message: report(0, 0.0, message))
-        if param is None and loss.param_name is not None:
-            param = self._default_param(loss, X, k, init, rng)
         prune = self.prune
         if prune == "auto":
             prune = loss.geometry == "coordinatewise" or (
                 loss.geometry == "euclidean"
                 and (device.type != "cpu" or k >= _PRUNE_MIN_CLUSTERS))
+        rule = None
+        if param is None and loss.param_name is not None:
+            param, rule = self._default_param(loss, X, k, init, rng, prune, report)
         engine = _Engine(X, loss, param, self.chunk_size, prune)
         best = None
         for restart in range(n_init):
@@ -713,6 +897,7 @@ class GeneralizedKMeans:
         self.objective_history_ = np.asarray(best.history, dtype=np.float64)
         self.n_iter_ = len(best.history)
         self.loss_param_ = param
+        self.loss_param_rule_ = rule
         self.n_features_in_ = d
         self._loss = loss
         self._device = device

@@ -8,7 +8,8 @@ center. Each loss is a small :class:`Loss` subclass that knows
 * the rowwise loss ``loss(X, C)`` and the pairwise loss matrix ``pairwise``,
 * the center update: the minimizer (or a monotone majorize-minimize step
   towards it) of the summed loss of each cluster, for all clusters at once,
-* a data-driven default for its parameter.
+* a data-driven default for its parameter (``default_param``, described by
+  ``param_rule``), and whether it is ``robust`` to far samples.
 
 The engine recognizes three geometries for fast assignment (``geometry``):
 ``"euclidean"`` (loss is a nondecreasing function of the squared Euclidean
@@ -41,8 +42,13 @@ class Loss:
 
     name = None
     param_name = None
+    #: how :meth:`default_param` derives the parameter from the residuals, in words
+    param_rule = None
     aliases = ()
     geometry = None
+    #: whether a far sample's pull on its center is bounded (a robust M-estimate):
+    #: the engine then seeds so that far outliers do not take centers
+    robust = False
     #: whether :meth:`update_centers` reads its ``scale`` argument (max |x|);
     #: the engine computes that pass over the data only for losses that do
     uses_scale = False
@@ -70,7 +76,8 @@ class Loss:
         return value
 
     def default_param(self, residuals):
-        """Parameter to use when none is given, from residuals x - nearest center (m, d)."""
+        """Parameter to use when none is given, from residuals x - nearest center (m, d)
+        (``param_rule`` says how, in words)."""
         raise NotImplementedError(f"loss '{self.name}' has no default for {self.param_name}")
 
     def loss(self, X, C, param):
@@ -127,9 +134,32 @@ class RadialLoss(Loss):
         return self.from_sqdist(K.sqeuclidean_pairwise(X, C), param)
 
 
+# residual rows farther from their center than this many times the median
+# distance are outliers: the scale estimates leave them out
+OUTLIER_DISTANCES = 3.0
+
+
+def _inlier_residuals(residuals):
+    """float64 numpy residual rows whose norm is at most ``OUTLIER_DISTANCES``
+    times the median norm (all rows when that median is 0), and their norms.
+
+    The median itself is robust, but far outliers still shift it to a higher
+    quantile of the inliers (by 19% for 20% outliers in 2-d); without them the
+    scale is the inliers' own.
+    """
+    R = residuals.detach().cpu().double().numpy()
+    norms = np.linalg.norm(R, axis=1)
+    median = np.median(norms)
+    if median > 0:
+        inliers = norms <= OUTLIER_DISTANCES * median
+        R, norms = R[inliers], norms[inliers]
+    return R, norms
+
+
 def _median_distance(residuals):
-    """Median row norm of the residuals (falls back to the mean, then 1)."""
-    norms = np.linalg.norm(residuals.detach().cpu().double().numpy(), axis=1)
+    """Median row norm of the inlier residuals (see ``_inlier_residuals``;
+    falls back to the mean, then 1)."""
+    _, norms = _inlier_residuals(residuals)
     for value in (np.median(norms), norms.mean()):
         if value > 0:
             return float(value)
@@ -137,9 +167,11 @@ def _median_distance(residuals):
 
 
 def _robust_coordinate_scale(residuals):
-    """Gaussian-consistent scale of residual coordinates: 1.4826 * median |r|
-    (falls back to the mean absolute deviation, then 1)."""
-    r = np.abs(residuals.detach().cpu().double().numpy())
+    """Gaussian-consistent scale of the inlier residuals' coordinates (see
+    ``_inlier_residuals``): 1.4826 * median |r| (falls back to the mean
+    absolute deviation, then 1)."""
+    R, _ = _inlier_residuals(residuals)
+    r = np.abs(R)
     if np.median(r) > 0:
         return 1.4826 * float(np.median(r))
     if r.mean() > 0:
@@ -234,12 +266,15 @@ class CorrentropyLoss(_MMRadialLoss):
     Center update: half-quadratic majorize-minimize (weighted mean with weights
     exp(-||x - mu||^2 / 2 sigma^2)) started from the previous center, SQUAREM
     accelerated; it never increases the objective. Default sigma: the median
-    distance of a sample to its nearest center after seeding, so a typical member
-    sits one kernel width from its center and far outliers get negligible weight.
+    distance of a sample to its nearest center (far outliers left out), so a
+    typical member sits one kernel width from its center and far outliers get
+    negligible weight.
     """
 
     name = "correntropy"
     param_name = "sigma"
+    param_rule = "sigma = median ||x - c||"
+    robust = True
     aliases = ("welsch",)
 
     def from_sqdist(self, d2, param):
@@ -263,6 +298,7 @@ class GeometricMedianLoss(_MMRadialLoss):
 
     name = "geometric_median"
     aliases = ("spatial_median", "weber")
+    robust = True
 
     def from_sqdist(self, d2, param):
         return d2.sqrt()
@@ -293,11 +329,13 @@ class EpsilonInsensitiveLoss(_MMRadialLoss):
     lowers the surrogate, so every step is monotone), and SQUAREM extrapolation
     speeds up the sliding along curved tube surfaces. A center that is already
     optimal (e.g. zero loss) stays put. Default epsilon: half the median distance
-    of a sample to its nearest center after seeding.
+    of a sample to its nearest center (far outliers left out).
     """
 
     name = "epsilon_insensitive"
     param_name = "epsilon"
+    param_rule = "epsilon = 0.5 * median ||x - c||"
+    robust = True
     aliases = ("epsilon-insensitive", "eps_insensitive")
     cg_max_iter = 64
 
@@ -426,6 +464,7 @@ class AbsoluteLoss(CoordinateLoss):
     name = "absolute"
     aliases = ("l1", "manhattan", "cityblock")
     kind = K.ABS
+    robust = True
 
 
 class HuberLoss(CoordinateLoss):
@@ -433,13 +472,15 @@ class HuberLoss(CoordinateLoss):
 
     Center: exact per-coordinate Huber M-estimate (bracketed Newton, which is
     exact on the piecewise-linear score). Default delta: 1.345 times the robust
-    (MAD-based) scale of the residual coordinates after seeding -- the classic
-    95%-efficiency tuning constant.
+    (MAD-based) scale of the residual coordinates (far outliers left out) -- the
+    classic 95%-efficiency tuning constant.
     """
 
     name = "huber"
     param_name = "delta"
+    param_rule = "delta = 1.345 * 1.4826 * median |x_j - c_j|"
     kind = K.HUBER
+    robust = True
 
     def lipschitz(self, param):
         return param
@@ -449,11 +490,13 @@ class PseudoHuberLoss(CoordinateLoss):
     """sum_j delta^2 (sqrt(1 + (r_j / delta)^2) - 1), r = x - mu (smooth Huber).
 
     Center: per-coordinate M-estimate by safeguarded Newton. Default delta as for
-    Huber: 1.345 times the robust scale of the residual coordinates after seeding.
+    Huber: 1.345 times the robust scale of the residual coordinates.
     """
 
     name = "pseudo_huber"
     param_name = "delta"
+    param_rule = HuberLoss.param_rule
+    robust = True
     aliases = ("pseudo-huber", "pseudohuber", "smooth_l1")
     kind = K.PSEUDO_HUBER
 

@@ -113,7 +113,7 @@ class GeneralizedKMeansMethod(ClusteringMethod):
         "loss": "squared",
         "loss_param": None,
         "init": "k-means++",
-        "n_init": 3,
+        "n_init": 10,  # bench/README.md, "Defaults from evidence"
         "max_iter": 100,
         "tol": 1e-4,
         "device": "auto",
@@ -134,6 +134,7 @@ class GeneralizedKMeansMethod(ClusteringMethod):
         used = dict(
             params,
             loss_param=model.loss_param_,
+            loss_param_rule=model.loss_param_rule_,
             device=str(getattr(model, "device_", params["device"])),
         )
         return ClusteringOutput(

@@ -100,6 +100,51 @@ def calinski_harabasz_figure(sweep):
     )
 
 
+def stability_figure(sweep):
+    return _metric_vs_k(
+        sweep, "stability", "Stability vs k (ARI of fits on 80% subsamples with the full fit; "
+        "higher is better)", "stability", sweep["best"].get("stability"), "max",
+    )
+
+
+def gap_figure(sweep):
+    """Gap statistic vs k with one standard error bars, the 1-SE choice circled."""
+    fig = _metric_vs_k(
+        sweep, "gap", "Gap statistic vs k (the smallest k within one standard error of the "
+        "next k's gap)", "gap", sweep["best"].get("gap"), "1-SE",
+    )
+    errors = [e for g, e in zip(sweep["metrics"]["gap"], sweep["metrics"]["gap_se"]) if g is not None]
+    fig["data"][0]["error_y"] = {"type": "data", "array": errors, "visible": True}
+    return fig
+
+
+CRITERION_LABELS = {
+    "elbow": "elbow", "silhouette": "silhouette", "davies_bouldin": "Davies-Bouldin",
+    "calinski_harabasz": "Calinski-Harabasz", "stability": "stability", "gap": "gap",
+}
+
+
+def criteria_figure(sweep):
+    """Which k each criterion picks: one bar per k, as high as the number of
+    criteria that pick it and labeled with their names; the recommended k in red."""
+    ks = sweep["metrics"]["k"]
+    picked = {k: [CRITERION_LABELS.get(c, c) for c, v in sweep["best"].items() if v == k] for k in ks}
+    rec = sweep.get("recommended_k")
+    data = [
+        {
+            "type": "bar", "x": ks, "y": [len(picked[k]) for k in ks],
+            "text": [", ".join(picked[k]) for k in ks], "textposition": "auto",
+            "marker": {"color": [_HIGHLIGHT if k == rec else color(0) for k in ks]},
+            "hovertemplate": "k=%{x}: %{y} criteria<br>%{text}<extra></extra>",
+        }
+    ]
+    layout = _layout(f"Criteria that pick each k (recommended k={rec})", "number of clusters k",
+                     "criteria")
+    layout["xaxis"]["dtick"] = 1
+    layout["yaxis"].update({"dtick": 1, "range": [0, len(sweep["best"]) + 0.5]})
+    return {"data": data, "layout": layout}
+
+
 def silhouette_knife_figure(analysis):
     """The classic per-cluster silhouette plot: each cluster's (sampled)
     silhouettes sorted and drawn as a filled horizontal band, clusters stacked,

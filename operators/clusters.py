@@ -123,23 +123,24 @@ def _method_inputs(ctx, inputs, n_available):
                 label=f"{pname} (optional)",
                 description=(
                     f"Leave empty for a data-driven {pname} computed from the typical "
-                    "distance to the nearest center after seeding (the value used is "
-                    "stored in the run's config). The source documents' 1.0 is "
-                    "meaningless at embedding scale."
+                    "distance to the nearest center, far outliers left out, re-estimated "
+                    "as the centers settle (the value and the rule used are stored in "
+                    "the run's config). The source documents' 1.0 is meaningless at "
+                    "embedding scale."
                 ),
             )
             value = ctx.params.get("loss_param")
             if value is not None and value <= 0:
                 prop.invalid = True
                 prop.error_message = f"{pname} must be > 0"
-        inputs.int("n_init", default=3, min=1, label="Restarts (best objective kept)")
+        inputs.int("n_init", default=method.defaults["n_init"], min=1, label="Restarts (best objective kept)")
         inputs.int("max_iter", default=100, min=1, label="Max iterations")
         devices = types.RadioGroup(orientation="horizontal")
         for value in ("auto", "cpu", "cuda"):
             devices.add_choice(value, label=value)
         inputs.enum("device", devices.values(), default="auto", label="Device", view=devices)
     elif method.name in ("kmeans", "minibatch_kmeans"):
-        inputs.int("n_init", default=3, min=1, label="Restarts")
+        inputs.int("n_init", default=method.defaults["n_init"], min=1, label="Restarts")
         inputs.int("max_iter", default=method.defaults["max_iter"], min=1, label="Max iterations")
         if method.name == "minibatch_kmeans":
             inputs.int("batch_size", default=1024, min=1, label="Batch size")

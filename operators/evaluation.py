@@ -102,7 +102,7 @@ def _gt_input(ctx, inputs, required, default="ground_truth"):
 class ChooseK(foo.Operator):
     @property
     def config(self):
-        return _config("choose_k", "Choose k (elbow / silhouette)", "Sweep the number of clusters and recommend one", delegatable=True)
+        return _config("choose_k", "Choose k (six criteria)", "Sweep the number of clusters, score each k by six criteria and recommend one", delegatable=True)
 
     def __call__(self, sample_collection, embeddings, delegate=False, **params):
         """SDK entry: same parameters as :func:`clustering.choose_k`; returns its dict."""
@@ -143,7 +143,7 @@ class ChooseK(foo.Operator):
             "sample_size", default=ce.DEFAULT_SAMPLE_SIZE, min=10, label="Silhouette sample size",
             description="Points scored (each against all points); exact when the dataset is smaller",
         )
-        inputs.int("n_init", default=3, min=1, label="Restarts per k")
+        inputs.int("n_init", default=get_method(method).defaults.get("n_init", 1), min=1, label="Restarts per k")
         inputs.int("random_state", default=51, label="Seed")
         add_delegate_input(inputs)
         return types.Property(inputs, view=types.View(label="Choose k"))
@@ -175,16 +175,18 @@ def _render_choose_k(ctx, r):
     outputs.str("recommendation", label="Recommendation", view=types.MarkdownView())
     values = {}
     for name, label, figure in (
+        ("criteria", "Which criteria agree", plots.criteria_figure),
         ("elbow", "Elbow", plots.elbow_figure),
         ("silhouette", "Silhouette", plots.silhouette_vs_k_figure),
         ("davies_bouldin", "Davies-Bouldin", plots.davies_bouldin_figure),
         ("calinski_harabasz", "Calinski-Harabasz", plots.calinski_harabasz_figure),
+        ("stability", "Stability", plots.stability_figure),
+        ("gap", "Gap statistic", plots.gap_figure),
     ):
         values[name] = add_plot(outputs, name, label, figure(r))
-    outputs.list(
-        "per_k", types.Object(), label="Per k",
-        view=_table([("k", "k"), ("objective", "objective"), ("silhouette", "silhouette"), ("davies_bouldin", "Davies-Bouldin"), ("calinski_harabasz", "Calinski-Harabasz"), ("sizes", "cluster sizes")]),
-    )
+    columns = [("k", "k"), ("objective", "objective"), ("silhouette", "silhouette"), ("davies_bouldin", "Davies-Bouldin"),
+               ("calinski_harabasz", "Calinski-Harabasz"), ("stability", "stability"), ("gap", "gap"), ("sizes", "cluster sizes")]
+    outputs.list("per_k", types.Object(), label="Per k", view=_table(columns))
     rows = [
         {
             "k": row["k"],
@@ -192,6 +194,8 @@ def _render_choose_k(ctx, r):
             "silhouette": _fmt(row["silhouette"]),
             "davies_bouldin": _fmt(row["davies_bouldin"]),
             "calinski_harabasz": _fmt(row["calinski_harabasz"], ".4g"),
+            "stability": _fmt(row["stability"]),
+            "gap": _fmt(row["gap"]) + ("" if row["gap_se"] is None else f" ± {row['gap_se']:.3f}"),
             "sizes": " ".join(str(s) for s in row["cluster_sizes"]),
         }
         for row in r["per_k"]

@@ -317,6 +317,17 @@ def test_compute_clusters_form_offers_list_fields(list_dataset):
     assert f["features"]["default"] == "field" and "model" not in f
 
 
+def test_defaults_from_the_quality_benchmark(pixel_dataset):
+    """bench/README.md, "Defaults from evidence": 10 restarts, raw (not L2-normalized) features."""
+    f = form("compute_clusters", pixel_dataset, {"embeddings": "pixels"})
+    assert f["n_init"]["default"] == 10 and f["normalize"]["default"] is False
+    assert form("choose_k", pixel_dataset, {})["n_init"]["default"] == 10
+    config = clustering.compute_clusters(pixel_dataset, "d", embeddings="pixels", k=3, loss="correntropy",
+                                         progress=False).config
+    assert (config.n_init, config.normalize) == (10, False)
+    assert config.loss_param > 0 and config.loss_param_rule.startswith("sigma = median ||x - c||")
+
+
 @pytest.mark.parametrize("progress", [False, True, None])
 def test_progress_follows_fiftyone_convention(pixel_dataset, progress, capsys):
     clustering.compute_clusters(pixel_dataset, "p", embeddings="pixels", k=2, n_init=1, progress=progress)

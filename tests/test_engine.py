@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from clustering import GeneralizedKMeans, Loss, available_losses, get_loss, register_loss
 from clustering import _kernels as K
 from clustering.kmeans import NotFittedError
+from clustering.datasets import contaminated_blobs
 from clustering.losses import CoordinateLoss
 
 LOSSES = ["absolute", "correntropy", "cosine", "epsilon_insensitive", "geometric_median",
@@ -367,17 +368,85 @@ def test_cosine_ignores_scale_and_handles_zero_rows():
     np.testing.assert_array_equal(scaled.labels_, km.labels_)
 
 
-@pytest.mark.parametrize("loss, expected", [
-    ("huber", lambda R: 1.345 * 1.4826 * np.median(np.abs(R))),
-    ("correntropy", lambda R: np.median(np.linalg.norm(R, axis=1))),
-    ("epsilon_insensitive", lambda R: 0.5 * np.median(np.linalg.norm(R, axis=1))),
-])
-def test_default_parameters_follow_the_documented_rules(loss, expected):
+def inlier_rows(R):
+    """The residual rows the scale rules keep: norm <= 3x the median norm."""
+    norms = np.linalg.norm(R, axis=1)
+    return R[norms <= 3 * np.median(norms)]
+
+
+SCALE_RULES = {
+    "huber": lambda R: 1.345 * 1.4826 * np.median(np.abs(inlier_rows(R))),
+    "pseudo_huber": lambda R: 1.345 * 1.4826 * np.median(np.abs(inlier_rows(R))),
+    "correntropy": lambda R: np.median(np.linalg.norm(inlier_rows(R), axis=1)),
+    "epsilon_insensitive": lambda R: 0.5 * np.median(np.linalg.norm(inlier_rows(R), axis=1)),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(SCALE_RULES))
+def test_default_parameter_is_the_documented_rule_at_the_settled_centers(loss):
     X = blobs(n=200, d=4, k=3, seed=9)
     init = X[[0, 70, 140]]
     km = GeneralizedKMeans(3, loss=loss, init=init, dtype="float64").fit(X)
-    nearest = ((X[:, None, :] - init[None]) ** 2).sum(-1).argmin(1)
-    assert km.loss_param_ == pytest.approx(expected(X - init[nearest]), rel=1e-9)
+    seeded = SCALE_RULES[loss](X - init[((X[:, None, :] - init[None]) ** 2).sum(-1).argmin(1)])
+    settled = SCALE_RULES[loss](X - km.cluster_centers_[km.labels_])
+    # re-estimated until it changes by < 5%: the rule at the centers it gives
+    assert km.loss_param_ == pytest.approx(settled, rel=0.05)
+    assert abs(km.loss_param_ - seeded) > 0.1 * seeded  # seeds are data points, not centers
+    assert "re-estimated as the centers settled" in km.loss_param_rule_
+    given = GeneralizedKMeans(3, loss=loss, loss_param=km.loss_param_, init=init).fit(X)
+    assert given.loss_param_ == km.loss_param_ and given.loss_param_rule_ is None
+
+
+# ----------------------------------------------------------- robustness
+def inlier_scale(loss, d, sigma=1.0):
+    """The parameter the rules give on uncontaminated N(0, sigma^2 I_d) residuals."""
+    from scipy.stats import chi
+
+    return {"huber": 1.345 * sigma, "pseudo_huber": 1.345 * sigma,
+            "correntropy": chi.median(d) * sigma,
+            "epsilon_insensitive": 0.5 * chi.median(d) * sigma}[loss]
+
+
+@pytest.mark.parametrize("d", [1, 16])
+@pytest.mark.parametrize("loss", sorted(SCALE_RULES))
+def test_scale_estimates_ignore_20_percent_far_outliers(loss, d):
+    rng = np.random.default_rng(d)
+    R = rng.normal(size=(5000, d)) * 2.0
+    R[:1000] = rng.normal(size=(1000, d)) * 100.0  # 20% far outlier rows
+    estimate = get_loss(loss).default_param(torch.from_numpy(R))
+    assert estimate == pytest.approx(inlier_scale(loss, d, sigma=2.0), rel=0.2)
+
+
+@pytest.mark.parametrize("contamination", ["far", "cauchy"])
+@pytest.mark.parametrize("loss", ["huber", "correntropy"])
+def test_data_driven_parameter_at_20_percent_contamination(loss, contamination):
+    X, _, _, _ = contaminated_blobs(contamination=contamination, fraction=0.2, random_state=5)
+    km = GeneralizedKMeans(5, loss=loss, random_state=0).fit(X)
+    assert km.loss_param_ == pytest.approx(inlier_scale(loss, X.shape[1]), rel=0.2)
+
+
+def inlier_ari(loss, contamination, fraction, seed):
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y, inliers, _ = contaminated_blobs(contamination=contamination, fraction=fraction,
+                                          random_state=seed)
+    labels = GeneralizedKMeans(5, loss=loss, random_state=seed).fit(X).labels_
+    return adjusted_rand_score(y[inliers], labels[inliers])
+
+
+@pytest.mark.parametrize("loss", ["absolute", "huber", "pseudo_huber", "correntropy",
+                                  "geometric_median"])
+def test_robust_losses_keep_the_clusters_at_10_percent_far_outliers(loss):
+    """5 Gaussian clusters (d=32, n=2000), default parameters: k-means itself
+    gives the outliers most centers (inlier ARI 0.00-0.50)."""
+    scores = [inlier_ari(loss, "far", 0.1, seed) for seed in range(3)]
+    assert np.mean(scores) >= 0.6, scores
+
+
+@pytest.mark.parametrize("contamination, fraction", [("far", 0.1), ("far", 0.2), ("cauchy", 0.2)])
+def test_correntropy_keeps_the_clusters_on_every_contaminated_set(contamination, fraction):
+    scores = [inlier_ari("correntropy", contamination, fraction, seed) for seed in range(3)]
+    assert np.mean(scores) >= 0.9 and min(scores) >= 0.8, scores
 
 
 @pytest.mark.skipif(K.triton is None, reason="triton not installed")

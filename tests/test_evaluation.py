@@ -118,14 +118,27 @@ def test_choose_k_metrics_equal_sklearn_on_refits(ds):
         assert row["davies_bouldin"] == pytest.approx(skm.davies_bouldin_score(X, out.labels), rel=1e-4)
         assert row["calinski_harabasz"] == pytest.approx(skm.calinski_harabasz_score(X, out.labels), rel=1e-4)
         assert sorted(row["cluster_sizes"]) == sorted(np.bincount(out.labels).tolist())
-    sil = r["metrics"]["silhouette"]
-    best = r["metrics"]["k"][int(np.argmax(sil))]
-    assert r["best"]["silhouette"] == best == r["recommended_k"]
-    assert r["best"]["davies_bouldin"] == r["metrics"]["k"][int(np.argmin(r["metrics"]["davies_bouldin"]))]
-    assert r["best"]["calinski_harabasz"] == r["metrics"]["k"][int(np.argmax(r["metrics"]["calinski_harabasz"]))]
-    knee, _ = cm.find_knee(r["metrics"]["k"], r["metrics"]["objective"], min_strength=0.05)
-    assert r["best"]["elbow"] == (None if knee is None else r["metrics"]["k"][knee])
-    assert r["reason"].startswith(f"k={best} has the highest mean silhouette ({max(sil):.3f}")
+        assert -1 <= row["stability"] <= 1 and np.isfinite(row["gap"]) and row["gap_se"] >= 0
+    ks = r["metrics"]["k"]
+    assert r["best"]["silhouette"] == ks[int(np.argmax(r["metrics"]["silhouette"]))]
+    assert r["best"]["davies_bouldin"] == ks[int(np.argmin(r["metrics"]["davies_bouldin"]))]
+    assert r["best"]["calinski_harabasz"] == ks[int(np.argmax(r["metrics"]["calinski_harabasz"]))]
+    assert r["best"]["stability"] == ks[int(np.argmax(r["metrics"]["stability"]))]
+    knee, _ = cm.find_knee(ks, r["metrics"]["objective"], min_strength=0.05)
+    assert r["best"]["elbow"] == (None if knee is None else ks[knee])
+    assert (r["recommended_k"], r["reason"], r["best"]) == clustering.recommend_k(ks, r["metrics"])
+    assert r["agree"] == [c for c, k in r["best"].items() if k == r["recommended_k"]] and r["agree"]
+
+
+def test_choose_k_on_arrays_equals_choose_k_on_the_same_vectors_in_a_field(ds):
+    params = dict(loss="huber", k_min=2, k_max=5, n_init=1, sample_size=100, random_state=4, progress=False)
+    on_field = clustering.choose_k(ds, "pixels", **params)
+    alone = clustering.choose_k(None, embeddings=pixels(ds), **params)
+    aligned = clustering.choose_k(ds, pixels(ds), **params)
+    assert on_field["embeddings_field"] == "pixels" and alone["embeddings_field"] is None
+    for r in (alone, aligned):
+        assert dict(r, embeddings_field="pixels") == on_field
+    assert on_field["recommended_k"] in on_field["best"].values() and on_field["loss_param"] > 0
 
 
 def test_choose_k_sampled_silhouette_scores_the_sample_against_all_points(ds):
@@ -144,7 +157,7 @@ def test_choose_k_operator_generalized_loss_keeps_one_loss_param(ds, plugin_oper
     assert r["method"] == "generalized_kmeans" and r["loss"] == "huber"
     assert r["loss_param"] > 0 and r["params"]["loss_param"] == r["loss_param"]
     assert [row["k"] for row in r["per_k"]] == [2, 3, 4, 5]
-    assert r["recommended_k"] == r["best"]["silhouette"] and 2 <= r["recommended_k"] <= 5
+    assert 2 <= r["recommended_k"] <= 5 and r["recommended_k"] in r["best"].values()
     assert all(row["silhouette"] is not None and -1 <= row["silhouette"] <= 1 for row in r["per_k"])
 
 
@@ -153,11 +166,13 @@ def test_choose_k_in_the_app_streams_progress_and_plots(ds):
     assert len(triggered(messages, "set_progress")) >= 4
     outputs, results = shown(messages)
     props = outputs["type"]["properties"]
-    for name in ("elbow", "silhouette", "davies_bouldin", "calinski_harabasz"):
+    for name in ("criteria", "elbow", "silhouette", "davies_bouldin", "calinski_harabasz", "stability", "gap"):
         assert props[name]["view"]["name"] == "PlotlyView"
         assert list(results[name]["data"][0]["x"]) == [2, 3, 4, 5]
     rec = int(results["recommendation"].split("Recommended k = ")[1].split()[0])
     assert results["elbow"]["layout"]["shapes"][0]["x0"] == rec  # marker line at the recommended k
+    votes = results["criteria"]["data"][0]["y"]  # how many of the six criteria pick each k
+    assert sum(votes) <= 6 and votes[[2, 3, 4, 5].index(rec)] >= 1
     sil = results["silhouette"]["data"]
     assert list(sil[1]["x"]) == [rec] and sil[1]["y"][0] == max(sil[0]["y"])  # circled maximum
     assert [row["k"] for row in results["per_k"]] == [2, 3, 4, 5]
