@@ -19,7 +19,11 @@ each in a fresh subprocess (so that each peak RSS is its own):
    before the run, as a multiple of the float32 feature matrix;
 3. the same run fitted on a uniform sample (``--fit-sample-size``, default
    n/10) and every sample assigned in streamed chunks: its objective next to
-   the full fit's.
+   the full fit's;
+4. the engine alone on ``--seeding-n`` samples of the same distribution:
+   k-means++ seeded on every sample vs on its uniform sample (what
+   ``GeneralizedKMeans`` does above 100,000 samples), time and objective
+   after the same 20 iterations.
 
 The targets of issue 16 (2 cores, 1,000,000 x 512, k=100): <= 120 s end to
 end, reading + writing <= clustering, peak RSS <= 5 GB.
@@ -285,7 +289,25 @@ def measure_streamed(args):
     return _run(args, "bench_streamed", fit_sample_size=args.fit_sample_size or max(args.k, args.n // 10))
 
 
-MEASUREMENTS = {"io": measure_io, "run": measure_run, "streamed": measure_streamed}
+def measure_seeding(args):
+    import clustering.kmeans as km
+    from clustering import GeneralizedKMeans
+
+    n = args.seeding_n
+    rng = np.random.default_rng(1)
+    centers = 0.3 * rng.normal(size=(args.k, args.dim)).astype(np.float32)
+    X = centers[rng.integers(0, args.k, n)] + rng.normal(size=(n, args.dim)).astype(np.float32)
+    out = {"n": n}
+    for name, seed_samples in (("full", n), ("sampled", km._SEED_SAMPLES)):
+        km._SEED_SAMPLES = seed_samples
+        t = time.perf_counter()
+        model = GeneralizedKMeans(args.k, max_iter=20, tol=0.0, random_state=0).fit(X)
+        out[name] = {"fit_s": time.perf_counter() - t, "objective": model.objective_,
+                     "seed_rows": min(n, max(seed_samples, km._SEED_SAMPLES_PER_CLUSTER * args.k))}
+    return out
+
+
+MEASUREMENTS = {"io": measure_io, "run": measure_run, "streamed": measure_streamed, "seeding": measure_seeding}
 
 
 def in_subprocess(name, argv, env):
@@ -307,7 +329,7 @@ def gb(x):
     return f"{x / 1e9:.2f} GB"
 
 
-def report(args, built_s, io, run, streamed, loads):
+def report(args, built_s, io, run, streamed, seeding, loads):
     n, d = args.n, args.dim
     print(f"\nmachine: {machine()}; load average {loads[0]} (start) {loads[-1]} (end)")
     print(f"dataset: {n:,} x {d} float32 VectorField, k={args.k}, squared, 20 iterations, n_init=1"
@@ -341,6 +363,14 @@ def report(args, built_s, io, run, streamed, loads):
     print(f"| RSS growth / float32 matrix ({gb(run['matrix_bytes'])}) | {run['growth']:.2f}x | "
           f"{streamed['growth']:.2f}x |")
 
+    full, sampled = seeding["full"], seeding["sampled"]
+    print(f"\nk-means++ seeding, engine alone on {seeding['n']:,} x {d} (same distribution), "
+          "fit with 20 iterations:\n")
+    print("| seeded on | fit time | objective |\n|---|---|---|")
+    print(f"| every sample ({full['seed_rows']:,}) | {full['fit_s']:.1f} s | {full['objective']:.6g} |")
+    print(f"| a uniform sample ({sampled['seed_rows']:,}) | {sampled['fit_s']:.1f} s | "
+          f"{sampled['objective']:.6g} ({sampled['objective'] / full['objective']:.4f}x) |")
+
     t = run["timings"]
     io_s = t["read_s"] + t["write_s"]
     print("\ntargets (full fit):")
@@ -359,6 +389,8 @@ def main():
     parser.add_argument("--baseline-n", type=int, default=100_000,
                         help="samples of the values()/set_values comparison (default 100,000)")
     parser.add_argument("--fit-sample-size", type=int, default=None, help="streamed run's sample (default n/10)")
+    parser.add_argument("--seeding-n", type=int, default=300_000,
+                        help="samples of the seeding comparison (default 300,000)")
     parser.add_argument("--keep", action="store_true", help=f"keep (and reuse) the database in {KEEP_DIR}")
     parser.add_argument("--measure", choices=sorted(MEASUREMENTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -383,17 +415,18 @@ def main():
 
         print(f"building/loading the dataset ({args.n:,} x {args.dim}) ...", flush=True)
         _, built_s = build(uri, args.n, args.dim, args.k)
-        argv = [f"--n={args.n}", f"--dim={args.dim}", f"--k={args.k}", f"--baseline-n={args.baseline_n}"]
+        argv = [f"--n={args.n}", f"--dim={args.dim}", f"--k={args.k}", f"--baseline-n={args.baseline_n}",
+                f"--seeding-n={args.seeding_n}"]
         if args.fit_sample_size:
             argv.append(f"--fit-sample-size={args.fit_sample_size}")
         results = {}
-        for name in ("io", "run", "streamed"):
+        for name in ("io", "run", "streamed", "seeding"):
             settle(uri, args.n, args.dim)
             print(f"measuring {name} (load {load()}) ...", flush=True)
             results[name] = in_subprocess(name, argv, env)
             loads.append(load())
         food._disconnect()
-        report(args, built_s, results["io"], results["run"], results["streamed"], loads)
+        report(args, built_s, results["io"], results["run"], results["streamed"], results["seeding"], loads)
     finally:
         mongod.terminate()  # stop mongod before its files go
         mongod.wait(60)

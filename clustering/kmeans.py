@@ -68,6 +68,11 @@ _PARAM_ROUNDS = 5
 # float32, cache-sized), >= this many rows
 _CPU_BLOCK, _MIN_CPU_ROWS = 1 << 19, 2048
 _SEEDING_SHARE = 0.1  # share of a restart's progress given to seeding
+# k-means++ seeds on a uniform sample of this many rows (or this many per
+# cluster, whichever is more) when n is larger: its k greedy steps cost
+# O(n k d) each otherwise, most of a large fit's time, for seeds of the same
+# quality (bench/README.md, "Scale")
+_SEED_SAMPLES, _SEED_SAMPLES_PER_CLUSTER = 100_000, 100
 # robust seeding (see _Engine._robust_seeding): candidates drawn per step, the
 # samples of the probe that screens them, local-search swaps per center
 _SCREENED = 8
@@ -460,9 +465,15 @@ class _Engine:
     def kmeans_plusplus(self, k, rng, n_trials=None):
         """Greedy k-means++ under the loss: each new center is the best of
         ``n_trials`` samples drawn proportionally to their loss to the nearest
-        chosen center (robust losses: see ``_robust_seeding``)."""
+        chosen center (robust losses: see ``_robust_seeding``). Above
+        ``_SEED_SAMPLES`` rows it seeds on a uniform sample of them."""
         X = self.X
         n = X.shape[0]
+        sample_size = max(_SEED_SAMPLES, _SEED_SAMPLES_PER_CLUSTER * k)
+        if n > sample_size:
+            rows = torch.as_tensor(np.sort(rng.choice(n, sample_size, replace=False)),
+                                   device=X.device)
+            return self._subset(rows).kmeans_plusplus(k, rng, n_trials)
         trials = n_trials or 2 + int(math.log(k))
         if self.loss.robust:
             return self._robust_seeding(k, rng, trials)
@@ -686,6 +697,8 @@ class GeneralizedKMeans:
     init : "k-means++", "random" or array (k, d)
         Seeding: greedy k-means++ with sampling proportional to the loss to the
         nearest chosen center, k distinct random samples, or given centers.
+        Above max(100000, 100 k) samples, k-means++ seeds on a uniform sample
+        of that many.
         For robust losses (absolute, huber, pseudo_huber, correntropy,
         epsilon_insensitive, geometric_median) k-means++ draws proportionally
         to that loss capped at its median, screens the candidates on a probe of

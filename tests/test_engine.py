@@ -581,3 +581,33 @@ def test_coordinatewise_assignment_matches_brute_force(kind, d):
         tol = 1e-3 if kind == K.PSEUDO_HUBER else 1e-4
         np.testing.assert_allclose(best.numpy(), order[idx, 0], rtol=tol, atol=tol * d)
         np.testing.assert_allclose(second.numpy(), order[idx, 1], rtol=tol, atol=tol * d)
+
+
+@pytest.mark.parametrize("loss", ["squared", "huber"])
+def test_large_n_seeds_on_a_uniform_sample(loss, monkeypatch):
+    """Above the seeding sample size, k-means++ draws its seeds from a uniform
+    sample: seeds are rows of X, and the fit reaches the full seeding's
+    objective within 2% and finds every blob."""
+    from sklearn.metrics import adjusted_rand_score
+
+    import clustering.kmeans as km
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 12, 20_000)
+    X = (rng.normal(size=(12, 8)) * 6)[truth] + rng.normal(size=(20_000, 8))
+    X = X.astype(np.float32)
+
+    def fit():
+        param = None if loss == "squared" else 1.0
+        return GeneralizedKMeans(12, loss=loss, loss_param=param, n_init=3, random_state=1,
+                                 max_iter=30).fit(X)
+
+    full = fit()
+    drawn = []
+    original = km._Engine._subset
+    monkeypatch.setattr(km, "_SEED_SAMPLES", 2000)
+    monkeypatch.setattr(km._Engine, "_subset", lambda self, rows: drawn.append(len(rows)) or original(self, rows))
+    sampled = fit()
+    assert 2000 in drawn
+    assert sampled.objective_ <= full.objective_ * 1.02
+    assert adjusted_rand_score(truth, sampled.labels_) > 0.99
