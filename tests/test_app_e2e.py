@@ -149,3 +149,50 @@ def test_compute_clusters_from_the_app(pixel_dataset, page, app_url, artifacts, 
             dataset.persistent = False
         except Exception:
             pass
+
+
+def test_choose_k_from_the_app(pixel_dataset, page, app_url, artifacts):
+    """`Choose k` from the operator browser: the recommendation and the
+    criteria's charts (which criteria agree, then one per criterion)."""
+    dataset = pixel_dataset
+    dataset.persistent = True
+    steps = Steps(page, artifacts)
+    expect = sync_api.expect
+    try:
+        page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
+        expect(page.locator("[data-cy=entry-counts]")).to_have_text(re.compile(r"samples"), timeout=60_000)
+        page.keyboard.press("`")
+        page.keyboard.type("Choose k", delay=30)
+        expect(page.get_by_text("choose_k", exact=True)).to_be_visible()
+        page.keyboard.press("Enter")
+        execute = page.get_by_role("button", name="Execute", exact=True)
+        expect(execute).to_be_enabled()
+        choose(page, "Embeddings field", "pixels")
+        type_into(page, "Largest k", "6")
+        type_into(page, "Restarts per k", "1")
+        expect(execute).to_be_enabled()
+        steps.shot("form-filled")
+        execute.click()
+
+        # the same sweep in Python gives the k the App shows
+        expected = __import__("clustering").choose_k(
+            dataset, "pixels", k_min=2, k_max=6, n_init=1, progress=False
+        )["recommended_k"]
+        expect(page.get_by_text(re.compile(rf"Recommended k = {expected}\b"))).to_be_visible(timeout=RUN_TIMEOUT_S * 1000)
+        plots = page.locator(".js-plotly-plot")
+        expect(plots).to_have_count(7)  # criteria agreement + six criteria
+        # the agreement chart has one marker row per criterion, not collapsed
+        assert plots.first.bounding_box()["height"] > 100, plots.first.bounding_box()
+        expect(plots.first.locator("g.point").first).to_be_attached()
+        steps.shot("executed")
+    except BaseException:
+        try:
+            steps.shot("failure", html=True)
+        except Exception:
+            pass
+        raise
+    finally:
+        try:
+            dataset.persistent = False
+        except Exception:
+            pass
