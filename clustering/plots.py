@@ -133,7 +133,8 @@ def criteria_figure(sweep):
     data = [
         {
             "type": "bar", "x": ks, "y": [len(picked[k]) for k in ks],
-            "text": [", ".join(picked[k]) for k in ks], "textposition": "auto",
+            "text": ["<br>".join(picked[k]) for k in ks], "textposition": "inside", "textangle": 0,
+            "insidetextanchor": "middle",
             "marker": {"color": [_HIGHLIGHT if k == rec else color(0) for k in ks]},
             "hovertemplate": "k=%{x}: %{y} criteria<br>%{text}<extra></extra>",
         }
