@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # spinning, numba's kernels lose their cores (a 3-iteration absolute fit,
 # n=20000, d=16, k=50, on a busy machine: 275 ms instead of 62 ms)
 from clustering import GeneralizedKMeans, get_loss  # noqa: E402
+from common import table  # noqa: E402  (bench/common.py)
 
 import torch  # noqa: E402
 
@@ -119,15 +120,6 @@ def objective(loss, X, centers, param):
     D = get_loss(loss).pairwise(torch.from_numpy(X), torch.from_numpy(
         np.asarray(centers, dtype=np.float64)), param)
     return float(D.min(1).values.sum())
-
-
-def table(title, header, rows):
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    sys.stdout.flush()
 
 
 def fmt_time(seconds):

@@ -47,6 +47,7 @@ if REPO_ROOT not in sys.path:
 
 from clustering import GeneralizedKMeans, get_loss  # noqa: E402  (first: OpenMP policy)
 from clustering.datasets import contaminated_blobs, separated_blobs  # noqa: E402
+from common import table  # noqa: E402  (bench/common.py)
 
 RESULTS = os.path.join(REPO_ROOT, "bench", "results")
 HYMENOPTERA = "/work/shared/data/hymenoptera"
@@ -68,15 +69,6 @@ TUNING_GRID = (0.5, 1.0, 2.0, 4.0)
 
 
 # ------------------------------------------------------------------ printing
-def table(title, header, rows):
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    sys.stdout.flush()
-
-
 def spread(values, digits=2):
     """'mean (min-max)' of a list of scores."""
     v = np.asarray(values, dtype=float)

@@ -13,6 +13,7 @@ loopback: the browser's only proxy is a dead loopback port, which only
 127.0.0.1/localhost bypass.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -198,6 +199,28 @@ class Steps:
         if html:
             with open(base + ".html", "w") as f:
                 f.write(self.page.content())
+
+    @contextlib.contextmanager
+    def recording(self, dataset=None):
+        """The block's steps, with a "failure" screenshot (and the page's HTML)
+        if it fails; ``dataset`` is made persistent for it (the App server's
+        process must find it) and non-persistent after."""
+        if dataset is not None:
+            dataset.persistent = True
+        try:
+            yield self
+        except BaseException:
+            try:
+                self.shot("failure", html=True)
+            except Exception:
+                pass
+            raise
+        finally:
+            if dataset is not None:
+                try:
+                    dataset.persistent = False
+                except Exception:
+                    pass
 
 
 def after_label(page, label, what="input"):

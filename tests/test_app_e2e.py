@@ -36,11 +36,10 @@ pytestmark = E2E_MARKS
 
 def test_compute_clusters_from_the_app(pixel_dataset, page, app_url, artifacts, fo):
     dataset = pixel_dataset
-    dataset.persistent = True  # the server process must find it
     n = len(dataset)
     steps = Steps(page, artifacts)
     expect = sync_api.expect
-    try:
+    with steps.recording(dataset):
         # 1. the dataset page
         page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
         counts = page.locator("[data-cy=entry-counts]")
@@ -138,27 +137,15 @@ def test_compute_clusters_from_the_app(pixel_dataset, page, app_url, artifacts, 
         poll(page, only_that_cluster, f"the grid to show only {field} = {cluster}")
         grid_settled(page)
         steps.shot("filtered")
-    except BaseException:
-        try:
-            steps.shot("failure", html=True)
-        except Exception:
-            pass
-        raise
-    finally:
-        try:
-            dataset.persistent = False
-        except Exception:
-            pass
 
 
 def test_choose_k_from_the_app(pixel_dataset, page, app_url, artifacts):
     """`Choose k` from the operator browser: the recommendation and the
     criteria's charts (which criteria agree, then one per criterion)."""
     dataset = pixel_dataset
-    dataset.persistent = True
     steps = Steps(page, artifacts)
     expect = sync_api.expect
-    try:
+    with steps.recording(dataset):
         page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
         expect(page.locator("[data-cy=entry-counts]")).to_have_text(re.compile(r"samples"), timeout=60_000)
         page.keyboard.press("`")
@@ -185,14 +172,3 @@ def test_choose_k_from_the_app(pixel_dataset, page, app_url, artifacts):
         assert plots.first.bounding_box()["height"] > 100, plots.first.bounding_box()
         expect(plots.first.locator("g.point").first).to_be_attached()
         steps.shot("executed")
-    except BaseException:
-        try:
-            steps.shot("failure", html=True)
-        except Exception:
-            pass
-        raise
-    finally:
-        try:
-            dataset.persistent = False
-        except Exception:
-            pass

@@ -90,7 +90,7 @@ def test_feature_maps_panel_follows_the_current_sample(photos_dataset, page, app
     strip_width = 8 * 112 + 7 * 4  # 8 channels of 112 px, 4 px apart
     steps = Steps(page, artifacts)
     expect = sync_api.expect
-    try:
+    with steps.recording():
         # 1. the first sample in the modal; its stored heatmap overlaid on the image
         page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
         expect(page.locator("[data-cy=entry-counts]")).to_have_text(re.compile(rf"^\s*{len(dataset)}\s+samples\s*$"), timeout=60_000)
@@ -155,9 +155,3 @@ def test_feature_maps_panel_follows_the_current_sample(photos_dataset, page, app
         dataset.reload()
         assert dataset.count(field) == len(dataset)
         assert dataset.count(HEATMAP_FIELD) == 2  # the other field untouched
-    except BaseException:
-        try:
-            steps.shot("failure", html=True)
-        except Exception:
-            pass
-        raise

@@ -84,11 +84,10 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
     dataset = pixel_dataset
     clustering.compute_clusters(dataset, RUN_KEY, embeddings="pixels", k=K, n_init=2, progress=quiet)
     clustering.compute_clusters(dataset, OTHER_RUN, embeddings="pixels", method="kmeans", k=3, progress=quiet)
-    dataset.persistent = True  # the server process must find it
     n = len(dataset)
     steps = Steps(page, artifacts)
     expect = sync_api.expect
-    try:
+    with steps.recording(dataset):
         # 1. the dataset page, then "+" -> Clusters
         page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
         expect(page.locator("[data-cy=entry-counts]")).to_have_text(re.compile(rf"^\s*{n}\s+samples\s*$"), timeout=60_000)
@@ -200,14 +199,3 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
         expect(page.locator("[data-cy='sidebar-field-km_label']")).to_be_visible()
         grid_settled(page)
         steps.shot("promoted")
-    except BaseException:
-        try:
-            steps.shot("failure", html=True)
-        except Exception:
-            pass
-        raise
-    finally:
-        try:
-            dataset.persistent = False
-        except Exception:
-            pass
