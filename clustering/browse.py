@@ -211,6 +211,15 @@ def ground_truth_fields(samples):
     return [f for f in gt_fields(dataset) if f not in own]
 
 
+def evaluated_field(samples, run_key):
+    """The ground-truth field run ``run_key`` was last evaluated against
+    (:func:`clustering.evaluate_run`), if it is still one of
+    :func:`ground_truth_fields`; else None."""
+    dataset = samples._root_dataset
+    field = getattr(cr.get_clustering_run_config(dataset, run_key), "evaluated_gt_field", None)
+    return field if field in ground_truth_fields(dataset) else None
+
+
 def sort_clusters(clusters, sort="cluster"):
     """``clusters`` (rows of :func:`run_overview`) sorted by ``sort`` (a key of
     :data:`SORTS`); ties and missing values (last) by cluster id."""

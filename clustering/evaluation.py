@@ -322,6 +322,15 @@ def gt_fields(samples):
     return sorted(out)
 
 
+def _record_evaluated_field(dataset, run_key, config, gt_field):
+    """Records in the run's config the ground-truth field it was last evaluated
+    against (``evaluated_gt_field``): the Clusters panel scores the run against
+    it when it opens the run."""
+    if getattr(config, "evaluated_gt_field", None) != gt_field:
+        config.evaluated_gt_field = gt_field
+        dataset.update_run_config(run_key, config)
+
+
 def evaluate_run(samples, run_key, gt_field="ground_truth"):
     """Scores a run against ground-truth classes.
 
@@ -333,6 +342,9 @@ def evaluate_run(samples, run_key, gt_field="ground_truth"):
         samples: a dataset or view (only its samples are evaluated)
         run_key: a clustering run
         gt_field: a ``Classification`` field or a string / int field
+
+    The run's config records ``gt_field`` as ``evaluated_gt_field`` (the
+    Clusters panel then shows these scores when it opens the run).
 
     Returns:
         a dict with ``nmi``, ``ari``, ``accuracy`` (after the optimal Hungarian
@@ -381,6 +393,7 @@ def evaluate_run(samples, run_key, gt_field="ground_truth"):
         r["matched_class"] = mapping.get(r["cluster"])
         r["name"] = names.get(str(r["cluster"]))
     clusters, classes, counts = cm.contingency(y_pred, y_true)
+    _record_evaluated_field(samples._root_dataset, run_key, results.config, gt_field)
     return {
         "run_key": run_key,
         "gt_field": gt_field,

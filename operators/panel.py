@@ -100,8 +100,7 @@ class ClustersPanel(foo.Panel):
         if not keys:
             return
         if ctx.panel.get_state("run_key") not in keys:
-            self._choose(ctx, "run_key", keys[-1])
-            self._choose(ctx, "run_key_b", None)
+            self._pick_run(ctx, keys[-1])
             ctx.panel.set_state({"cluster": None, "page": 0, "map_note": None})
         for key, default in (("gt_field", NO_GT), ("sort", "cluster"), ("tab", "clusters")):
             self._choose(ctx, key, ctx.panel.get_state(key) or default)
@@ -130,9 +129,17 @@ class ClustersPanel(foo.Panel):
         """Sets choice ``key`` and the input that shows it."""
         ctx.panel.set_state({key: value, CHOICES[key]: value})
 
-    def on_change_run(self, ctx):
-        self._choose(ctx, "run_key", ctx.params["value"])
+    def _pick_run(self, ctx, run_key):
+        """Shows run ``run_key``, scored against the ground-truth field it was
+        last evaluated against (if any; otherwise the current choice stays)."""
+        self._choose(ctx, "run_key", run_key)
         self._choose(ctx, "run_key_b", None)
+        evaluated = browse.evaluated_field(ctx.dataset, run_key)
+        if evaluated:
+            self._choose(ctx, "gt_field", evaluated)
+
+    def on_change_run(self, ctx):
+        self._pick_run(ctx, ctx.params["value"])
         ctx.panel.set_state({"cluster": None, "page": 0, "cards": {}, "map_note": None})
         ctx.panel.data.clear()
         self._load_run(ctx)

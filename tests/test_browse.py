@@ -350,3 +350,27 @@ def fo_view(dataset, stages):
     import fiftyone.core.view as fov
 
     return fov.DatasetView._build(dataset, stages)
+
+
+def test_an_evaluated_run_opens_with_its_scores(clone):
+    """evaluate_run records its ground-truth field in the run's config; the
+    panel opens that run scored against it (and a run never evaluated keeps
+    the current choice)."""
+    clustering.compute_clusters(clone, "plain", embeddings="pixels", method="kmeans", k=3, progress=quiet)
+    clustering.compute_clusters(clone, "judged", embeddings="pixels", method="kmeans", k=4, progress=quiet)
+    assert browse.evaluated_field(clone, "judged") is None
+    scores = clustering.evaluate_run(clone, "judged", gt_field="ground_truth")
+    assert clone.get_run_info("judged").config.evaluated_gt_field == "ground_truth"
+    assert browse.evaluated_field(clone, "judged") == "ground_truth"
+
+    state, _ = panel_event(clone, "on_load")  # opens the newest run: "judged"
+    assert state["run_key"] == "judged" and state["gt_field"] == "ground_truth"
+    assert f"NMI {scores['nmi']:.3f}" in state["header"]
+    state, _ = panel_event(clone, "on_change_run", state, path="controls.run_key", value="plain")
+    assert state["gt_field"] == "ground_truth"  # "plain" was never evaluated: the choice stays
+    state, _ = panel_event(clone, "on_change_gt", state, path="controls.gt_field", value="none")
+    state, _ = panel_event(clone, "on_change_run", state, path="controls.run_key", value="judged")
+    assert state["gt_field"] == "ground_truth" and "NMI" in state["header"]
+
+    clone.delete_sample_field("ground_truth")  # a field that is gone is no longer offered
+    assert browse.evaluated_field(clone, "judged") is None
