@@ -499,14 +499,27 @@ def _cpu_flags():
     return set(line.partition(":")[2].split())
 
 
+def _onednn_bf16_check():
+    """torch's own check before a bfloat16 oneDNN convolution (it also honours
+    ``ONEDNN_MAX_CPU_ISA``); None where this torch build lacks it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def cpu_supports_bf16_convolutions():
-    """Whether oneDNN runs bfloat16 convolutions on this CPU: torch's own
-    requirement is AVX-512 BW, VL and DQ, or AVX-NE-CONVERT (an AVX2-only CPU
-    has neither; there a bf16 backbone runs unfused under autocast)."""
+    """Whether oneDNN runs bfloat16 convolutions on this CPU (an AVX2-only CPU
+    cannot; there a bf16 backbone runs unfused under autocast): torch's own
+    check, or, where torch lacks it, its requirement from the CPU's flags:
+    AVX-512 BW, VL and DQ, or AVX-NE-CONVERT."""
+    check = _onednn_bf16_check()
+    if check is not None:
+        return check
     flags = _cpu_flags()
     if not flags:  # no cpuinfo: torch's AVX-512 probe covers BW, VL and DQ
-        check = getattr(torch.cpu, "_is_avx512_supported", None)
-        return bool(check and check())
+        probe = getattr(torch.cpu, "_is_avx512_supported", None)
+        return bool(probe and probe())
     return {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags
 
 

@@ -108,7 +108,8 @@ def test_resnet_residual_add_and_relu_fuse_into_the_last_conv_of_each_block():
 
 needs_bf16_convolutions = pytest.mark.skipif(
     not bb.cpu_supports_bf16_convolutions(),
-    reason="this CPU has neither AVX-512 BW/VL/DQ nor AVX-NE-CONVERT: oneDNN has no bf16 convolutions here",
+    reason="oneDNN has no bf16 convolutions here (the CPU has neither AVX-512 BW/VL/DQ nor "
+    "AVX-NE-CONVERT, or ONEDNN_MAX_CPU_ISA rules them out)",
 )
 
 
@@ -130,6 +131,12 @@ def test_resolve_precision(monkeypatch):
     assert auto == ("bf16" if bb.cpu_has_bf16_units() and bb.cpu_supports_bf16_convolutions() else "fp32")
     # a CPU without bf16 convolutions (AVX2 only) gets fp32, bf16 units or not
     monkeypatch.setattr(bb, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(bb, "_onednn_bf16_check", lambda: False)
+    assert bb.resolve_precision("cpu", "auto") == "fp32"
+    monkeypatch.setattr(bb, "_onednn_bf16_check", lambda: True)
+    assert bb.resolve_precision("cpu", "auto") == "bf16"
+    # a torch without the check: decided from the CPU's flags
+    monkeypatch.setattr(bb, "_onednn_bf16_check", lambda: None)
     monkeypatch.setattr(bb, "_cpu_flags", lambda: {"avx2", "fma", "avx512_bf16"})
     assert bb.resolve_precision("cpu", "auto") == "fp32"
     monkeypatch.setattr(bb, "_cpu_flags", lambda: {"avx2", "avx512bw", "avx512vl", "avx512dq"})
@@ -149,9 +156,11 @@ def test_cpu_has_bf16_units_agrees_with_the_cpu_flags():
     with open("/proc/cpuinfo") as f:
         flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     assert bb.cpu_has_bf16_units() == ("amx_tile" in flags or "avx512_bf16" in flags)
-    assert bb.cpu_supports_bf16_convolutions() == (
-        {"avx512bw", "avx512vl", "avx512dq"} <= set(flags) or "avx_ne_convert" in flags
-    )
+    from_flags = {"avx512bw", "avx512vl", "avx512dq"} <= set(flags) or "avx_ne_convert" in flags
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # a limit below the CPU's: torch's check says no more
+        assert not bb.cpu_supports_bf16_convolutions() or from_flags
+    else:
+        assert bb.cpu_supports_bf16_convolutions() == from_flags
 
 
 def test_backbones_per_precision_embed_real_images_consistently(demo_images_dir):
