@@ -174,6 +174,13 @@ if AVAILABLE:
         return -1
 
     @njit(nogil=True, cache=True)
+    def _after_name(buf, p):
+        """Offset after the NUL-terminated element name that starts at ``p``."""
+        while buf[p] != 0:
+            p += 1
+        return p + 1
+
+    @njit(nogil=True, cache=True)
     def _name_is(buf, p, name):
         for j in range(len(name)):
             if buf[p + j] != name[j]:
@@ -192,20 +199,14 @@ if AVAILABLE:
         while p < end:
             t = buf[p]
             name = p + 1
-            p = name
-            while buf[p] != 0:
-                p += 1
-            p += 1
+            p = _after_name(buf, name)
             if t == 3 and _name_is(buf, name, _CURSOR):
                 inner_end = p + _int32(buf, p) - 1
                 q = p + 4
                 while q < inner_end:
                     ti = buf[q]
                     inner_name = q + 1
-                    q = inner_name
-                    while buf[q] != 0:
-                        q += 1
-                    q += 1
+                    q = _after_name(buf, inner_name)
                     if ti == 4 and (_name_is(buf, inner_name, _FIRST_BATCH) or _name_is(buf, inner_name, _NEXT_BATCH)):
                         lo, hi = q + 4, q + _int32(buf, q) - 1
                     elif ti == 18 and _name_is(buf, inner_name, _ID):
@@ -221,19 +222,13 @@ if AVAILABLE:
         count = 0
         q = lo
         while q < hi:  # array elements: type, index key, document
-            q += 1
-            while buf[q] != 0:
-                q += 1
-            q += 1
+            q = _after_name(buf, q + 1)
             count += 1
             q += _int32(buf, q)
         starts = np.empty(count, dtype=np.int64)
         q = lo
         for i in range(count):
-            q += 1
-            while buf[q] != 0:
-                q += 1
-            q += 1
+            q = _after_name(buf, q + 1)
             starts[i] = q
             q += _int32(buf, q)
         return cursor_id, starts
@@ -300,10 +295,7 @@ if AVAILABLE:
         j = 0
         while q < end:
             t = buf[q]
-            q += 1
-            while buf[q] != 0:  # the index key
-                q += 1
-            q += 1
+            q = _after_name(buf, q + 1)  # the index key
             if j >= d:
                 return False
             if t == 1:
@@ -341,10 +333,7 @@ if AVAILABLE:
             while p < end and outcome != PYTHON:
                 t = buf[p]
                 name = p + 1
-                p = name
-                while buf[p] != 0:
-                    p += 1
-                p += 1
+                p = _after_name(buf, name)
                 if t == 7:  # an ObjectId: _id or s
                     if _name_is(buf, name, _OBJECT_ID):
                         for j in range(12):
