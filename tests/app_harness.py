@@ -223,6 +223,15 @@ class Steps:
                     pass
 
 
+def execute_form(page):
+    """Clicks the operator form's Execute button once the form has resolved:
+    while the App re-resolves a form it shows a placeholder "Execute" button
+    that ignores clicks, then the real (MUI) one."""
+    button = page.locator("button.MuiButton-containedPrimary", has_text=re.compile(r"^\s*Execute\s*$"))
+    sync_api.expect(button).to_be_enabled(timeout=UI_TIMEOUT_MS)
+    button.click()
+
+
 def after_label(page, label, what="input"):
     """The form control that follows the paragraph holding exactly ``label``
     (the operator form's labels are <p>s, not <label for=...>)."""

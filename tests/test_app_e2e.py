@@ -13,6 +13,7 @@ from app_harness import (  # noqa: F401 (fixtures)
     E2E_MARKS,
     Steps,
     after_label,
+    execute_form,
     choose,
     grid_settled,
     poll,
@@ -71,7 +72,7 @@ def test_compute_clusters_from_the_app(pixel_dataset, page, app_url, artifacts, 
         type_into(page, "Run key", RUN_KEY)
         expect(execute).to_be_enabled()  # the last re-resolution is done and valid
         steps.shot("form-filled")
-        execute.click()
+        execute_form(page)
 
         # 4. the run, in the database: done once its results are saved (the
         # fields and the run's config are written before the values)
@@ -159,7 +160,7 @@ def test_choose_k_from_the_app(pixel_dataset, page, app_url, artifacts):
         type_into(page, "Restarts per k", "1")
         expect(execute).to_be_enabled()
         steps.shot("form-filled")
-        execute.click()
+        execute_form(page)
 
         # the same sweep in Python gives the k the App shows
         expected = __import__("clustering").choose_k(

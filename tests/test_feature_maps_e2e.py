@@ -13,6 +13,7 @@ from app_harness import (  # noqa: F401 (fixtures)
     E2E_MARKS,
     Steps,
     after_label,
+    execute_form,
     app_url,
     artifacts,
     grid_settled,
@@ -149,7 +150,7 @@ def test_feature_maps_panel_follows_the_current_sample(photos_dataset, page, app
         field = ca.default_heatmap_field(bb.DEFAULT_MODEL, "_conv_head")
         expect(after_label(page, "Heatmap field")).to_have_value(field)
         steps.shot("store-heatmaps-form")
-        execute.click()
+        execute_form(page)
         expect(page.get_by_text(re.compile(rf"{len(dataset)} heatmaps of {bb.DEFAULT_MODEL}"))).to_be_visible(timeout=60_000)
         steps.shot("heatmaps-stored")
         dataset.reload()

@@ -19,6 +19,7 @@ from app_harness import (  # noqa: F401 (fixtures)
     E2E_MARKS,
     Steps,
     after_label,
+    execute_form,
     choose,
     grid_settled,
     poll,
@@ -127,8 +128,7 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
         panel.get_by_role("button", name="Rename").click()
         expect(after_label(page, "Cluster", "combobox")).to_have_text(re.compile(rf"^{faces} \({sizes[faces]} samples\)"))
         type_into(page, "Name", "faces")
-        execute = page.get_by_role("button", name="Execute", exact=True)
-        execute.click()
+        execute_form(page)
         def named():
             dataset.reload()
             name_field = f"{RUN_KEY}_name"
@@ -155,7 +155,7 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
         panel.get_by_role("button", name="Merge checked").click()
         expect(page.get_by_text(re.compile(rf"^{b}(: .*)? \({sizes[b]} samples\)$"))).to_be_visible()
         steps.shot("merge-form")
-        execute.click()
+        execute_form(page)
 
         def merged():
             dataset.reload()
@@ -183,7 +183,7 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
         field = after_label(page, "Label field")
         expect(field).to_have_value(f"{RUN_KEY}_label")
         steps.shot("labels-form")
-        execute.click()
+        execute_form(page)
 
         def promoted():
             dataset.reload()
