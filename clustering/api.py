@@ -8,6 +8,7 @@ removed again.
 """
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,17 +17,21 @@ from . import features as cf
 from . import resources
 from . import runs as cr
 from . import storage
+from . import writer
 from .methods import get_method
 from .progress import progress_or_bar, scaled
 
 DEFAULT_NUM_REPRESENTATIVES = 5
 
 
-def _validate_key(samples, run_key, overwrite):
+def _check_run_key(run_key):
     if not isinstance(run_key, str) or not run_key.isidentifier():
         raise ValueError(
             f"Invalid run key {run_key!r}: use a Python identifier such as 'clusters_l2'"
         )
+
+
+def _validate_key(samples, run_key, overwrite):
     if run_key in samples._root_dataset.list_runs():
         if not overwrite:
             raise ValueError(
@@ -92,6 +97,7 @@ class _ArraySource:
     they are never modified in place."""
 
     in_place = False
+    description = "the embeddings array"
 
     def __init__(self, samples, X):
         X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X)
@@ -201,24 +207,6 @@ def _chunk_rows(dim):
     return max(256, budget // (4 * dim))
 
 
-def _representative_ranks(labels, losses, n):
-    """rank 1..n of the n smallest-loss members of each cluster (0 = unranked),
-    and {cluster: member indices best first}."""
-    order = np.lexsort((losses, labels))  # by cluster, then loss; ties by index
-    ordered = labels[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.zeros(0, int)
-    ends = np.r_[starts[1:], len(order)]
-    ranks = np.zeros(len(labels), dtype=np.int64)
-    reps = {}
-    for s, e in zip(starts, ends):
-        if ordered[s] < 0:
-            continue
-        best = order[s : min(e, s + n)]
-        ranks[best] = np.arange(1, len(best) + 1)
-        reps[int(ordered[s])] = best
-    return ranks, reps
-
-
 def compute_clusters(
     samples,
     run_key,
@@ -282,15 +270,19 @@ def compute_clusters(
     if loss_param is not None:
         params["loss_param"] = loss_param
     params = method_obj.resolve_params({k_: v for k_, v in params.items() if v is not None})
-    _validate_key(samples, run_key, overwrite)
-    fields = _resolve_fields(samples, run_key, overwrite, label_field=label_field, loss_field=loss_field, rep_field=rep_field)
+    _check_run_key(run_key)
     _check_k(method_obj, k, len(samples))
     if int(num_representatives) < 1:
         raise ValueError("num_representatives must be >= 1")
     transform = cf.FeatureTransform(normalize, reduction, n_components, random_state=params.get("random_state"))
     requested_fit = _check_fit_sample_size(method_obj, fit_sample_size) or "auto"
 
-    with progress_or_bar(progress, f"Clustering '{run_key}'") as report:
+    with writer.claimed(samples, run_key, "compute_clusters", allow_interrupted=overwrite) as claim, \
+            progress_or_bar(progress, f"Clustering '{run_key}'") as report:
+        _validate_key(samples, run_key, overwrite)
+        fields = _resolve_fields(
+            samples, run_key, overwrite, label_field=label_field, loss_field=loss_field, rep_field=rep_field
+        )
         timings = {}
         stages = scaled(report, 0.5, 1.0) if model is not None else report
         t0 = time.perf_counter()
@@ -310,11 +302,13 @@ def compute_clusters(
         if streamed:
             plan["fit_objective"] = done.fit_objective
         out = done.out
+        formed = _formed_clusters(run_key, out.labels, done.k)
         results = _save_run(
-            samples, run_key, done.ids, done.sample_ids, out, fields, overwrite, int(num_representatives),
+            samples, claim, run_key, done.ids, done.sample_ids, out, fields, overwrite, int(num_representatives),
             config=dict(
                 method=method,
-                k=done.k,
+                k=formed,
+                k_requested=done.k,
                 patches_field=patches_field_of(samples),
                 **out.params,
                 **description,
@@ -333,6 +327,22 @@ def compute_clusters(
         )
         report(1.0, "done")
     return results
+
+
+def _formed_clusters(run_key, labels, k):
+    """The number of non-empty clusters (None without k), with a warning
+    when it is smaller than ``k`` (fewer distinct feature vectors than k)."""
+    if k is None:
+        return None
+    labels = np.asarray(labels)
+    formed = len(np.unique(labels[labels >= 0]))
+    if formed < k:
+        warnings.warn(
+            f"Run '{run_key}': only {formed} of the k={k} clusters could be formed (the features "
+            f"have fewer distinct vectors than k); the run records k={formed}, k_requested={k}",
+            stacklevel=3,
+        )
+    return formed
 
 
 @dataclass
@@ -356,6 +366,7 @@ def _fit_all(source, method, k, params, transform, progress, timings):
     vectors = source.read(progress=scaled(progress, 0.0, 0.15))
     timings["read_s"] = time.perf_counter() - t0
     k = _check_k(method, k, len(vectors.ids))
+    cf.check_magnitude(vectors.X, source.description)
     t0 = time.perf_counter()
     X = transform.fit_transform(vectors.X, copy=not source.in_place)
     vectors.X = None  # X may be a transformed copy: let the original go
@@ -373,6 +384,7 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     sample = source.read(positions, progress=scaled(progress, 0.0, 0.1))
     timings["read_s"] = time.perf_counter() - t0
     k = _check_k(method, k, len(sample.ids))
+    cf.check_magnitude(sample.X, source.description)
     t0 = time.perf_counter()
     X = transform.fit_transform(sample.X, copy=not source.in_place)
     del sample
@@ -388,6 +400,7 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
         t0 = time.perf_counter()
         timings["read_s"] += t0 - t_read
         if len(chunk.ids):
+            cf.check_magnitude(chunk.X, source.description)
             labels, losses = method.assign(out, transform.transform(chunk.X, copy=not source.in_place))
             parts["labels"].append(labels)
             parts["losses"].append(losses)
@@ -410,84 +423,47 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     )
 
 
-def _save_run(samples, run_key, ids, sample_ids, out, fields, overwrite, num_reps, config, timings, t_start,
+def _save_run(samples, claim, run_key, ids, sample_ids, out, fields, overwrite, num_reps, config, timings, t_start,
               transform_state, progress=None):
-    import fiftyone as fo
-
-    dataset = samples._root_dataset
     labels = np.asarray(out.labels, dtype=np.int64)
     losses = np.asarray(out.sample_losses, dtype=np.float64)
-    ranks, reps = _representative_ranks(labels, np.nan_to_num(losses, nan=np.inf), num_reps)
+    ranks, reps = writer.representative_ranks(labels, np.nan_to_num(losses, nan=np.inf), num_reps)
     id_strings = storage.id_strings(ids)
-
-    if overwrite and run_key in dataset.list_runs():
-        dataset.delete_run(run_key)  # also deletes its fields
-    t0 = time.perf_counter()
-
-    # registered first with status "writing" so that a run killed while writing
-    # its fields is visible as incomplete and can be deleted with its fields
-    run_config = cr.ClusteringRunConfig(status="writing", **config)
-    samples.register_run(run_key, run_config, overwrite=overwrite)
-    try:
-        dataset.add_sample_field(fields["label_field"], fo.IntField)
-        dataset.add_sample_field(fields["loss_field"], fo.FloatField)
-        dataset.add_sample_field(fields["rep_field"], fo.IntField)
-
-        storage.write_columns(
-            dataset,
-            ids,
-            {
-                fields["label_field"]: labels,
-                fields["loss_field"]: np.ma.masked_invalid(losses),
-                fields["rep_field"]: np.ma.masked_equal(ranks, 0),
-            },
-            patches_field=run_config.patches_field,
-            sample_ids=sample_ids,
-            progress=scaled(progress, 0.0, 0.9),
-        )
-        k_total = int(labels.max()) + 1 if (labels >= 0).any() else 0
-        timings = dict(timings, write_s=time.perf_counter() - t0)
-        timings["total_s"] = time.perf_counter() - t_start
-        results = cr.ClusteringResults(
-            samples,
-            run_config,
-            run_key,
-            sample_ids=id_strings,
-            labels=labels,
-            sample_losses=losses,
-            centers=np.asarray(out.centers, dtype=np.float32),
-            cluster_sizes=np.bincount(labels[labels >= 0], minlength=k_total),
-            objective=float(out.objective),
-            objective_history=np.asarray(out.objective_history, dtype=np.float64),
-            n_iter=out.n_iter,
-            representatives={str(c): [id_strings[i] for i in idx] for c, idx in reps.items()},
-            timings=timings,
-            names={},
-            **transform_state,
-        )
-        if progress is not None:
-            progress(0.9, "saving the run's results")
-        samples.save_run_results(run_key, results)
-        run_config.status = "completed"
-        dataset.update_run_config(run_key, run_config)
-    except BaseException:
-        dataset.delete_run(run_key)
-        raise
+    run_config = cr.ClusteringRunConfig(**config)
+    k_total = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    results = cr.ClusteringResults(
+        samples,
+        run_config,
+        run_key,
+        sample_ids=id_strings,
+        labels=labels,
+        sample_losses=losses,
+        centers=np.asarray(out.centers, dtype=np.float32),
+        cluster_sizes=np.bincount(labels[labels >= 0], minlength=k_total),
+        objective=float(out.objective),
+        objective_history=np.asarray(out.objective_history, dtype=np.float64),
+        n_iter=out.n_iter,
+        representatives={str(c): [id_strings[i] for i in idx] for c, idx in reps.items()},
+        timings=dict(timings),
+        names={},
+        **transform_state,
+    )
+    columns = {
+        fields["label_field"]: labels,
+        fields["loss_field"]: np.ma.masked_invalid(losses),
+        fields["rep_field"]: np.ma.masked_equal(ranks, 0),
+    }
+    writer.save_new_run(
+        samples, claim, run_key, results, columns, ids, sample_ids, overwrite, t_start,
+        progress=scaled(progress, 0.0, 0.9),
+    )
     return results
 
 
 def load_clustering_results(samples, run_key):
-    """The :class:`clustering.runs.ClusteringResults` of run ``run_key``."""
-    cr.get_clustering_run_config(samples, run_key)
-    results = samples.load_run_results(run_key)
-    if not isinstance(results, cr.ClusteringResults):  # stored by an older class
-        results = cr.ClusteringResults._from_dict(
-            {k: v for k, v in vars(results).items() if not k.startswith("_")},
-            results.samples,
-            results.config,
-            run_key,
-        )
-    return results
+    """The :class:`clustering.runs.ClusteringResults` of run ``run_key`` as
+    stored now (another process's changes included)."""
+    return writer.latest_results(samples, run_key)
 
 
 def get_run_info(samples, run_key):
@@ -498,9 +474,19 @@ def get_run_info(samples, run_key):
     config.pop("cls", None)
     complete = config.get("status") == "completed"
     results = load_clustering_results(samples, run_key) if complete else None
+    pending = writer.pending_write(samples, run_key)
+    if pending:
+        status = pending
+    elif complete:
+        status = "completed"
+    else:
+        status = (
+            "incomplete (its computation was interrupted): repair it with "
+            f"clustering.check_run(dataset, '{run_key}', repair=True) or delete it"
+        )
     return {
         "run_key": run_key,
-        "status": "completed" if complete else "incomplete (interrupted while writing; delete it)",
+        "status": status,
         "timestamp": str(info.timestamp),
         "version": info.version,
         "config": config,
@@ -550,20 +536,7 @@ def load_run_view(samples, run_key, cluster=None, representatives=False, outlier
 
 def rename_run(samples, run_key, new_run_key):
     """Renames a run and the fields named after it (``{run_key}_*``)."""
-    dataset = samples._root_dataset
-    config = cr.get_clustering_run_config(dataset, run_key)
-    if not isinstance(new_run_key, str) or not new_run_key.isidentifier():
-        raise ValueError(f"Invalid new run key {new_run_key!r}: use a Python identifier")
-    if new_run_key in dataset.list_runs():
-        raise ValueError(f"A run with key '{new_run_key}' already exists")
-    for k in cr.FIELD_KEYS:
-        name = getattr(config, k, None)
-        target = name and cr.renamed_path(name, run_key, new_run_key)
-        if target:
-            if dataset.has_field(target):
-                raise ValueError(f"Cannot rename: field '{target}' already exists")
-    dataset.rename_run(run_key, new_run_key)
-    return get_clustering_config_fields(dataset, new_run_key)
+    return writer.rename_run(samples, run_key, new_run_key)
 
 
 def get_clustering_config_fields(samples, run_key):
@@ -572,8 +545,6 @@ def get_clustering_config_fields(samples, run_key):
 
 
 def delete_run(samples, run_key):
-    """Deletes a run, its results and its fields."""
-    dataset = samples._root_dataset
-    fields = get_clustering_config_fields(dataset, run_key)
-    dataset.delete_run(run_key)
-    return fields
+    """Deletes a run, its results and its fields (also a run whose last write
+    was interrupted)."""
+    return writer.delete_run(samples, run_key)

@@ -19,6 +19,7 @@ import fiftyone.core.aggregations as foa
 from . import metrics as cm
 from . import plots
 from . import runs as cr
+from . import writer
 from .evaluation import VISUALIZATION_METHODS, _gt_path, gt_fields, media_url
 
 DEFAULT_NUM_THUMBNAILS = 4
@@ -137,8 +138,10 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         ``clusters`` (per cluster, by id: ``cluster``, ``name``, ``size``,
         ``compactness`` (mean loss to the center), ``thumbnails`` and, with
         ``gt_field``, ``majority_class`` and ``purity``), ``noise`` (HDBSCAN's
-        -1: ``{"size": n}`` or None) and ``evaluation`` (None without
-        ``gt_field``)
+        -1: ``{"size": n}`` or None), ``evaluation`` (None without
+        ``gt_field``) and ``problem`` (None, or a sentence: the run is being
+        written, or its last write or its computation was interrupted;
+        :func:`clustering.check_run` compares every value)
     """
     dataset = samples._root_dataset
     config = cr.get_clustering_run_config(dataset, run_key)
@@ -194,7 +197,14 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         "clusters": clusters,
         "noise": {"size": int(noise["size"])} if noise else None,
         "evaluation": evaluation,
+        "problem": writer.pending_write(dataset, run_key) or _incomplete(run_key, config),
     }
+
+
+def _incomplete(run_key, config):
+    if getattr(config, "status", "completed") != "completed":
+        return f"Run '{run_key}' is incomplete: its computation was interrupted"
+    return None
 
 
 def run_keys(samples):

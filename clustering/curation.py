@@ -25,7 +25,12 @@ loss to that center. :func:`assign_new_samples` does not move centers (like
 ``predict``).
 
 Every action is recorded in ``results.edits``: a list of
-``{"action", "params", "outcome", "timestamp"}`` (UTC, ISO 8601).
+``{"id", "action", "params", "outcome", "timestamp"}`` (UTC, ISO 8601).
+
+Each action runs under the run's claim on its latest stored state and stores
+its changes as one recoverable step (:mod:`clustering.writer`): another
+process's edit is never lost, and an edit refused because another writer is
+at work says so.
 """
 
 import time
@@ -35,8 +40,9 @@ import numpy as np
 from . import features as cf
 from . import runs as cr
 from . import storage
-from .api import _representative_ranks, load_clustering_results, patches_field_of
-from .labeling import HAND_WRITTEN, default_name_field, ensure_name_field, make_unique
+from . import writer
+from .api import patches_field_of
+from .names import HAND_WRITTEN, default_name_field
 from .losses import get_loss
 from .methods import get_method
 
@@ -57,17 +63,17 @@ def set_cluster_name(samples, run_key, cluster, name, description=None):
         raise ValueError(f"name must be a non-empty string; got {name!r}")
     if description is not None and not isinstance(description, str):
         raise ValueError(f"description must be a string or None; got {description!r}")
-    edit = _RunEdit(samples, run_key, "set_cluster_name", images_only=True)
-    c = edit.cluster(cluster)
-    name = " ".join(name.split())
-    edit.raw_names[str(c)] = name
-    edit.provenance[str(c)] = {"provider": HAND_WRITTEN, "time": _now()}
-    if description and description.strip():
-        edit.descriptions[str(c)] = " ".join(description.split())
-    else:
-        edit.descriptions.pop(str(c), None)
-    edit.save({"cluster": c, "name": name, "description": description})
-    return dict(edit.results.names)
+    with _Edit(samples, run_key, "set_cluster_name", images_only=True) as edit:
+        c = edit.cluster(cluster)
+        name = " ".join(name.split())
+        edit.raw_names[str(c)] = name
+        edit.provenance[str(c)] = {"provider": HAND_WRITTEN, "time": _now()}
+        if description and description.strip():
+            edit.descriptions[str(c)] = " ".join(description.split())
+        else:
+            edit.descriptions.pop(str(c), None)
+        edit.save({"cluster": c, "name": name, "description": description})
+        return dict(edit.results.names)
 
 
 def merge_clusters(samples, run_key, clusters):
@@ -78,29 +84,29 @@ def merge_clusters(samples, run_key, clusters):
     Returns:
         the merged cluster's id
     """
-    edit = _RunEdit(samples, run_key, "merge_clusters")
-    if isinstance(clusters, (str, bytes)) or not hasattr(clusters, "__iter__"):
-        raise ValueError(f"clusters must be a list of cluster ids; got {clusters!r}")
-    clusters = list(clusters)
-    ids = sorted({edit.cluster(c) for c in clusters})
-    if len(ids) < 2:
-        raise ValueError(f"Merging needs at least two different clusters; got {clusters!r}")
-    target = ids[0]
-    members = np.flatnonzero(np.isin(edit.labels, ids))
-    X = edit.features(members)
-    loss, param = edit.loss()
-    # from the best of the old centers (a non-convex loss such as correntropy
-    # has local minimizers)
-    start = edit.centers[ids][np.argmin(_pairwise(loss, param, X, edit.centers[ids]).sum(axis=0))]
-    centers, losses = _minimizers(loss, param, X, np.zeros(len(members), dtype=np.int64), start[None])
-    edit.labels[members] = target
-    edit.losses[members] = losses
-    edit.centers[target] = centers[0]
-    for c in ids[1:]:
-        edit.retire(c)
-    edit.touched.add(target)
-    edit.save({"clusters": ids}, {"cluster": target, "size": len(members)})
-    return target
+    with _Edit(samples, run_key, "merge_clusters") as edit:
+        if isinstance(clusters, (str, bytes)) or not hasattr(clusters, "__iter__"):
+            raise ValueError(f"clusters must be a list of cluster ids; got {clusters!r}")
+        clusters = list(clusters)
+        ids = sorted({edit.cluster(c) for c in clusters})
+        if len(ids) < 2:
+            raise ValueError(f"Merging needs at least two different clusters; got {clusters!r}")
+        target = ids[0]
+        members = np.flatnonzero(np.isin(edit.labels, ids))
+        X = edit.features(members)
+        loss, param = edit.loss()
+        # from the best of the old centers (a non-convex loss such as correntropy
+        # has local minimizers)
+        start = edit.centers[ids][np.argmin(_pairwise(loss, param, X, edit.centers[ids]).sum(axis=0))]
+        centers, losses = _minimizers(loss, param, X, np.zeros(len(members), dtype=np.int64), start[None])
+        edit.labels[members] = target
+        edit.losses[members] = losses
+        edit.centers[target] = centers[0]
+        for c in ids[1:]:
+            edit.retire(c)
+        edit.touched.add(target)
+        edit.save({"clusters": ids}, {"cluster": target, "size": len(members)})
+        return target
 
 
 def split_cluster(samples, run_key, cluster, k=2):
@@ -114,35 +120,35 @@ def split_cluster(samples, run_key, cluster, k=2):
     Returns:
         the new cluster ids
     """
-    edit = _RunEdit(samples, run_key, "split_cluster")
-    c = edit.cluster(cluster)
-    method = get_method(edit.config.method)
-    if not method.needs_k:
-        raise ValueError(
-            f"Run '{run_key}' uses {edit.config.method}, which chooses its own number of "
-            "clusters; split_cluster needs a method with k"
-        )
-    members = np.flatnonzero(edit.labels == c)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-        raise ValueError(f"k must be an integer >= 2; got {k!r}")
-    if k > len(members):
-        raise ValueError(f"Cannot split cluster {c} into k={k} clusters: it has {len(members)} members")
-    X = edit.features(members)
-    params = {n: getattr(edit.config, n) for n in method.defaults if getattr(edit.config, n, None) is not None}
-    params.pop("device", None)  # where the run was computed is not part of the result
-    out = method.fit(X, int(k), method.resolve_params(params))
-    parts, local = np.unique(np.asarray(out.labels), return_inverse=True)
-    if len(parts) < 2:
-        raise ValueError(f"Cluster {c} cannot be split: {edit.config.method} found a single cluster in it")
-    loss, param = edit.loss()
-    centers, losses = _minimizers(loss, param, X, local, np.asarray(out.centers, dtype=np.float32)[parts])
-    new = edit.new_clusters(centers)
-    edit.retire(c)
-    edit.labels[members] = np.asarray(new)[local]
-    edit.losses[members] = losses
-    edit.touched.update(new)
-    edit.save({"cluster": c, "k": int(k)}, {"clusters": new, "sizes": np.bincount(local).tolist()})
-    return new
+    with _Edit(samples, run_key, "split_cluster") as edit:
+        c = edit.cluster(cluster)
+        method = get_method(edit.config.method)
+        if not method.needs_k:
+            raise ValueError(
+                f"Run '{run_key}' uses {edit.config.method}, which chooses its own number of "
+                "clusters; split_cluster needs a method with k"
+            )
+        members = np.flatnonzero(edit.labels == c)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            raise ValueError(f"k must be an integer >= 2; got {k!r}")
+        if k > len(members):
+            raise ValueError(f"Cannot split cluster {c} into k={k} clusters: it has {len(members)} members")
+        X = edit.features(members)
+        params = {n: getattr(edit.config, n) for n in method.defaults if getattr(edit.config, n, None) is not None}
+        params.pop("device", None)  # where the run was computed is not part of the result
+        out = method.fit(X, int(k), method.resolve_params(params))
+        parts, local = np.unique(np.asarray(out.labels), return_inverse=True)
+        if len(parts) < 2:
+            raise ValueError(f"Cluster {c} cannot be split: {edit.config.method} found a single cluster in it")
+        loss, param = edit.loss()
+        centers, losses = _minimizers(loss, param, X, local, np.asarray(out.centers, dtype=np.float32)[parts])
+        new = edit.new_clusters(centers)
+        edit.retire(c)
+        edit.labels[members] = np.asarray(new)[local]
+        edit.losses[members] = losses
+        edit.touched.update(new)
+        edit.save({"cluster": c, "k": int(k)}, {"clusters": new, "sizes": np.bincount(local).tolist()})
+        return new
 
 
 def assign_new_samples(samples, run_key):
@@ -156,30 +162,30 @@ def assign_new_samples(samples, run_key):
     Returns:
         how many samples were assigned
     """
-    edit = _RunEdit(samples, run_key, "assign_new_samples")
-    config = edit.config
-    if config.method == "hdbscan":
-        raise ValueError(
-            f"Run '{run_key}' uses HDBSCAN, whose clusters are density-based (with noise) "
-            "rather than nearest-center; recompute the run to include new samples"
-        )
-    if patches_field_of(samples) != getattr(config, "patches_field", None):
-        what = f"a patches view of '{config.patches_field}'" if config.patches_field else "images, not patches"
-        raise ValueError(f"Run '{run_key}' clusters {what}; pass such a collection")
-    field = edit.embeddings_field()
-    cf.validate_embeddings_field(samples, field)
-    known = set(edit.ids)
-    new_ids = [i for i in samples.exists(field).values("id") if i not in known]
-    if not new_ids:
-        return 0
-    X = edit.transform(samples.select(new_ids), new_ids)
-    loss, param = edit.loss()
-    live = np.asarray(edit.cluster_ids(), dtype=np.int64)
-    nearest = live[np.argmin(_pairwise(loss, param, X, edit.centers[live]), axis=1)]
-    edit.append(new_ids, nearest, _losses_to(loss, param, X, edit.centers[nearest]))
-    edit.touched.update(int(c) for c in np.unique(nearest))
-    edit.save({}, {"assigned": len(new_ids)})
-    return len(new_ids)
+    with _Edit(samples, run_key, "assign_new_samples") as edit:
+        config = edit.config
+        if config.method == "hdbscan":
+            raise ValueError(
+                f"Run '{run_key}' uses HDBSCAN, whose clusters are density-based (with noise) "
+                "rather than nearest-center; recompute the run to include new samples"
+            )
+        if patches_field_of(samples) != getattr(config, "patches_field", None):
+            what = f"a patches view of '{config.patches_field}'" if config.patches_field else "images, not patches"
+            raise ValueError(f"Run '{run_key}' clusters {what}; pass such a collection")
+        field = edit.embeddings_field()
+        cf.validate_embeddings_field(samples, field)
+        known = set(edit.ids)
+        new_ids = [i for i in samples.exists(field).values("id") if i not in known]
+        if not new_ids:
+            return 0
+        X = edit.transform(samples.select(new_ids), new_ids)
+        loss, param = edit.loss()
+        live = np.asarray(edit.cluster_ids(), dtype=np.int64)
+        nearest = live[np.argmin(_pairwise(loss, param, X, edit.centers[live]), axis=1)]
+        edit.append(new_ids, nearest, _losses_to(loss, param, X, edit.centers[nearest]))
+        edit.touched.update(int(c) for c in np.unique(nearest))
+        edit.save({}, {"assigned": len(new_ids)})
+        return len(new_ids)
 
 
 def to_labels(samples, run_key, label_field, use_names=True, overwrite=False):
@@ -197,40 +203,33 @@ def to_labels(samples, run_key, label_field, use_names=True, overwrite=False):
     """
     import fiftyone as fo
 
-    edit = _RunEdit(samples, run_key, "to_labels", images_only=True)
-    dataset = edit.dataset
-    if not isinstance(label_field, str) or not label_field.isidentifier():
-        raise ValueError(f"Invalid label_field {label_field!r}: use a Python identifier")
-    run_fields = {*cr.default_fields(run_key).values(), default_name_field(run_key)}
-    run_fields |= {getattr(edit.config, k, None) for k in cr.FIELD_KEYS}
-    if label_field in run_fields:
-        raise ValueError(f"Field '{label_field}' is a field of run '{run_key}'; choose another label_field")
-    if dataset.has_field(label_field):
-        if not overwrite:
-            raise ValueError(
-                f"Field '{label_field}' already exists; pass overwrite=True to replace its "
-                "labels on the run's samples, or choose another label_field"
-            )
-        ftype = dataset.get_field(label_field)
-        if not (isinstance(ftype, fo.EmbeddedDocumentField) and issubclass(ftype.document_type, fo.Classification)):
-            raise ValueError(
-                f"Field '{label_field}' has type {type(ftype).__name__}, not Classification; "
-                "choose another label_field"
-            )
-    names = edit.results.names if use_names else {}
-    confidence = _confidence(edit.labels, edit.losses)
-    present = set(samples.values("id"))
-    values = {}
-    for i, (sid, c) in enumerate(zip(edit.ids, edit.labels.tolist())):
-        if sid in present:
-            label = names.get(str(c)) or f"cluster_{c}"
-            values[sid] = fo.Classification(label=label, confidence=float(confidence[i])) if c >= 0 else None
-    if not dataset.has_field(label_field):
-        dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
-    storage.write_fields(dataset, {label_field: values})
-    written = sum(v is not None for v in values.values())
-    edit.save({"label_field": label_field, "use_names": bool(use_names), "overwrite": bool(overwrite)}, {"labels": written})
-    return written
+    with _Edit(samples, run_key, "to_labels", images_only=True) as edit:
+        dataset = edit.dataset
+        if not isinstance(label_field, str) or not label_field.isidentifier():
+            raise ValueError(f"Invalid label_field {label_field!r}: use a Python identifier")
+        run_fields = {*cr.default_fields(run_key).values(), default_name_field(run_key)}
+        run_fields |= {getattr(edit.config, k, None) for k in cr.FIELD_KEYS}
+        if label_field in run_fields:
+            raise ValueError(f"Field '{label_field}' is a field of run '{run_key}'; choose another label_field")
+        if dataset.has_field(label_field):
+            if not overwrite:
+                raise ValueError(
+                    f"Field '{label_field}' already exists; pass overwrite=True to replace its "
+                    "labels on the run's samples, or choose another label_field"
+                )
+            ftype = dataset.get_field(label_field)
+            if not (isinstance(ftype, fo.EmbeddedDocumentField) and issubclass(ftype.document_type, fo.Classification)):
+                raise ValueError(
+                    f"Field '{label_field}' has type {type(ftype).__name__}, not Classification; "
+                    "choose another label_field"
+                )
+        params = {
+            "label_field": label_field, "use_names": bool(use_names), "overwrite": bool(overwrite),
+            "view": writer.view_stages(samples),
+        }
+        present = set(samples.values("id"))
+        count = sum(1 for i, c in zip(edit.ids, edit.labels.tolist()) if c >= 0 and i in present)
+        return edit.save(params, {"labels": count}, side_write=writer.apply_labels)
 
 
 def tag_cluster(samples, run_key, cluster, tags):
@@ -249,17 +248,11 @@ def _edit_tags(samples, run_key, cluster, tags, action):
     tags = [tags] if isinstance(tags, str) else list(tags or [])
     if not tags or not all(isinstance(t, str) and t.strip() for t in tags):
         raise ValueError(f"tags must be a non-empty string or list of non-empty strings; got {tags!r}")
-    edit = _RunEdit(samples, run_key, action, images_only=True)
-    c = edit.cluster(cluster)
-    present = set(samples.values("id"))
-    ids = [edit.ids[i] for i in np.flatnonzero(edit.labels == c) if edit.ids[i] in present]
-    view = edit.dataset.select(ids)
-    if action == "tag_cluster":
-        view.tag_samples(tags)
-    else:
-        view.untag_samples(tags)
-    edit.save({"cluster": c, "tags": tags}, {"samples": len(ids)})
-    return len(ids)
+    with _Edit(samples, run_key, action, images_only=True) as edit:
+        c = edit.cluster(cluster)
+        params = {"cluster": c, "tags": tags, "add": action == "tag_cluster", "view": writer.view_stages(samples)}
+        count = len(writer.members_in(edit.results, samples, c))
+        return edit.save(params, {"samples": count}, side_write=writer.apply_tags)
 
 
 # ---------------------------------------------------------------------------
@@ -268,17 +261,6 @@ def _edit_tags(samples, run_key, cluster, tags, action):
 
 def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _confidence(labels, losses):
-    """Per sample: the share of its cluster's members with a loss at least its own."""
-    out = np.zeros(len(labels))
-    for c in np.unique(labels[labels >= 0]):
-        members = np.flatnonzero(labels == c)
-        values = np.nan_to_num(losses[members], nan=np.inf)
-        smaller = np.searchsorted(np.sort(values), values, side="left")
-        out[members] = 1.0 - smaller / len(members)
-    return out
 
 
 def _tensor(X):
@@ -311,35 +293,9 @@ def _minimizers(loss, param, X, labels, start):
     return C, _losses_to(loss, param, X, C[labels])
 
 
-class _RunEdit:
-    """A copy of a run's state that one action edits in memory; :meth:`save`
-    then writes what changed and records the action."""
-
-    def __init__(self, samples, run_key, action, images_only=False):
-        self.dataset = dataset = samples._root_dataset
-        config = cr.get_clustering_run_config(dataset, run_key)
-        if getattr(config, "status", "completed") != "completed":
-            raise ValueError(f"Run '{run_key}' is incomplete (interrupted while writing); delete it and recompute")
-        if images_only:
-            cr.require_sample_run(config, run_key, action)
-        self.run_key, self.action = run_key, action
-        self.results = results = load_clustering_results(dataset, run_key)
-        self.config = results.config
-        self.ids = list(results.sample_ids)
-        self.labels = np.array(results.labels, dtype=np.int64)
-        self.losses = np.array(results.sample_losses, dtype=np.float64)
-        self.centers = np.array(results.centers, dtype=np.float32)
-        naming = getattr(results, "naming", None) or {}
-        raw = naming.get("raw_names") or {}
-        names = getattr(results, "names", None) or {}
-        self.raw_names = {c: raw.get(c) or n for c, n in names.items() if n}
-        self.provenance = dict(naming.get("clusters") or {})
-        self.descriptions = dict(getattr(results, "descriptions", None) or {})
-        self.touched = set()  # clusters whose members or losses changed
-
-    # -- reading
-    def cluster_ids(self):
-        return sorted(int(c) for c in np.unique(self.labels) if c >= 0)
+class _Edit(writer.RunEdit):
+    """A claimed run state (:class:`clustering.writer.RunEdit`) with what
+    curation reads: cluster ids checked, the run's loss, and its features."""
 
     def cluster(self, value):
         """``value`` checked to be a cluster of the run."""
@@ -406,102 +362,3 @@ class _RunEdit:
         patches_field = getattr(self.config, "patches_field", None)
         collection = self.dataset.to_patches(patches_field) if patches_field else self.dataset
         return self.transform(collection.select(ids), ids)
-
-    # -- editing
-    def retire(self, c):
-        """Cluster ``c`` no longer exists: no center, no name."""
-        self.centers[c] = np.nan
-        for d in (self.raw_names, self.provenance, self.descriptions):
-            d.pop(str(c), None)
-
-    def new_clusters(self, centers):
-        """Ids for new clusters with ``centers`` (ids never used by the run)."""
-        first = len(self.centers)
-        self.centers = np.concatenate([self.centers, np.asarray(centers, dtype=np.float32)])
-        return list(range(first, len(self.centers)))
-
-    def append(self, ids, labels, losses):
-        self.ids += list(ids)
-        self.labels = np.concatenate([self.labels, labels])
-        self.losses = np.concatenate([self.losses, losses])
-
-    # -- storing
-    def _representatives(self):
-        """{cluster (str): [ids, best first]}: stored for untouched clusters,
-        re-ranked for touched ones."""
-        live = set(self.cluster_ids())
-        reps = {c: ids for c, ids in self.results.representatives.items() if int(c) in live - self.touched}
-        rows = np.flatnonzero(np.isin(self.labels, sorted(self.touched)))
-        n = int(getattr(self.config, "num_representatives", 5))
-        _, best = _representative_ranks(self.labels[rows], np.nan_to_num(self.losses[rows], nan=np.inf), n)
-        reps.update({str(c): [self.ids[rows[i]] for i in idx] for c, idx in best.items()})
-        return dict(sorted(reps.items(), key=lambda kv: int(kv[0])))
-
-    def save(self, params, outcome=None):
-        """Writes the changed field values, then the results and config, and
-        records the action with ``params`` and ``outcome``."""
-        results, config = self.results, self.config
-        old_ids = list(results.sample_ids)
-        old_labels = np.asarray(results.labels, dtype=np.int64)
-        old_losses = np.asarray(results.sample_losses, dtype=np.float64)
-        n_old = len(old_ids)
-        labels = self.labels.tolist()
-
-        new = np.arange(len(self.ids)) >= n_old
-        relabeled = new.copy()
-        relabeled[:n_old] |= self.labels[:n_old] != old_labels
-        reloss = new.copy()
-        same = (self.losses[:n_old] == old_losses) | (np.isnan(self.losses[:n_old]) & np.isnan(old_losses))
-        reloss[:n_old] |= ~same
-
-        reps = self._representatives()
-        old_rank = {i: r for ids in results.representatives.values() for r, i in enumerate(ids, 1)}
-        rank = {i: r for ids in reps.values() for r, i in enumerate(ids, 1)}
-        manual = {c for c, p in self.provenance.items() if p.get("provider") == HAND_WRITTEN}
-        names = make_unique(dict(sorted(self.raw_names.items(), key=lambda kv: int(kv[0]))), keep=manual)
-        old_names = getattr(results, "names", None) or {}
-
-        columns = {
-            config.label_field: {self.ids[i]: labels[i] for i in np.flatnonzero(relabeled)},
-            config.loss_field: {
-                self.ids[i]: (float(self.losses[i]) if np.isfinite(self.losses[i]) else None)
-                for i in np.flatnonzero(reloss)
-            },
-            config.rep_field: {i: rank.get(i) for i in set(old_rank) | set(rank) if old_rank.get(i) != rank.get(i)},
-        }
-        if names or getattr(config, "name_field", None):
-            name_field = ensure_name_field(self.dataset, self.run_key, results)
-            old = [old_names.get(str(c)) for c in old_labels.tolist()] + [None] * (len(self.ids) - n_old)
-            columns[name_field] = {
-                sid: names.get(str(c))
-                for sid, c, before in zip(self.ids, labels, old)
-                if names.get(str(c)) != before
-            }
-        storage.write_fields(
-            self.dataset, {path: values for path, values in columns.items() if values},
-            patches_field=getattr(config, "patches_field", None),
-        )
-
-        live = self.cluster_ids()
-        naming = dict(getattr(results, "naming", None) or {})
-        naming["raw_names"] = dict(self.raw_names)
-        naming["clusters"] = self.provenance
-        naming["errors"] = {c: e for c, e in (naming.get("errors") or {}).items() if int(c) in live}
-        results.sample_ids = list(self.ids)
-        results.labels = self.labels
-        results.sample_losses = self.losses
-        results.centers = self.centers
-        results.cluster_sizes = np.bincount(self.labels[self.labels >= 0], minlength=len(self.centers))
-        results.objective = float(np.nansum(self.losses))
-        results.representatives = reps
-        results.names = names
-        results.descriptions = {c: d for c, d in self.descriptions.items() if c in names}
-        results.naming = naming
-        record = {"action": self.action, "params": params, "outcome": outcome or {}, "timestamp": _now()}
-        results.edits = list(getattr(results, "edits", None) or []) + [record]
-        self.dataset.save_run_results(self.run_key, results, overwrite=True)
-
-        if getattr(config, "k", None) is not None:
-            config.k = len(live)
-        config.num_clustered = len(self.ids)
-        self.dataset.update_run_config(self.run_key, config)

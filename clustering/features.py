@@ -35,6 +35,22 @@ def check_finite(X, source="embeddings"):
         raise ValueError(nonfinite_message(bad, len(X), source))
 
 
+def check_magnitude(X, source="embeddings"):
+    """Raises ``ValueError`` giving the count of rows with values too large
+    for float32 distance arithmetic (see :func:`clustering.kmeans.max_abs_value`)."""
+    from .kmeans import max_abs_value, too_large_message
+
+    limit = max_abs_value(X.shape[1])
+    largest = max(
+        (float(np.abs(X[s : s + _BLOCK_ROWS]).max()) for s in range(0, len(X), _BLOCK_ROWS)), default=0.0
+    )
+    if largest > limit:
+        bad = sum(
+            int((np.abs(X[s : s + _BLOCK_ROWS]) > limit).any(axis=1).sum()) for s in range(0, len(X), _BLOCK_ROWS)
+        )
+        raise ValueError(f"{bad} of {len(X)} rows: " + too_large_message(source, largest, limit, X.shape[1]))
+
+
 def as_matrix(rows, source="embeddings"):
     """Stacks per-sample vectors (or checks a 2-D array) into a float32
     ``(n, d)`` matrix, naming the problem when their dimensions differ. A

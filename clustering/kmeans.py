@@ -34,6 +34,7 @@ re-estimated from the residuals as the centers settle, far outliers left out
 import functools
 import inspect
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -151,7 +152,30 @@ def _as_tensor(X, device, dtype, what="X"):
     if not ok:
         bad = int((~finite).any(1).sum())
         raise ValueError(f"{what} contains NaN or infinity in {bad} of {X.shape[0]} rows")
+    low, high = torch.aminmax(X)
+    largest, limit = max(-float(low), float(high)), max_abs_value(X.shape[1], X.dtype)
+    if largest > limit:
+        raise ValueError(too_large_message(what, largest, limit, X.shape[1], X.dtype))
     return X
+
+
+class FewerClustersWarning(UserWarning):
+    """Fewer clusters were formed than asked for (fewer distinct points than k)."""
+
+
+def max_abs_value(d, dtype=torch.float32):
+    """The largest absolute feature value whose squared distances over ``d``
+    dimensions stay well inside ``dtype``'s range (a 16x margin for sums)."""
+    return math.sqrt(torch.finfo(dtype).max / (16.0 * d))
+
+
+def too_large_message(what, largest, limit, d, dtype=torch.float32):
+    return (
+        f"{what} holds values up to {largest:.3g} in absolute value, beyond the {limit:.3g} "
+        f"that {str(dtype).removeprefix('torch.')} distance arithmetic over {d} dimensions "
+        "allows (squared distances would overflow); rescale the features, for example "
+        "L2-normalize them"
+    )
 
 
 def _rows_per_block(device, k):
@@ -708,7 +732,8 @@ class GeneralizedKMeans:
         Number of restarts; the one with the lowest objective is kept (a
         single run when ``init`` is an array).
     max_iter : int
-        Maximum number of Lloyd iterations per restart.
+        Maximum number of Lloyd iterations per restart (>= 1; 0 with an
+        ``init`` array only assigns the samples to those centers).
     tol : float
         Stop when the relative objective improvement of an iteration is <= tol.
     device : "auto", "cpu", "cuda", ...
@@ -784,7 +809,9 @@ class GeneralizedKMeans:
 
     # --------------------------------------------------------------- fitting
     def _check_hyperparameters(self):
-        for name, minimum in (("n_init", 1), ("max_iter", 0)):
+        # max_iter=0 only assigns the samples to a given init; after a seeding it clusters nothing
+        min_iter = 1 if isinstance(self.init, str) else 0
+        for name, minimum in (("n_init", 1), ("max_iter", min_iter)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -914,6 +941,13 @@ class GeneralizedKMeans:
         self.n_features_in_ = d
         self._loss = loss
         self._device = device
+        formed = len(np.unique(self.labels_))
+        distinct = len(torch.unique(X, dim=0)) if formed < k else k
+        if distinct < k:
+            warnings.warn(
+                f"Only {formed} of the n_clusters={k} clusters could be formed: X has "
+                f"{distinct} distinct points", FewerClustersWarning, stacklevel=2,
+            )
         return self
 
     def fit_predict(self, X, progress=None):

@@ -32,6 +32,7 @@ never stored in the dataset, the run config, the results or logs.
 """
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -40,12 +41,14 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FuturesTimeout
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from . import runs as cr
-from . import storage
+from . import writer
+from .names import name_field_of
 from .progress import progress_or_bar
 
 logger = logging.getLogger(__name__)
@@ -58,10 +61,9 @@ DEFAULT_MAX_SIDE = 512
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 3
+DEFAULT_DEADLINE = 600.0
 MAX_NAME_CHARS = 60
 OFFLINE_TOP_K = 5
-#: the provider recorded for a name given by hand (:func:`clustering.set_cluster_name`)
-HAND_WRITTEN = "hand-written"
 
 # formats the vision endpoints accept as-is -> MIME type
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -79,10 +81,6 @@ _REPLY_WITH_DESCRIPTION = (
     '"description": "<one sentence>"}.'
 )
 _REPLY_NAME_ONLY = ' Reply with only a JSON object: {"name": "<1-3 words>"}.'
-
-
-def default_name_field(run_key):
-    return f"{run_key}_name"
 
 
 # --------------------------------------------------------------------------
@@ -193,20 +191,6 @@ def parse_reply(text):
         if 0 < len(line.split()) <= 5:
             return _clean_name(line), None
     raise ValueError(f"no JSON name in reply: {text[:200]!r}")
-
-
-def make_unique(raw_names, keep=()):
-    """``{cluster: name}`` with names shared by several clusters (ignoring
-    case) suffixed by their cluster ids: ``"dogs (3)"``, ``"dogs (7)"``; the
-    names of the clusters in ``keep`` (hand-written) stay as they are."""
-    groups = {}
-    for c, name in raw_names.items():
-        groups.setdefault(name.casefold(), []).append(c)
-    out = {}
-    for c, name in raw_names.items():
-        shared = len(groups[name.casefold()]) > 1
-        out[c] = f"{name} ({c})" if shared and c not in keep else name
-    return out
 
 
 def _public_url(url):
@@ -343,25 +327,28 @@ class _OpenAINamer:
         self.requests = 0
         self._lock = threading.Lock()
 
-    def _create(self, messages, structured):
+    def _create(self, client, messages, structured):
         with self._lock:
             self.requests += 1
         kwargs = {"model": self.model, "messages": messages}
         if structured:
             kwargs["response_format"] = _response_format(self.describe)
-        return self.client.chat.completions.create(**kwargs)
+        return client.chat.completions.create(**kwargs)
 
-    def __call__(self, messages):
+    def __call__(self, messages, first=False, timeout=None):
+        """``(name, description)``; ``first``: without the client's retries
+        and with at most ``timeout`` seconds (the endpoint's first answer)."""
+        client = self.client.with_options(max_retries=0, timeout=timeout) if first else self.client
         structured = self.structured
         try:
-            response = self._create(messages, structured)
+            response = self._create(client, messages, structured)
         except (self._openai.BadRequestError, self._openai.UnprocessableEntityError) as e:
             if not structured:
                 raise
             # endpoint without json_schema support: plain JSON from the prompt
             logger.info("Endpoint refused response_format (%s); retrying without it", e.status_code)
             self.structured = False
-            response = self._create(messages, False)
+            response = self._create(client, messages, False)
         if not response.choices:
             raise ValueError("reply has no choices")
         message = response.choices[0].message
@@ -416,7 +403,7 @@ def _offline_names(selected, paths, progress):
 # --------------------------------------------------------------------------
 
 
-def _validate(provider, num_images, max_side, max_concurrency, timeout, max_retries):
+def _validate(provider, num_images, max_side, max_concurrency, timeout, max_retries, deadline):
     if provider not in PROVIDERS:
         raise ValueError(f"Unknown provider {provider!r}; use one of {PROVIDERS}")
     for name, value, low in (
@@ -427,34 +414,9 @@ def _validate(provider, num_images, max_side, max_concurrency, timeout, max_retr
     ):
         if isinstance(value, bool) or int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds; got {timeout!r}")
-
-
-def ensure_name_field(dataset, run_key, results):
-    """The run's name field: created (a string field) and recorded as the
-    run config's ``name_field`` (so deleting or renaming the run handles it)
-    if needed."""
-    import fiftyone as fo
-
-    name_field = _name_field(dataset, run_key, results.config)
-    if getattr(results.config, "name_field", None) != name_field:
-        results.config.name_field = name_field
-        results.save_config()
-    if not dataset.has_field(name_field):
-        dataset.add_sample_field(name_field, fo.StringField)
-    return name_field
-
-
-def _name_field(dataset, run_key, config):
-    name_field = getattr(config, "name_field", None) or default_name_field(run_key)
-    owned = name_field == getattr(config, "name_field", None)
-    if dataset.has_field(name_field) and not owned:
-        raise ValueError(
-            f"Field '{name_field}' already exists and does not belong to run "
-            f"'{run_key}'; delete or rename that field first"
-        )
-    return name_field
+    for name, value in (("timeout", timeout), ("deadline", deadline)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a number of seconds > 0; got {value!r}")
 
 
 def label_clusters(
@@ -471,10 +433,18 @@ def label_clusters(
     max_concurrency=DEFAULT_MAX_CONCURRENCY,
     timeout=DEFAULT_TIMEOUT,
     max_retries=DEFAULT_MAX_RETRIES,
+    deadline=DEFAULT_DEADLINE,
     describe=True,
     progress=None,
 ):
     """Names the clusters of run ``run_key`` (HDBSCAN noise excluded).
+
+    The first request is sent alone, without retries: an endpoint that
+    refuses connections, does not answer within ``timeout`` or rejects the
+    key or model fails the call at once (no cluster is named). The others
+    then go out concurrently, with the client's retries, until ``deadline``.
+    A call that names no cluster raises; one that names some stores those
+    and reports the others' errors.
 
     Args:
         samples: the dataset (or a view of it) holding the run
@@ -496,7 +466,9 @@ def label_clusters(
         timeout: seconds per HTTP request (the client's ``timeout``; None =
             the default, 60 s)
         max_retries: the client's automatic retries (backoff) on connection
-            errors, timeouts, 408/409/429 and 5xx
+            errors, timeouts, 408/409/429 and 5xx (not for the first request)
+        deadline: seconds for all requests; clusters not named by then get
+            an error
         describe: also ask for a one-sentence description
         progress: None or True (a progress bar), False (silent), or a callable
             ``progress(fraction, message)``
@@ -513,25 +485,31 @@ def label_clusters(
     """
     timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     max_retries = DEFAULT_MAX_RETRIES if max_retries is None else max_retries
-    _validate(provider, num_images, max_side, max_concurrency, timeout, max_retries)
-    from .api import load_clustering_results
-
+    _validate(provider, num_images, max_side, max_concurrency, timeout, max_retries, deadline)
     dataset = samples._root_dataset
     config = cr.get_clustering_run_config(dataset, run_key)
     cr.require_sample_run(config, run_key, "label_clusters")
-    results = load_clustering_results(dataset, run_key)
-    name_field = _name_field(dataset, run_key, config)
-    model = model or DEFAULT_MODEL
-    num_images, max_side = int(num_images), int(max_side)
+    name_field = name_field_of(dataset, run_key, config)
+    with contextlib.ExitStack() as stack:
+        # the run is claimed through the requests, so that no edit interleaves
+        edit = None if dry_run else stack.enter_context(writer.RunEdit(dataset, run_key, "label_clusters"))
+        results = edit.results if edit else writer.latest_results(dataset, run_key)
+        return _label(
+            dataset, run_key, results, edit, name_field, provider, model or DEFAULT_MODEL, base_url,
+            int(num_images), overwrite, int(max_side), dry_run, api_key, int(max_concurrency), timeout,
+            int(max_retries), deadline, describe, progress,
+        )
 
+
+def _label(dataset, run_key, results, edit, name_field, provider, model, base_url, num_images, overwrite,
+           max_side, dry_run, api_key, max_concurrency, timeout, max_retries, deadline, describe, progress):
     old_names = dict(getattr(results, "names", None) or {})
-    naming = dict(getattr(results, "naming", None) or {})
-    old_raw = dict(naming.get("raw_names") or {})
     old_desc = dict(getattr(results, "descriptions", None) or {})
     clusters = results.cluster_ids()
     todo = [c for c in clusters if overwrite or not old_names.get(str(c))]
     skipped = [str(c) for c in clusters if c not in todo]
-    sizes = np.bincount(np.asarray(results.labels)[np.asarray(results.labels) >= 0], minlength=(max(clusters) + 1) if clusters else 0)
+    labels = np.asarray(results.labels)
+    sizes = np.bincount(labels[labels >= 0], minlength=(max(clusters) + 1) if clusters else 0)
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if provider == "openai" and not dry_run and todo and not api_key:
@@ -574,19 +552,20 @@ def label_clusters(
             outcomes = _run_openai(
                 todo, selected, paths, sizes, dict(
                     api_key=api_key, model=model, base_url=base_url, timeout=timeout,
-                    max_retries=int(max_retries), describe=describe,
+                    max_retries=max_retries, describe=describe,
                 ),
-                max_side, int(max_concurrency), dry_run, summary, report,
+                max_side, max_concurrency, deadline, dry_run, summary, report,
             )
-
+        errors = {str(c): o["error"] for c, o in outcomes.items() if o.get("error")}
+        if todo and not dry_run and not any(o.get("name") for o in outcomes.values()):
+            shown = "; ".join(f"cluster {c}: {m}" for c, m in list(errors.items())[:3])
+            raise RuntimeError(f"No cluster of run '{run_key}' could be named ({len(errors)} failed): {shown}")
         if not dry_run:
-            _store(dataset, run_key, results, name_field, provider, summary, outcomes,
-                   old_names, old_raw, old_desc, naming)
+            _store(edit, provider, summary, outcomes)
         report(1.0, "done")
 
     names = dict(getattr(results, "names", None) or {}) if not dry_run else dict(old_names)
     descriptions = dict(getattr(results, "descriptions", None) or {}) if not dry_run else dict(old_desc)
-    errors = {str(c): o["error"] for c, o in outcomes.items() if o.get("error")}
     summary["names"] = names
     summary["descriptions"] = descriptions
     summary["errors"] = errors
@@ -616,7 +595,12 @@ def label_clusters(
     return summary
 
 
-def _run_openai(todo, selected, paths, sizes, client_kwargs, max_side, max_concurrency, dry_run, summary, report):
+#: errors of a first request that no retry or other cluster would fix
+_FATAL_STATUS = (401, 403, 404)
+
+
+def _run_openai(todo, selected, paths, sizes, client_kwargs, max_side, max_concurrency, deadline, dry_run,
+                summary, report):
     secret = client_kwargs["api_key"]
     outcomes = {}
     lock = threading.Lock()
@@ -655,48 +639,83 @@ def _run_openai(todo, selected, paths, sizes, client_kwargs, max_side, max_concu
     if not todo:
         return outcomes
     namer = _OpenAINamer(**client_kwargs)
+    t_end = time.monotonic() + deadline
 
-    def work(c):
+    def ask(c, messages, n, first=False):
         t0 = time.perf_counter()
-        messages, n = prepare(c)
-        name, description = namer(messages)
+        name, description = namer(messages, first=first, timeout=min(client_kwargs["timeout"], deadline))
         return {"name": name, "description": description, "images": n, "seconds": round(time.perf_counter() - t0, 3)}
 
-    done = 0
+    def work(c):
+        return ask(c, *prepare(c))
+
+    queue = list(todo)
+    pool = ThreadPoolExecutor(max_workers=min(max_concurrency, len(todo)), thread_name_prefix="label_clusters")
     try:
-        with ThreadPoolExecutor(max_workers=min(max_concurrency, len(todo)), thread_name_prefix="label_clusters") as pool:
-            futures = {pool.submit(work, c): c for c in todo}
-            for future in as_completed(futures):
+        while queue:  # the first request decides whether the endpoint answers at all
+            c = queue.pop(0)
+            try:
+                prepared = prepare(c)
+            except Exception as e:  # no readable image: not the endpoint's answer
+                outcomes[c] = {"error": _describe_error(e, secret)}
+                continue
+            try:
+                outcomes[c] = ask(c, *prepared, first=True)
+            except Exception as e:
+                if _fatal(namer, e):
+                    raise RuntimeError(
+                        f"The naming endpoint {summary['base_url'] or 'api.openai.com'} failed the first "
+                        f"request ({_describe_error(e, secret)}); no cluster was named"
+                    ) from None
+                if _retryable(namer, e):  # it answered: retried below with the client's retries
+                    queue.insert(0, c)
+                else:
+                    outcomes[c] = {"error": _describe_error(e, secret)}
+            break
+        report(0.95 * len(outcomes) / len(todo), f"{len(outcomes)}/{len(todo)} clusters")
+        futures = {pool.submit(work, c): c for c in queue}
+        try:
+            for future in as_completed(futures, timeout=max(0.0, t_end - time.monotonic())):
                 c = futures[future]
                 try:
                     outcomes[c] = future.result()
                 except Exception as e:
                     outcomes[c] = {"error": _describe_error(e, secret)}
-                done += 1
-                report(0.95 * done / len(todo), f"{done}/{len(todo)} clusters")
+                report(0.95 * len(outcomes) / len(todo), f"{len(outcomes)}/{len(todo)} clusters")
+        except FuturesTimeout:
+            for c in queue:
+                outcomes.setdefault(c, {"error": f"not named within the deadline of {deadline:g} s"})
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         summary["requests_sent"] = namer.requests
         summary["structured_output"] = namer.structured
         namer.client.close()
     return outcomes
 
 
-def _store(dataset, run_key, results, name_field, provider, summary, outcomes,
-           old_names, old_raw, old_desc, naming):
-    """Merges new names into the results and writes the name field by sample id."""
-    raw = {c: old_raw.get(c) or old_names[c] for c in old_names if old_names.get(c)}
-    descriptions = dict(old_desc)
+def _retryable(namer, e):
+    """Whether the client would retry this HTTP status (408, 409, 429, 5xx)."""
+    code = getattr(e, "status_code", None) if isinstance(e, namer._openai.APIStatusError) else None
+    return code is not None and (code in (408, 409, 429) or code >= 500)
+
+
+def _fatal(namer, e):
+    """Whether a first request's error means that no request would succeed."""
+    openai = namer._openai
+    if isinstance(e, openai.APIConnectionError):  # refused, unreachable or silent (timeouts too)
+        return True
+    return isinstance(e, openai.APIStatusError) and e.status_code in _FATAL_STATUS
+
+
+def _store(edit, provider, summary, outcomes):
+    """Merges new names into the claimed run state and stores it."""
     for c, o in outcomes.items():
         if o.get("name"):
-            raw[str(c)] = o["name"]
+            edit.raw_names[str(c)] = o["name"]
             if o.get("description"):
-                descriptions[str(c)] = o["description"]
+                edit.descriptions[str(c)] = o["description"]
             else:
-                descriptions.pop(str(c), None)
-    valid = {str(c) for c in results.cluster_ids()}
-    raw = {c: n for c, n in raw.items() if c in valid}
-
-    per_cluster = dict(naming.get("clusters") or {})
+                edit.descriptions.pop(str(c), None)
     for c, o in outcomes.items():
         entry = {
             "provider": provider,
@@ -709,34 +728,14 @@ def _store(dataset, run_key, results, name_field, provider, summary, outcomes,
             entry["error"] = o["error"]
         if o.get("classes"):
             entry["classes"] = o["classes"]
-        if o.get("name") or str(c) not in per_cluster:
-            per_cluster[str(c)] = entry
+        if o.get("name") or str(c) not in edit.provenance:
+            edit.provenance[str(c)] = entry
         else:  # keep how the existing name was made; note the failed attempt
-            per_cluster[str(c)] = dict(per_cluster[str(c)], last_error=o.get("error"))
-
-    hand_written = {c for c, entry in per_cluster.items() if entry.get("provider") == HAND_WRITTEN}
-    names = make_unique(dict(sorted(raw.items(), key=lambda kv: int(kv[0]))), keep=hand_written)
-    results.names = names
-    results.descriptions = {c: d for c, d in descriptions.items() if c in names}
-    named_now = any(o.get("name") for o in outcomes.values())
-    results.naming = {
-        # provider/model/base_url of the last call that named clusters
-        # (per-cluster provenance in "clusters")
-        "provider": provider if named_now else naming.get("provider"),
-        "model": summary["model"] if named_now else naming.get("model"),
-        "base_url": summary["base_url"] if named_now else naming.get("base_url"),
-        "raw_names": raw,
-        "clusters": per_cluster,
-        "errors": {str(c): o["error"] for c, o in outcomes.items() if o.get("error")},
-    }
-    dataset.save_run_results(run_key, results, overwrite=True)
-
-    ensure_name_field(dataset, run_key, results)
-    existing = set(dataset.select(list(results.sample_ids)).values("id"))
-    values = {
-        sid: names.get(str(int(label))) if label >= 0 else None
-        for sid, label in zip(results.sample_ids, np.asarray(results.labels).tolist())
-        if sid in existing
-    }
-    if values:
-        storage.write_fields(dataset, {name_field: values})
+            edit.provenance[str(c)] = dict(edit.provenance[str(c)], last_error=o.get("error"))
+    named = sorted(str(c) for c, o in outcomes.items() if o.get("name"))
+    naming = edit.naming
+    # provider/model/base_url of the last call that named clusters
+    # (per-cluster provenance in "clusters")
+    naming.update(provider=provider, model=summary["model"], base_url=summary["base_url"])
+    naming["errors"] = {str(c): o["error"] for c, o in outcomes.items() if o.get("error")}
+    edit.save({"provider": provider, "model": summary["model"]}, {"named": named})

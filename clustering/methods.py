@@ -127,6 +127,7 @@ class GeneralizedKMeansMethod(ClusteringMethod):
             raise ValueError(
                 f"loss_param must be > 0 for loss '{params['loss']}'; got {params['loss_param']}"
             )
+        GeneralizedKMeans(n_clusters=1, **params)._check_hyperparameters()  # n_init, max_iter, tol
         return params
 
     def fit(self, X, k, params, progress=None):

@@ -90,8 +90,11 @@ class ClusteringRun(fors.Run):
         for k in FIELD_KEYS:
             name = getattr(self.config, k, None)
             target = name and renamed_path(name, key, new_key)
-            if target and dataset.has_field(name):
+            if not target:
+                continue
+            if dataset.has_field(name):
                 renames[name] = target
+            if dataset.has_field(name) or dataset.has_field(target):  # (renamed before an interruption)
                 setattr(self.config, k, target)
         conflicts = [n for n in renames.values() if dataset.has_field(n)]
         if conflicts:
@@ -170,14 +173,31 @@ def list_clustering_runs(samples, method=None):
     return samples.list_runs(type=ClusteringRun, **kwargs)
 
 
+def run_document(dataset, run_key):
+    """The run's document as stored now (``config`` and ``results``, the id of
+    its results file), or None."""
+    import fiftyone.core.odm as foo
+
+    return foo.get_db_conn().runs.find_one(
+        {"_dataset_id": dataset._doc.id, "key": run_key}, {"config": 1, "results": 1}
+    )
+
+
 def get_clustering_run_config(samples, run_key):
-    """The run's config, with a clear error when the key is not a clustering run."""
-    if run_key not in samples.list_runs():
+    """The run's config as stored now, with a clear error when the key is not
+    a clustering run. The dataset's run documents are reloaded first when
+    another process added, changed or removed the run."""
+    dataset = samples._root_dataset
+    doc = run_document(dataset, run_key)
+    known = dataset._doc.runs.get(run_key)
+    if (doc is None) != (known is None) or (doc is not None and getattr(known, "config", None) != doc["config"]):
+        dataset._reload(hard=True)
+    if run_key not in dataset.list_runs():
         raise ValueError(
-            f"No run with key '{run_key}' on dataset '{samples._root_dataset.name}'; "
-            f"clustering runs: {list_clustering_runs(samples)}"
+            f"No run with key '{run_key}' on dataset '{dataset.name}'; "
+            f"clustering runs: {list_clustering_runs(dataset)}"
         )
-    config = samples.get_run_info(run_key).config
+    config = dataset.get_run_info(run_key).config
     if getattr(config, "plugin", None) != PLUGIN:
         raise ValueError(f"Run '{run_key}' is not a clustering run of {PLUGIN}")
     return config

@@ -165,7 +165,8 @@ class VectorReader:
             raise ValueError(f"No sample of this collection has a value in '{self.field}'")
         return int(np.asarray(self._field.to_python(first[0]["v"])).size)
 
-    def _source(self):
+    @property
+    def description(self):
         return f"embeddings in '{self.field}'"
 
     def _batches(self):
@@ -221,7 +222,7 @@ class VectorReader:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"A value of '{self.field}' is not a vector of numbers ({e})") from e
             if vector.size != self.dim:
-                raise ValueError(cf.mismatched_dimensions_message(self._source(), [self.dim, vector.size]))
+                raise ValueError(cf.mismatched_dimensions_message(self.description, [self.dim, vector.size]))
             rows.X[row] = vector
             rows.status[row] = K.DECODED
             nonfinite += not np.isfinite(rows.X[row]).all()
@@ -234,7 +235,7 @@ class VectorReader:
         seen = status != _UNSEEN
         present = status == K.DECODED if self.dim else seen
         if rows.nonfinite:
-            raise ValueError(cf.nonfinite_message(rows.nonfinite, int(present.sum()), self._source()))
+            raise ValueError(cf.nonfinite_message(rows.nonfinite, int(present.sum()), self.description))
         m = count if present.all() else _compact(rows.X[:count], present)
         return Vectors(
             ids=rows.ids[:count][present],

@@ -7,7 +7,7 @@ from .evaluation import ChooseK, CompareRuns, EvaluateRun, PlotSilhouette, RunSu
 from .feature_maps import FeatureMapsPanel, ShowFeatureMaps
 from .labeling import LabelClusters
 from .panel import ClustersPanel
-from .runs import DeleteRun, GetRunInfo, LoadRunView, RenameRun
+from .runs import CheckRun, DeleteRun, GetRunInfo, LoadRunView, RenameRun
 
 OPERATORS = [
     ComputeClusters,
@@ -16,6 +16,7 @@ OPERATORS = [
     LoadRunView,
     RenameRun,
     DeleteRun,
+    CheckRun,
     LabelClusters,
     SetClusterName,
     MergeClusters,

@@ -11,6 +11,7 @@ from clustering.methods import available_methods, get_method
 
 from .common import (
     add_delegate_input,
+    Params,
     add_plot,
     execute_from_sdk,
     run_with_progress,
@@ -108,7 +109,7 @@ def _method_inputs(ctx, inputs, n_available):
 
     if method.needs_k:
         prop = inputs.int("k", default=5, required=True, min=1, label="Number of clusters (k)")
-        k = ctx.params.get("k")
+        k = Params(ctx.params, lenient=True).int("k", None)
         if k is not None and n_available is not None and k > n_available:
             prop.invalid = True
             prop.error_message = f"k={k} is larger than the {n_available} samples with embeddings"
@@ -129,7 +130,7 @@ def _method_inputs(ctx, inputs, n_available):
                     "embedding scale."
                 ),
             )
-            value = ctx.params.get("loss_param")
+            value = Params(ctx.params, lenient=True).float("loss_param", None)
             if value is not None and value <= 0:
                 prop.invalid = True
                 prop.error_message = f"{pname} must be > 0"
@@ -175,7 +176,7 @@ def _output_inputs(ctx, inputs):
         label="Run key",
         description="Name of this run; output fields are derived from it",
     )
-    run_key = ctx.params.get("run_key") or "clusters"
+    run_key = Params(ctx.params, lenient=True).str("run_key", "clusters")
     if not run_key.isidentifier():
         prop.invalid = True
         prop.error_message = "Use letters, digits and underscores, not starting with a digit"
@@ -206,6 +207,15 @@ def summarize(results):
         f"({config.method}{', loss ' + loss if loss else ''}{', ' + format(param, '.4g') if param else ''})",
         f"objective {summary['objective']:.6g}, {results.timings['total_s']:.1f} s",
         "",
+    ]
+    requested = getattr(config, "k_requested", None)
+    if requested and requested != summary["num_clusters"]:
+        lines += [
+            f"**Only {summary['num_clusters']} of the {requested} requested clusters could be formed**: "
+            "the features have fewer distinct vectors than k.",
+            "",
+        ]
+    lines += [
         "| cluster | size | representative |",
         "|---|---|---|",
     ]

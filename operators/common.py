@@ -1,5 +1,7 @@
 """Helpers shared by the plugin's operators."""
 
+import numbers
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -157,3 +159,97 @@ def add_plot(outputs, name, label, fig):
         ),
     )
     return fig["data"]
+
+
+_REQUIRED = object()
+
+
+class Params:
+    """An operator's ``ctx.params`` read with the SDK's kind of messages: a
+    missing required value or a value of the wrong type raises ``ValueError``
+    naming the parameter, never ``KeyError`` or ``TypeError``. Integers may
+    come as the strings that the forms' dropdowns hold.
+
+    ``lenient=True`` (for ``resolve_input``, where the form is still being
+    filled) reads a missing or malformed value as ``default`` instead, so that
+    the form renders and FiftyOne's own validation names the field."""
+
+    def __init__(self, params, lenient=False):
+        self._params = params or {}
+        self._lenient = lenient
+
+    def _fail(self, name, default, message):
+        if self._lenient:
+            return None if default is _REQUIRED else default
+        raise ValueError(message)
+
+    def _value(self, name, default):
+        value = self._params.get(name)
+        if value is None or value == "":
+            if default is _REQUIRED:
+                return self._fail(name, default, f"Parameter '{name}' is required")
+            return default
+        return value
+
+    def raw(self, name, default=None):
+        """The value as given (None when absent)."""
+        value = self._params.get(name)
+        return default if value is None else value
+
+    def str(self, name, default=_REQUIRED):
+        value = self._value(name, default)
+        if value is None or isinstance(value, str):
+            return value
+        return self._fail(name, default, f"Parameter '{name}' must be a string; got {value!r}")
+
+    def int(self, name, default=_REQUIRED, minimum=None):
+        value = self._value(name, default)
+        if value is None:
+            return None
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return self._fail(name, default, f"Parameter '{name}' must be an integer; got {value!r}")
+        if minimum is not None and value < minimum:
+            return self._fail(name, default, f"Parameter '{name}' must be >= {minimum}; got {value}")
+        return int(value)
+
+    def float(self, name, default=_REQUIRED, positive=False):
+        value = self._value(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return self._fail(name, default, f"Parameter '{name}' must be a number; got {value!r}")
+        if positive and not value > 0:
+            return self._fail(name, default, f"Parameter '{name}' must be > 0; got {value}")
+        return float(value)
+
+    def bool(self, name, default=False):
+        value = self._value(name, default)
+        if value is None or isinstance(value, bool):
+            return value
+        return self._fail(name, default, f"Parameter '{name}' must be true or false; got {value!r}")
+
+    def ints(self, name, default=_REQUIRED):
+        """A list of integers."""
+        value = self._value(name, default)
+        if value is None or value is default:
+            return value
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return self._fail(name, default, f"Parameter '{name}' must be a list of integers; got {value!r}")
+        items = [Params({name: v}, lenient=True).int(name, None) for v in value]
+        if None in items:
+            return self._fail(name, default, f"Parameter '{name}' must be a list of integers; got {value!r}")
+        return items
+
+    def strs(self, name, default=_REQUIRED):
+        """A list of strings (one string is a list of one)."""
+        value = self._value(name, default)
+        if value is None or value is default:
+            return value
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return self._fail(name, default, f"Parameter '{name}' must be a list of strings; got {value!r}")
+        return list(value)

@@ -15,7 +15,7 @@ import fiftyone.operators.types as types
 
 import clustering
 
-from .common import execute_from_sdk, run_key_input
+from .common import Params, execute_from_sdk, run_key_input
 
 
 def _config(name, label, description):
@@ -57,18 +57,8 @@ def _cluster_input(ctx, inputs, results, description=None):
     """A dropdown of the run's clusters; returns the chosen id or None."""
     choices = _cluster_choices(results)
     inputs.enum("cluster", choices.values(), required=True, label="Cluster", description=description, view=choices)
-    try:
-        value = int(ctx.params.get("cluster"))
-    except (TypeError, ValueError):
-        return None
+    value = Params(ctx.params, lenient=True).int("cluster", None)
     return value if value in results.cluster_ids() else None
-
-
-def _cluster_param(params, name="cluster"):
-    value = params.get(name)
-    if value in (None, ""):
-        raise ValueError(f"Parameter '{name}' (a cluster id) is required")
-    return int(value)
 
 
 def _message_output():
@@ -104,9 +94,9 @@ class SetClusterName(foo.Operator):
         return types.Property(inputs, view=types.View(label="Name a cluster"))
 
     def execute(self, ctx):
-        p = ctx.params
-        cluster = _cluster_param(p)
-        names = clustering.set_cluster_name(ctx.dataset, p["run_key"], cluster, p.get("name"), p.get("description") or None)
+        p = Params(ctx.params)
+        cluster = p.int("cluster")
+        names = clustering.set_cluster_name(ctx.dataset, p.str("run_key"), cluster, p.str("name"), p.str("description", None))
         ctx.ops.reload_dataset()
         return {"names": names, "message": f"Cluster {cluster} is now **{names[str(cluster)]}**"}
 
@@ -139,8 +129,9 @@ class MergeClusters(foo.Operator):
         return types.Property(inputs, view=types.View(label="Merge clusters"))
 
     def execute(self, ctx):
-        clusters = [int(c) for c in ctx.params.get("clusters") or []]
-        target = clustering.merge_clusters(ctx.dataset, ctx.params["run_key"], clusters)
+        p = Params(ctx.params)
+        clusters = p.ints("clusters")
+        target = clustering.merge_clusters(ctx.dataset, p.str("run_key"), clusters)
         ctx.ops.reload_dataset()
         merged = ", ".join(str(c) for c in sorted(set(clusters)))
         return {"cluster": target, "message": f"Merged clusters {merged} into cluster {target}"}
@@ -167,15 +158,16 @@ class SplitCluster(foo.Operator):
             cluster = _cluster_input(ctx, inputs, results, description="Its members are re-clustered with the run's method, loss and features")
             size = int(results.cluster_sizes[cluster]) if cluster is not None else None
             prop = inputs.int("k", default=2, min=2, max=size, required=True, label="Number of new clusters (k)")
-            k = ctx.params.get("k")
-            if size is not None and k is not None and int(k) > size:
+            k = Params(ctx.params, lenient=True).int("k", None)
+            if size is not None and k is not None and k > size:
                 prop.invalid = True
                 prop.error_message = f"Cluster {cluster} has only {size} samples"
         return types.Property(inputs, view=types.View(label="Split a cluster"))
 
     def execute(self, ctx):
-        cluster = _cluster_param(ctx.params)
-        new = clustering.split_cluster(ctx.dataset, ctx.params["run_key"], cluster, int(ctx.params.get("k") or 2))
+        p = Params(ctx.params)
+        cluster = p.int("cluster")
+        new = clustering.split_cluster(ctx.dataset, p.str("run_key"), cluster, p.int("k", 2))
         ctx.ops.reload_dataset()
         return {"clusters": new, "message": f"Split cluster {cluster} into clusters {', '.join(map(str, new))}"}
 
@@ -207,7 +199,7 @@ class AssignNewSamples(foo.Operator):
         return types.Property(inputs, view=types.View(label="Assign new samples to clusters"))
 
     def execute(self, ctx):
-        n = clustering.assign_new_samples(ctx.target_view(), ctx.params["run_key"])
+        n = clustering.assign_new_samples(ctx.target_view(), Params(ctx.params).str("run_key"))
         ctx.ops.reload_dataset()
         return {"num_assigned": n, "message": f"Assigned {n} samples"}
 
@@ -238,16 +230,19 @@ class ClustersToLabels(foo.Operator):
             )
             inputs.bool("use_names", default=True, label="Use cluster names as labels", description="Otherwise cluster_<id>")
             inputs.bool("overwrite", default=False, label="Overwrite an existing Classification field")
-            field = ctx.params.get("label_field") or f"{run_key}_label"
-            if ctx.dataset.has_field(field) and not ctx.params.get("overwrite", False):
+            p = Params(ctx.params, lenient=True)
+            field = p.str("label_field", f"{run_key}_label")
+            if ctx.dataset.has_field(field) and not p.bool("overwrite"):
                 prop.invalid = True
                 prop.error_message = f"Field '{field}' exists; check overwrite or choose another name"
         return types.Property(inputs, view=types.View(label="Clusters to labels"))
 
     def execute(self, ctx):
-        p = ctx.params
-        field = p["label_field"]
-        n = clustering.to_labels(ctx.target_view(), p["run_key"], field, use_names=p.get("use_names", True), overwrite=p.get("overwrite", False))
+        p = Params(ctx.params)
+        field = p.str("label_field")
+        n = clustering.to_labels(
+            ctx.target_view(), p.str("run_key"), field, use_names=p.bool("use_names", True), overwrite=p.bool("overwrite")
+        )
         ctx.ops.reload_dataset()
         return {"label_field": field, "num_labels": n, "message": f"Wrote {n} labels to `{field}`"}
 
@@ -281,12 +276,12 @@ class TagCluster(foo.Operator):
         return types.Property(inputs, view=types.View(label="Tag a cluster"))
 
     def execute(self, ctx):
-        p = ctx.params
-        cluster = _cluster_param(p)
-        edit = clustering.untag_cluster if p.get("untag", False) else clustering.tag_cluster
-        n = edit(ctx.target_view(), p["run_key"], cluster, p.get("tags") or [])
+        p = Params(ctx.params)
+        cluster, untag = p.int("cluster"), p.bool("untag")
+        edit = clustering.untag_cluster if untag else clustering.tag_cluster
+        n = edit(ctx.target_view(), p.str("run_key"), cluster, p.strs("tags"))
         ctx.ops.reload_dataset()
-        verb = "Untagged" if p.get("untag", False) else "Tagged"
+        verb = "Untagged" if untag else "Tagged"
         return {"num_samples": n, "message": f"{verb} {n} samples of cluster {cluster}"}
 
     def resolve_output(self, ctx):

@@ -14,7 +14,7 @@ import clustering.models as embedding_models
 import clustering.patches as cp
 import clustering.shards as shards
 
-from .common import add_delegate_input, execute_from_sdk, progress_callback
+from .common import Params, add_delegate_input, execute_from_sdk, progress_callback
 
 DEVICES = ("auto", "cpu", "cuda")
 NO_PATCHES = "(whole images)"
@@ -70,7 +70,7 @@ def _patches_input(ctx, inputs, target):
         label="Box padding (optional)",
         description="Grow (e.g. 0.1 = +10%) or shrink (< 0) each box before cropping",
     )
-    alpha = ctx.params.get("alpha")
+    alpha = Params(ctx.params, lenient=True).float("alpha", None)
     if alpha is not None and not alpha > -1:
         prop.invalid = True
         prop.error_message = "Padding must be > -1"
@@ -215,7 +215,8 @@ class ComputeEmbeddings(foo.Operator):
         _field_input(ctx, inputs, target, model, patches_field)
 
         prop = inputs.int("batch_size", label="Batch size (optional)", description="Default: 8 on CPU, 256 on GPU", min=1)
-        if (ctx.params.get("batch_size") or 1) < 1:
+        form = Params(ctx.params, lenient=True)
+        if form.int("batch_size", 1) < 1:
             prop.invalid = True
             prop.error_message = "Batch size must be >= 1"
         prop = inputs.int(
@@ -224,7 +225,7 @@ class ComputeEmbeddings(foo.Operator):
             description="Processes decoding images; default from the CPU count (0 = in the main process)",
             min=0,
         )
-        if (ctx.params.get("num_workers") or 0) < 0:
+        if form.int("num_workers", 0) < 0:
             prop.invalid = True
             prop.error_message = "Workers must be >= 0"
         devices = types.RadioGroup(orientation="horizontal")

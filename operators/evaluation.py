@@ -17,6 +17,7 @@ from clustering.methods import available_methods, get_method
 
 from .clusters import LOSS_PARAM_NAME, _loss_choices, _preprocessing_inputs
 from .common import (
+    Params,
     add_delegate_input,
     add_plot,
     execute_from_sdk,
@@ -134,7 +135,8 @@ class ChooseK(foo.Operator):
                 )
         inputs.int("k_min", default=2, min=1, required=True, label="Smallest k")
         kmax = inputs.int("k_max", default=10, min=3, required=True, label="Largest k")
-        k_min, k_max = ctx.params.get("k_min") or 2, ctx.params.get("k_max") or 10
+        form = Params(ctx.params, lenient=True)
+        k_min, k_max = form.int("k_min", 2), form.int("k_max", 10)
         if k_max < k_min + 2:
             kmax.invalid = True
             kmax.error_message = "Sweep at least 3 values of k"
@@ -235,7 +237,8 @@ class EvaluateRun(foo.Operator):
 
     def execute(self, ctx):
         samples = ctx.target_view()
-        run_key, gt_field = ctx.params["run_key"], ctx.params["gt_field"]
+        p = Params(ctx.params)
+        run_key, gt_field = p.str("run_key"), p.str("gt_field")
         return _execute(ctx, "Evaluating", lambda _: clustering.evaluate_run(samples, run_key, gt_field=gt_field), _render_evaluation)
 
 
@@ -294,7 +297,8 @@ class CompareRuns(foo.Operator):
 
     def execute(self, ctx):
         samples = ctx.target_view()
-        a, b = ctx.params["run_key_a"], ctx.params["run_key_b"]
+        p = Params(ctx.params)
+        a, b = p.str("run_key_a"), p.str("run_key_b")
         return _execute(ctx, "Comparing", lambda _: clustering.compare_runs(samples, a, b), _render_comparison)
 
 
@@ -350,10 +354,11 @@ class PlotSilhouette(foo.Operator):
 
     def execute(self, ctx):
         samples = ctx.target_view()
-        kwargs = {"sample_size": ctx.params.get("sample_size") or ce.DEFAULT_SAMPLE_SIZE, "max_values": MAX_KNIFE_VALUES}
-        if ctx.params.get("metric") not in (None, "", "auto"):
-            kwargs["metric"] = ctx.params["metric"]
-        run_key = ctx.params["run_key"]
+        p = Params(ctx.params)
+        kwargs = {"sample_size": p.int("sample_size", ce.DEFAULT_SAMPLE_SIZE, minimum=2), "max_values": MAX_KNIFE_VALUES}
+        if p.str("metric", "auto") != "auto":
+            kwargs["metric"] = p.str("metric")
+        run_key = p.str("run_key")
         return _execute(ctx, "Silhouette", lambda _: clustering.plot_silhouette(samples, run_key, **kwargs), _render_silhouette)
 
 
@@ -432,7 +437,7 @@ class VisualizeRun(foo.Operator):
     def execute(self, ctx):
         samples = ctx.target_view()
         kwargs = {n: ctx.params[n] for n in ("method", "brain_key", "features", "overwrite") if ctx.params.get(n) not in (None, "")}
-        run_key = ctx.params["run_key"]
+        run_key = Params(ctx.params).str("run_key")
         if ctx.params.get(_SDK_FLAG) or ctx.delegated:
             return _execute(ctx, "Mapping", lambda p: clustering.visualize_run(samples, run_key, progress=p, **kwargs), None, progress=True)
         return _app(ctx, "Mapping", lambda p: ce._visualize(samples, run_key, progress=p, **kwargs), _render_visualization, True)
@@ -488,11 +493,12 @@ class RunSummary(foo.Operator):
 
     def execute(self, ctx):
         samples = ctx.target_view()
-        run_key = ctx.params["run_key"]
+        p = Params(ctx.params)
+        run_key = p.str("run_key")
         kwargs = {
-            "gt_field": ctx.params.get("gt_field") or None,
-            "silhouette": bool(ctx.params.get("silhouette", False)),
-            "num_thumbnails": int(ctx.params.get("num_thumbnails") or 3),
+            "gt_field": p.str("gt_field", None),
+            "silhouette": p.bool("silhouette"),
+            "num_thumbnails": p.int("num_thumbnails", 3, minimum=0),
         }
         return _execute(ctx, "Summary", lambda _: clustering.run_summary(samples, run_key, **kwargs), _render_summary)
 

@@ -15,6 +15,7 @@ import clustering
 from clustering import labeling as cl
 
 from .common import (
+    Params,
     add_delegate_input,
     execute_from_sdk,
     progress_callback,
@@ -56,7 +57,7 @@ def _openai_inputs(ctx, inputs):
         description="An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; default api.openai.com",
     )
     prop = inputs.int("max_side", default=cl.DEFAULT_MAX_SIDE, min=16, label="Longest image side sent (px)")
-    if (ctx.params.get("max_side") or cl.DEFAULT_MAX_SIDE) < 16:
+    if Params(ctx.params, lenient=True).int("max_side", cl.DEFAULT_MAX_SIDE) < 16:
         prop.invalid = True
         prop.error_message = "Use at least 16 px"
     inputs.bool("describe", default=True, label="Also ask for a one-sentence description")
@@ -82,7 +83,7 @@ def _plan_notice(ctx, inputs, run_key, provider):
     names = getattr(results, "names", None) or {}
     named = sum(1 for c in clusters if names.get(str(c)))
     todo = len(clusters) if ctx.params.get("overwrite", False) else len(clusters) - named
-    n_images = ctx.params.get("num_images") or cl.DEFAULT_NUM_IMAGES
+    n_images = Params(ctx.params, lenient=True).int("num_images", cl.DEFAULT_NUM_IMAGES)
     what = f"{todo} requests with up to {todo * n_images} images" if provider == "openai" else f"up to {todo * n_images} images classified offline"
     inputs.view(
         "plan",

@@ -315,6 +315,18 @@ class ClustersPanel(foo.Panel):
         self.action_done(ctx)
         self._show(ctx, ctx.params["result"]["clusters"][0])
 
+    def repair(self, ctx):
+        """Finishes an interrupted write (``clustering.check_run(repair=True)``)."""
+        try:
+            report = clustering.check_run(ctx.dataset, self._run_key(ctx), repair=True)
+        except clustering.RunBusyError as e:
+            ctx.ops.notify(str(e), variant="warning")
+            return
+        done = "; ".join(report["repaired"] or ["nothing to repair"])
+        ctx.ops.notify(f"Run '{self._run_key(ctx)}': {done}", variant="success")
+        self.on_load(ctx)
+        ctx.ops.reload_dataset()
+
     def action_failed(self, ctx):
         ctx.ops.notify(str(ctx.params.get("error")), variant="error")
 
@@ -336,6 +348,7 @@ class ClustersPanel(foo.Panel):
         ctx.panel.set_state(
             {
                 "header": _header_markdown(overview),
+                "problem": overview["problem"],
                 "page": page,
                 "num_pages": pages,
                 "rows": [{k: v for k, v in r.items() if k != "thumbnails"} | {"n": len(r["thumbnails"])} for r in shown],
@@ -373,6 +386,10 @@ class ClustersPanel(foo.Panel):
 
         self._render_controls(ctx, panel, keys)
         panel.md(state.header or "", name="header")
+        if state.problem:
+            problem = panel.h_stack("problem", gap=1, align_y="center")
+            problem.view("text", types.Warning(label="This run needs attention", description=state.problem))
+            problem.btn("repair", label="Repair", icon="build", variant="contained", on_click=self.repair)
         tabs = types.TabsView()
         for value, label in TABS:
             tabs.add_choice(value, label=label)

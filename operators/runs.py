@@ -7,7 +7,7 @@ import fiftyone.operators.types as types
 
 import clustering
 
-from .common import execute_from_sdk, run_key_input, show_output
+from .common import Params, execute_from_sdk, run_key_input, show_output
 
 
 def _config(name, label, description, dynamic=True):
@@ -35,7 +35,7 @@ class GetRunInfo(foo.Operator):
         return types.Property(inputs, view=types.View(label="Clustering run info"))
 
     def execute(self, ctx):
-        info = clustering.get_run_info(ctx.dataset, ctx.params["run_key"])
+        info = clustering.get_run_info(ctx.dataset, Params(ctx.params).str("run_key"))
         return json.loads(json.dumps(info, default=str))
 
     def resolve_output(self, ctx):
@@ -82,14 +82,14 @@ class LoadRunView(foo.Operator):
         return types.Property(inputs, view=types.View(label="Load clustering view"))
 
     def execute(self, ctx):
-        mode = ctx.params.get("mode", "all")
-        cluster = ctx.params.get("cluster")
+        p = Params(ctx.params)
+        mode = p.str("mode", "all")
         view = clustering.load_run_view(
             ctx.dataset,
-            ctx.params["run_key"],
-            cluster=int(cluster) if cluster not in (None, "") else None,
+            p.str("run_key"),
+            cluster=p.int("cluster", None),
             representatives=mode == "representatives",
-            outliers=ctx.params.get("outliers", 20) if mode == "outliers" else None,
+            outliers=p.int("outliers", 20, minimum=1) if mode == "outliers" else None,
         )
         ctx.ops.set_view(view)
         return {"num_samples": len(view)}
@@ -108,7 +108,7 @@ class RenameRun(foo.Operator):
         if run_key_input(ctx, inputs) is None:
             return types.Property(inputs)
         prop = inputs.str("new_run_key", required=True, label="New run key")
-        new_key = ctx.params.get("new_run_key")
+        new_key = Params(ctx.params, lenient=True).str("new_run_key", None)
         if new_key and not new_key.isidentifier():
             prop.invalid = True
             prop.error_message = "Use letters, digits and underscores, not starting with a digit"
@@ -118,9 +118,11 @@ class RenameRun(foo.Operator):
         return types.Property(inputs, view=types.View(label="Rename clustering run"))
 
     def execute(self, ctx):
-        fields = clustering.rename_run(ctx.dataset, ctx.params["run_key"], ctx.params["new_run_key"])
+        p = Params(ctx.params)
+        new_key = p.str("new_run_key")
+        fields = clustering.rename_run(ctx.dataset, p.str("run_key"), new_key)
         ctx.ops.reload_dataset()
-        return {"run_key": ctx.params["new_run_key"], "fields": fields}
+        return {"run_key": new_key, "fields": fields}
 
 
 class DeleteRun(foo.Operator):
@@ -142,6 +144,43 @@ class DeleteRun(foo.Operator):
         return types.Property(inputs, view=types.View(label="Delete clustering run"))
 
     def execute(self, ctx):
-        fields = clustering.delete_run(ctx.dataset, ctx.params["run_key"])
+        run_key = Params(ctx.params).str("run_key")
+        fields = clustering.delete_run(ctx.dataset, run_key)
         ctx.ops.reload_dataset()
-        return {"deleted_run": ctx.params["run_key"], "deleted_fields": sorted(fields.values())}
+        return {"deleted_run": run_key, "deleted_fields": sorted(fields.values())}
+
+
+class CheckRun(foo.Operator):
+    """Params: ``run_key``, ``repair`` (default False). Returns
+    :func:`clustering.check_run`'s report."""
+
+    @property
+    def config(self):
+        return _config("check_run", "Check clustering run", "Check that a run's fields equal its results; repair an interrupted write")
+
+    def __call__(self, sample_collection, run_key, repair=False):
+        return execute_from_sdk(self, sample_collection, {"run_key": run_key, "repair": repair}).result
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if run_key_input(ctx, inputs) is not None:
+            inputs.bool(
+                "repair", default=False, label="Repair",
+                description="Finish an interrupted write and rewrite the run's fields from its results",
+            )
+        return types.Property(inputs, view=types.View(label="Check clustering run"))
+
+    def execute(self, ctx):
+        p = Params(ctx.params)
+        report = clustering.check_run(ctx.dataset, p.str("run_key"), repair=p.bool("repair"))
+        if report.get("repaired"):
+            ctx.ops.reload_dataset()
+        report["summary"] = "\n".join(f"- {line}" for line in report["problems"]) or "Consistent: its fields equal its results"
+        return json.loads(json.dumps(report, default=str))
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("state", label="State")
+        outputs.str("summary", label="Problems", view=types.MarkdownView())
+        outputs.list("repaired", types.String(), label="Repaired")
+        return types.Property(outputs)

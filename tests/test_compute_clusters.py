@@ -163,6 +163,9 @@ def test_nan_embeddings_are_refused_with_their_count(pixel_dataset):
         ({"k": 3, "run_key": "1bad"}, "Invalid run key"),
         ({"k": 3, "label_field": "ground_truth"}, "already exists"),
         ({"k": 3, "reduction": "pca", "n_components": 100000}, "n_components"),
+        ({"k": "3"}, "needs an integer k"),
+        ({"k": 3, "max_iter": 0}, "max_iter must be an integer >= 1"),
+        ({"k": 3, "n_init": "many"}, "n_init must be an integer"),
     ],
 )
 def test_bad_parameters_fail_before_any_write(pixel_dataset, kwargs, message):
@@ -173,6 +176,54 @@ def test_bad_parameters_fail_before_any_write(pixel_dataset, kwargs, message):
     with pytest.raises(ValueError, match=message):
         clustering.compute_clusters(pixel_dataset, run_key, **kwargs)
     _assert_nothing_written(pixel_dataset, fields, run_key)
+
+
+def test_values_too_large_for_float32_distances_are_refused_naming_the_rows(pixel_dataset):
+    ids = pixel_dataset.values("id")
+    huge = np.zeros(256, dtype=np.float32)
+    huge[3] = 1e20
+    pixel_dataset.set_values("pixels", {ids[5]: huge}, key_field="id")
+    fields = set(pixel_dataset.get_field_schema())
+    for kwargs in ({}, {"fit_sample_size": 100, "random_state": 0}):
+        with pytest.raises(ValueError, match=r"1 of \d+ rows: embeddings in 'pixels' holds values up to 1e\+20"):
+            clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3, **kwargs)
+    _assert_nothing_written(pixel_dataset, fields)
+
+
+def test_fewer_distinct_vectors_than_k_warn_and_record_the_real_k(pixel_dataset, plugin_operator):
+    ids = pixel_dataset.values("id")
+    pixel_dataset.set_values("same", {i: np.ones(4, dtype=np.float32) * (n % 2) for n, i in enumerate(ids)}, key_field="id")
+    with pytest.warns(UserWarning, match="only 2 of the k=3 clusters could be formed"):
+        results = clustering.compute_clusters(pixel_dataset, "c", embeddings="same", k=3)
+    assert (results.config.k, results.config.k_requested) == (2, 3)
+    assert results.summary()["num_clusters"] == 2
+    from operators.clusters import summarize
+
+    _, values = summarize(results)
+    assert "Only 2 of the 3 requested clusters could be formed" in values["summary"]
+
+
+@pytest.mark.parametrize(
+    "operator,params,message",
+    [
+        ("compute_clusters", {"run_key": "q", "embeddings": "pixels", "k": "3"}, "Path: k. Reason: Invalid value type"),
+        ("compute_clusters", {"embeddings": "pixels", "k": 3}, "Path: run_key. Reason: Required property"),
+        ("clusters_to_labels", {"run_key": "c"}, "Parameter 'label_field' is required"),
+        ("merge_clusters", {"run_key": "c", "clusters": ["a"]}, "Parameter 'clusters' must be a list of integers"),
+        ("merge_clusters", {"clusters": [0, 1]}, "Parameter 'run_key' is required"),
+        ("split_cluster", {"run_key": "c", "cluster": 0, "k": "x"}, "Parameter 'k' must be an integer; got 'x'"),
+        ("set_cluster_name", {"run_key": "c", "cluster": "zero", "name": "x"}, "Parameter 'cluster' must be an integer"),
+        ("tag_cluster", {"run_key": "c", "cluster": 0, "tags": 5}, "Parameter 'tags' must be a list of strings"),
+        ("choose_k", {"embeddings": "pixels", "k_min": "2"}, "Path: k_min. Reason: Invalid value type"),
+    ],
+)
+def test_operators_name_a_bad_or_missing_parameter(pixel_dataset, plugin_operator, operator, params, message):
+    import fiftyone.operators as foo
+
+    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+    with pytest.raises(Exception, match=message) as raised:
+        foo.execute_operator(f"@imgclust/clustering/{operator}", dict(dataset=pixel_dataset), params=params)
+    assert not isinstance(raised.value, (TypeError, KeyError))
 
 
 def test_mismatched_dimensions_are_refused(pixel_dataset):

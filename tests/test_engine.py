@@ -611,3 +611,28 @@ def test_large_n_seeds_on_a_uniform_sample(loss, monkeypatch):
     assert 2000 in drawn
     assert sampled.objective_ <= full.objective_ * 1.02
     assert adjusted_rand_score(truth, sampled.labels_) > 0.99
+
+
+def test_values_too_large_for_the_dtype_are_refused():
+    X = blobs(n=60, d=4, k=3, seed=2).astype(np.float32)
+    X[7, 1] = 1e20
+    with pytest.raises(ValueError, match=r"X holds values up to 1e\+20 .* float32 distance arithmetic over 4 dimensions"):
+        GeneralizedKMeans(3).fit(X)
+    GeneralizedKMeans(3, dtype="float64", max_iter=5).fit(X)  # float64 has the range
+
+
+def test_max_iter_zero_needs_an_init_array():
+    X = blobs(n=60, d=4, k=3, seed=3)
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+        GeneralizedKMeans(3, max_iter=0).fit(X)
+    km = GeneralizedKMeans(3, init=X[:3], max_iter=0).fit(X)  # assignment to the given centers only
+    np.testing.assert_array_equal(km.cluster_centers_, X[:3].astype(np.float32))
+
+
+def test_fewer_distinct_points_than_k_warn():
+    from clustering.kmeans import FewerClustersWarning
+
+    X = np.repeat(np.eye(2), 20, axis=0)
+    with pytest.warns(FewerClustersWarning, match="Only 2 of the n_clusters=3 clusters could be formed: X has 2 distinct points"):
+        km = GeneralizedKMeans(3, n_init=2, random_state=0).fit(X)
+    assert len(np.unique(km.labels_)) == 2

@@ -355,3 +355,46 @@ def test_hdbscan_noise_is_not_named(clustered, stub):
     names = np.array(pixel_dataset.values("c_name"), dtype=object)
     assert all(n is None for n in names[labels == -1])
     assert all(n == f"cluster {c}" for n, c in zip(names[labels >= 0], labels[labels >= 0]))
+
+
+def test_silent_endpoint_fails_fast_and_names_nothing(clustered, stub):
+    """An endpoint that accepts the connection and never answers: the first
+    request (sent alone, no retries) decides, within 2x the request timeout."""
+    import time
+
+    stub.default = lambda cluster, body: stub.hang(30)
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"failed the first request \(request timed out"):
+        _label(clustered, stub, timeout=2, max_retries=3)
+    assert time.perf_counter() - t0 < 2 * 2
+    assert len(stub.requests) == 1
+    assert not clustered.has_field("c_name")
+    assert clustering.check_run(clustered, "c")["state"] == "consistent"
+
+
+def test_every_request_failing_raises_and_creates_no_name_field(clustered, stub):
+    stub.default = lambda cluster, body: stub.status(500)
+    with pytest.raises(RuntimeError, match=r"No cluster of run 'c' could be named \(3 failed\): cluster \d: HTTP 500"):
+        _label(clustered, stub, max_retries=1)
+    assert not clustered.has_field("c_name")
+    assert not clustering.load_clustering_results(clustered, "c").names
+
+
+def test_a_rejected_key_fails_the_first_request(clustered, stub):
+    stub.default = lambda cluster, body: stub.status(401, {})
+    with pytest.raises(RuntimeError, match="HTTP 401"):
+        _label(clustered, stub)
+    assert len(stub.requests) == 1 and not clustered.has_field("c_name")
+
+
+def test_deadline_stores_what_was_named_in_time(clustered, stub):
+    import time
+
+    stub.script = {0: [stub.reply("alpha")]}
+    stub.default = lambda cluster, body: stub.hang(30)
+    t0 = time.perf_counter()
+    summary = _label(clustered, stub, timeout=20, deadline=3)
+    assert time.perf_counter() - t0 < 10
+    assert summary["names"] == {"0": "alpha"}
+    assert all("deadline of 3 s" in summary["errors"][c] for c in ("1", "2"))
+    _check_names_stored(clustered, {"0": "alpha"})
