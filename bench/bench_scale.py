@@ -35,7 +35,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+from common import start_mongod  # noqa: E402  (bench/common.py)
 KEEP_DIR = os.path.join(REPO_ROOT, "bench", "results", "scale-db")
 FIELD = "emb"
 OPERATOR = "@imgclust/clustering/compute_clusters"
@@ -76,35 +76,6 @@ def rss_bytes():
 
 def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def start_mongod(db_dir):
-    """FiftyOne's bundled mongod on a free loopback port, on ``db_dir``."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("fiftyone")
-    mongod = os.path.join(os.path.dirname(spec.origin), "db", "bin", "mongod")
-    os.makedirs(db_dir, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [mongod, "--dbpath", db_dir, "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket",
-         "--logpath", os.path.join(db_dir, "mongod.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process, f"mongodb://127.0.0.1:{port}"
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(f"mongod exited with {process.returncode}; see {db_dir}/mongod.log")
-            time.sleep(0.2)
-    process.terminate()
-    raise RuntimeError("mongod did not start within 120 s")
 
 
 # ---------------------------------------------------------------------------

@@ -99,7 +99,9 @@ def _owner_alive(owner):
     if space is None or owner.get("space") != space:
         return None
     try:
-        return abs(_start_time(owner["pid"]) - owner.get("started", 0.0)) < 1.0
+        process = psutil.Process(owner["pid"])
+        same = abs(process.create_time() - owner.get("started", 0.0)) < 1.0
+        return same and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
@@ -296,6 +298,8 @@ def latest_results(samples, run_key, reuse=True):
     dataset._run_cache.pop(run_key, None)
     if doc.get("results") is None:
         raise ValueError(f"Run '{run_key}' has no stored results (it was interrupted while computing)")
+    if getattr(dataset._doc.runs[run_key].results, "grid_id", None) != doc["results"]:
+        dataset._reload(hard=True)  # another process stored new results
     results = dataset.load_run_results(run_key, cache=False)
     if not isinstance(results, cr.ClusteringResults):  # stored by an older class
         results = cr.ClusteringResults._from_dict(
@@ -307,11 +311,27 @@ def latest_results(samples, run_key, reuse=True):
 
 
 def _save_results(dataset, run_key, results):
-    """Stores ``results`` and its config as the run's state."""
-    dataset.save_run_results(run_key, results, overwrite=True, cache=False)
-    dataset.update_run_config(run_key, results.config)
-    doc = cr.run_document(dataset, run_key)
-    results._stamp = (doc.get("results"), doc.get("config"))
+    """Stores ``results`` and its config as the run's state, in one update of
+    the run's document: the new results file is written first, the document
+    then points to it (with the new config), and the old file is deleted
+    last, so that a crash leaves the old state or the new one."""
+    import gridfs
+    from bson import json_util
+
+    import fiftyone.core.odm as foo
+
+    db = foo.get_db_conn()
+    files = gridfs.GridFS(db)  # the RunDocument's results FileField
+    new = files.put(json_util.dumps(results.serialize()).encode(), content_type="application/json")
+    config = results.config.serialize()
+    old = db.runs.find_one_and_update(
+        {"_dataset_id": dataset._doc.id, "key": run_key},
+        {"$set": {"results": new, "config": config, "results_meta": dict(results.get_meta() or {})}},
+    )
+    if old.get("results") is not None:
+        files.delete(old["results"])
+    dataset._doc.runs[run_key].reload()
+    results._stamp = (new, config)
     dataset._run_cache[run_key] = results
 
 
