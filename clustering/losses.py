@@ -37,10 +37,14 @@ class Loss:
 
     Subclasses set ``name`` (and ``param_name`` if parametrized) and implement
     :meth:`loss`; they may override :meth:`pairwise`, :meth:`update_centers`
-    and :meth:`default_param` with faster or exact versions.
+    and :meth:`default_param` with faster or exact versions. ``label`` and
+    ``summary`` describe the loss in the App's forms.
     """
 
     name = None
+    #: the name shown in forms (default: ``name``) and a one-line description
+    label = None
+    summary = ""
     param_name = None
     #: how :meth:`default_param` derives the parameter from the residuals, in words
     param_rule = None
@@ -198,6 +202,8 @@ class SquaredLoss(RadialLoss):
     """sum_j (x_j - mu_j)^2; center = mean (classic k-means)."""
 
     name = "squared"
+    label = "Squared L2 (k-means)"
+    summary = "center = mean; classic k-means"
     aliases = ("square", "l2", "sqeuclidean")
 
     def from_sqdist(self, d2, param):
@@ -272,6 +278,8 @@ class CorrentropyLoss(_MMRadialLoss):
     """
 
     name = "correntropy"
+    label = "Correntropy (sigma)"
+    summary = "1 - exp(-d^2 / 2 sigma^2): ignores far outliers"
     param_name = "sigma"
     param_rule = "sigma = median ||x - c||"
     robust = True
@@ -297,6 +305,8 @@ class GeometricMedianLoss(_MMRadialLoss):
     """
 
     name = "geometric_median"
+    label = "Geometric median"
+    summary = "Euclidean distance, center = geometric median"
     aliases = ("spatial_median", "weber")
     robust = True
 
@@ -333,6 +343,8 @@ class EpsilonInsensitiveLoss(_MMRadialLoss):
     """
 
     name = "epsilon_insensitive"
+    label = "Epsilon-insensitive (epsilon)"
+    summary = "max(0, d - epsilon): no loss inside an epsilon-ball"
     param_name = "epsilon"
     param_rule = "epsilon = 0.5 * median ||x - c||"
     robust = True
@@ -393,6 +405,8 @@ class CosineLoss(Loss):
     """
 
     name = "cosine"
+    label = "Cosine (spherical k-means)"
+    summary = "1 - cos: for normalized / CLIP-like embeddings"
     aliases = ("spherical",)
     geometry = "cosine"
 
@@ -462,6 +476,8 @@ class AbsoluteLoss(CoordinateLoss):
     """sum_j |x_j - mu_j| (L1); center = coordinate-wise median."""
 
     name = "absolute"
+    label = "L1 / absolute"
+    summary = "center = coordinate-wise median; robust to outlying coordinates"
     aliases = ("l1", "manhattan", "cityblock")
     kind = K.ABS
     robust = True
@@ -477,6 +493,8 @@ class HuberLoss(CoordinateLoss):
     """
 
     name = "huber"
+    label = "Huber (delta)"
+    summary = "quadratic near the center, linear beyond delta, per coordinate"
     param_name = "delta"
     param_rule = "delta = 1.345 * 1.4826 * median |x_j - c_j|"
     kind = K.HUBER
@@ -494,6 +512,8 @@ class PseudoHuberLoss(CoordinateLoss):
     """
 
     name = "pseudo_huber"
+    label = "Pseudo-Huber (delta)"
+    summary = "smooth Huber, per coordinate"
     param_name = "delta"
     param_rule = HuberLoss.param_rule
     robust = True

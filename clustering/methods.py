@@ -16,6 +16,22 @@ from .losses import get_loss
 
 
 @dataclass
+class MethodParam:
+    """How a method's parameter appears in the App's forms. ``kind``: ``"int"``,
+    ``"float"``, ``"str"``, ``"bool"``, ``"choice"`` (one of ``choices``),
+    ``"loss"`` (a registered loss) or ``"loss_param"`` (that loss's
+    parameter, shown when it has one); the default comes from the method's
+    ``defaults``."""
+
+    name: str
+    label: str
+    kind: str
+    minimum: float = None
+    choices: tuple = ()
+    help: str = None
+
+
+@dataclass
 class ClusteringOutput:
     labels: np.ndarray
     centers: np.ndarray
@@ -29,13 +45,17 @@ class ClusteringOutput:
 
 class ClusteringMethod:
     """Base class: ``name``, ``label``, ``needs_k``, ``defaults`` (the
-    method's own parameters and their default values) and ``can_assign``
-    (whether :meth:`assign` maps samples outside the fit to its clusters)."""
+    method's own parameters and their default values), ``form`` (the
+    :class:`MethodParam` of those shown in the App's forms, in order) and
+    ``can_assign`` (whether :meth:`assign` maps samples outside the fit to
+    its clusters). A method registered with :func:`register_method` gets its
+    form from ``form``."""
 
     name = None
     label = None
     needs_k = True
     defaults = {}
+    form = ()
     can_assign = False
 
     def resolve_params(self, params):
@@ -119,6 +139,14 @@ class GeneralizedKMeansMethod(ClusteringMethod):
         "device": "auto",
         "random_state": 51,
     }
+    form = (
+        MethodParam("loss", "Loss", "loss"),
+        MethodParam("loss_param", "Loss parameter", "loss_param"),
+        MethodParam("n_init", "Restarts (best objective kept)", "int", minimum=1),
+        MethodParam("max_iter", "Max iterations", "int", minimum=1),
+        MethodParam("device", "Device", "choice", choices=("auto", "cpu", "cuda")),
+        MethodParam("random_state", "Seed", "int"),
+    )
 
     def resolve_params(self, params):
         params = super().resolve_params(params)
@@ -163,6 +191,11 @@ class KMeansMethod(_MeanCentersMethod):
     name = "kmeans"
     label = "K-means (scikit-learn)"
     defaults = {"n_init": 3, "max_iter": 300, "tol": 1e-4, "random_state": 51}
+    form = (
+        MethodParam("n_init", "Restarts", "int", minimum=1),
+        MethodParam("max_iter", "Max iterations", "int", minimum=1),
+        MethodParam("random_state", "Seed", "int"),
+    )
 
     def fit(self, X, k, params, progress=None):
         from sklearn.cluster import KMeans
@@ -175,6 +208,12 @@ class MiniBatchKMeansMethod(_MeanCentersMethod):
     name = "minibatch_kmeans"
     label = "Mini-batch k-means (scikit-learn)"
     defaults = {"batch_size": 1024, "n_init": 3, "max_iter": 100, "random_state": 51}
+    form = (
+        MethodParam("n_init", "Restarts", "int", minimum=1),
+        MethodParam("max_iter", "Max iterations", "int", minimum=1),
+        MethodParam("batch_size", "Batch size", "int", minimum=1),
+        MethodParam("random_state", "Seed", "int"),
+    )
 
     def fit(self, X, k, params, progress=None):
         from sklearn.cluster import MiniBatchKMeans
@@ -187,6 +226,10 @@ class BirchMethod(ClusteringMethod):
     name = "birch"
     label = "Birch (scikit-learn)"
     defaults = {"threshold": 0.5, "branching_factor": 50}
+    form = (
+        MethodParam("threshold", "Threshold (subcluster radius)", "float"),
+        MethodParam("branching_factor", "Branching factor", "int", minimum=2),
+    )
 
     def fit(self, X, k, params, progress=None):
         from sklearn.cluster import Birch
@@ -199,6 +242,7 @@ class AgglomerativeMethod(ClusteringMethod):
     name = "agglomerative"
     label = "Agglomerative (scikit-learn)"
     defaults = {"linkage": "ward"}
+    form = (MethodParam("linkage", "Linkage", "choice", choices=("ward", "complete", "average", "single")),)
 
     def fit(self, X, k, params, progress=None):
         from sklearn.cluster import AgglomerativeClustering
@@ -212,6 +256,10 @@ class HDBSCANMethod(ClusteringMethod):
     label = "HDBSCAN (scikit-learn; noise = -1)"
     needs_k = False
     defaults = {"min_cluster_size": 5, "min_samples": None}
+    form = (
+        MethodParam("min_cluster_size", "Min cluster size", "int", minimum=2),
+        MethodParam("min_samples", "Min samples (optional)", "int", minimum=1),
+    )
 
     def fit(self, X, k, params, progress=None):
         from sklearn.cluster import HDBSCAN

@@ -10,41 +10,16 @@ import clustering
 from clustering.methods import available_methods, get_method
 
 from .common import (
-    add_delegate_input,
     Params,
+    add_delegate_input,
     add_plot,
     execute_from_sdk,
+    method_inputs,
+    preprocessing_inputs,
     run_with_progress,
     show_output,
     vector_fields,
 )
-
-LOSS_HELP = {
-    "squared": ("Squared L2 (k-means)", "center = mean; classic k-means"),
-    "absolute": ("L1 / absolute", "center = coordinate-wise median; robust to outlying coordinates"),
-    "huber": ("Huber (delta)", "quadratic near the center, linear beyond delta, per coordinate"),
-    "pseudo_huber": ("Pseudo-Huber (delta)", "smooth Huber, per coordinate"),
-    "correntropy": ("Correntropy (sigma)", "1 - exp(-d^2 / 2 sigma^2): ignores far outliers"),
-    "epsilon_insensitive": ("Epsilon-insensitive (epsilon)", "max(0, d - epsilon): no loss inside an epsilon-ball"),
-    "geometric_median": ("Geometric median", "Euclidean distance, center = geometric median"),
-    "cosine": ("Cosine (spherical k-means)", "1 - cos: for normalized / CLIP-like embeddings"),
-}
-LOSS_PARAM_NAME = {
-    "huber": "delta",
-    "pseudo_huber": "delta",
-    "correntropy": "sigma",
-    "epsilon_insensitive": "epsilon",
-}
-FORM_ONLY = ("features", "delegate")
-
-
-def _loss_choices():
-    view = types.DropdownView()
-    for name in clustering.available_losses():
-        label, description = LOSS_HELP.get(name, (name, ""))
-        view.add_choice(name, label=label, description=description)
-    return view
-
 
 def _method_choices():
     view = types.DropdownView()
@@ -93,16 +68,6 @@ def _features_inputs(ctx, inputs, target_view):
     return None, len(target_view)
 
 
-def _preprocessing_inputs(ctx, inputs):
-    inputs.bool("normalize", default=False, label="L2-normalize embeddings")
-    reductions = types.RadioGroup(orientation="horizontal")
-    for value, label in (("none", "None"), ("pca", "PCA"), ("umap", "UMAP")):
-        reductions.add_choice(value, label=label)
-    inputs.enum("reduction", reductions.values(), default="none", label="Reduce dimension before clustering", view=reductions)
-    if ctx.params.get("reduction", "none") != "none":
-        inputs.int("n_components", default=10, required=True, min=1, label="Dimensions after reduction")
-
-
 def _method_inputs(ctx, inputs, n_available):
     inputs.enum("method", available_methods(), default="generalized_kmeans", label="Method", view=_method_choices())
     method = get_method(ctx.params.get("method") or "generalized_kmeans")
@@ -114,47 +79,7 @@ def _method_inputs(ctx, inputs, n_available):
             prop.invalid = True
             prop.error_message = f"k={k} is larger than the {n_available} samples with embeddings"
 
-    if method.name == "generalized_kmeans":
-        inputs.enum("loss", clustering.available_losses(), default="squared", label="Loss", view=_loss_choices())
-        loss = ctx.params.get("loss") or "squared"
-        if loss in LOSS_PARAM_NAME:
-            pname = LOSS_PARAM_NAME[loss]
-            prop = inputs.float(
-                "loss_param",
-                label=f"{pname} (optional)",
-                description=(
-                    f"Leave empty for a data-driven {pname} computed from the typical "
-                    "distance to the nearest center, far outliers left out, re-estimated "
-                    "as the centers settle (the value and the rule used are stored in "
-                    "the run's config). The source documents' 1.0 is meaningless at "
-                    "embedding scale."
-                ),
-            )
-            value = Params(ctx.params, lenient=True).float("loss_param", None)
-            if value is not None and value <= 0:
-                prop.invalid = True
-                prop.error_message = f"{pname} must be > 0"
-        inputs.int("n_init", default=method.defaults["n_init"], min=1, label="Restarts (best objective kept)")
-        inputs.int("max_iter", default=100, min=1, label="Max iterations")
-        devices = types.RadioGroup(orientation="horizontal")
-        for value in ("auto", "cpu", "cuda"):
-            devices.add_choice(value, label=value)
-        inputs.enum("device", devices.values(), default="auto", label="Device", view=devices)
-    elif method.name in ("kmeans", "minibatch_kmeans"):
-        inputs.int("n_init", default=method.defaults["n_init"], min=1, label="Restarts")
-        inputs.int("max_iter", default=method.defaults["max_iter"], min=1, label="Max iterations")
-        if method.name == "minibatch_kmeans":
-            inputs.int("batch_size", default=1024, min=1, label="Batch size")
-    elif method.name == "birch":
-        inputs.float("threshold", default=0.5, label="Threshold (subcluster radius)")
-        inputs.int("branching_factor", default=50, min=2, label="Branching factor")
-    elif method.name == "agglomerative":
-        inputs.enum("linkage", ["ward", "complete", "average", "single"], default="ward", label="Linkage", view=types.DropdownView())
-    elif method.name == "hdbscan":
-        inputs.int("min_cluster_size", default=5, min=2, label="Min cluster size")
-        inputs.int("min_samples", label="Min samples (optional)")
-    if "random_state" in method.defaults:
-        inputs.int("random_state", default=51, label="Seed")
+    method_inputs(ctx, inputs, method)
     if method.can_assign:
         inputs.int(
             "fit_sample_size",
@@ -275,7 +200,7 @@ class ComputeClusters(foo.Operator):
         inputs = types.Object()
         target_view = ctx.target_view()
         _, n_available = _features_inputs(ctx, inputs, target_view)
-        _preprocessing_inputs(ctx, inputs)
+        preprocessing_inputs(ctx, inputs)
         _method_inputs(ctx, inputs, n_available)
         _output_inputs(ctx, inputs)
         add_delegate_input(inputs)

@@ -253,3 +253,67 @@ class Params:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             return self._fail(name, default, f"Parameter '{name}' must be a list of strings; got {value!r}")
         return list(value)
+
+
+def fmt(value, spec=".3f"):
+    """A number for display ("n/a" for None)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def preprocessing_inputs(ctx, inputs):
+    """Normalization and reduction before clustering."""
+    inputs.bool("normalize", default=False, label="L2-normalize embeddings")
+    reductions = types.RadioGroup(orientation="horizontal")
+    for value, label in (("none", "None"), ("pca", "PCA"), ("umap", "UMAP")):
+        reductions.add_choice(value, label=label)
+    inputs.enum("reduction", reductions.values(), default="none", label="Reduce dimension before clustering", view=reductions)
+    if ctx.params.get("reduction", "none") != "none":
+        inputs.int("n_components", default=10, required=True, min=1, label="Dimensions after reduction")
+
+
+LOSS_PARAM_HELP = (
+    "Leave empty for a data-driven {name} computed from the typical distance to the "
+    "nearest center, far outliers left out, re-estimated as the centers settle (the "
+    "value and the rule used are stored in the run's config). The source documents' "
+    "1.0 is meaningless at embedding scale."
+)
+
+
+def method_inputs(ctx, inputs, method, only=None, loss_param_help=LOSS_PARAM_HELP):
+    """The inputs of ``method``'s parameters (those named in ``only``, or all),
+    from its ``form`` (:class:`clustering.methods.MethodParam`) and
+    ``defaults``; losses and their parameters from the loss registry."""
+    import clustering
+
+    form = Params(ctx.params, lenient=True)
+    for param in method.form:
+        if only is not None and param.name not in only:
+            continue
+        default = method.defaults.get(param.name)
+        if param.kind == "loss":
+            view = types.DropdownView()
+            for name in clustering.available_losses():
+                loss = clustering.get_loss(name)
+                view.add_choice(name, label=loss.label or name, description=loss.summary)
+            inputs.enum(param.name, view.values(), default=default, label=param.label, view=view)
+        elif param.kind == "loss_param":
+            name = form.str("loss", method.defaults.get("loss"))
+            loss = clustering.get_loss(name) if name in clustering.available_losses() else None
+            if loss is None or loss.param_name is None:
+                continue
+            prop = inputs.float(
+                param.name, label=f"{loss.param_name} (optional)", description=loss_param_help.format(name=loss.param_name)
+            )
+            value = form.float(param.name, None)
+            if value is not None and value <= 0:
+                prop.invalid = True
+                prop.error_message = f"{loss.param_name} must be > 0"
+        elif param.kind == "choice":
+            view = types.DropdownView() if len(param.choices) > 3 else types.RadioGroup(orientation="horizontal")
+            for value in param.choices:
+                view.add_choice(value, label=value)
+            inputs.enum(param.name, view.values(), default=default, label=param.label, description=param.help, view=view)
+        else:
+            add = {"int": inputs.int, "float": inputs.float, "str": inputs.str, "bool": inputs.bool}[param.kind]
+            kwargs = {"min": param.minimum} if param.minimum is not None else {}
+            add(param.name, default=default, label=param.label, description=param.help, **kwargs)

@@ -15,9 +15,11 @@ from clustering import evaluation as ce
 from clustering import plots
 from clustering.methods import available_methods, get_method
 
-from .clusters import LOSS_PARAM_NAME, _loss_choices, _preprocessing_inputs
 from .common import (
     Params,
+    fmt,
+    method_inputs,
+    preprocessing_inputs,
     add_delegate_input,
     add_plot,
     execute_from_sdk,
@@ -66,10 +68,6 @@ def _config(name, label, description, delegatable=False):
         allow_immediate_execution=True,
         allow_delegated_execution=delegatable,
     )
-
-
-def _fmt(v, spec=".3f"):
-    return "n/a" if v is None else format(v, spec)
 
 
 def _table(columns):
@@ -124,15 +122,12 @@ class ChooseK(foo.Operator):
             if get_method(name).needs_k:
                 methods.add_choice(name, label=get_method(name).label)
         inputs.enum("method", methods.values(), default="generalized_kmeans", label="Method", view=methods)
-        method = ctx.params.get("method") or "generalized_kmeans"
-        if method == "generalized_kmeans":
-            inputs.enum("loss", clustering.available_losses(), default="squared", label="Loss", view=_loss_choices())
-            loss = ctx.params.get("loss") or "squared"
-            if loss in LOSS_PARAM_NAME:
-                inputs.float(
-                    "loss_param", label=f"{LOSS_PARAM_NAME[loss]} (optional)",
-                    description="Empty: data-driven value chosen at k_min and kept for every k, so objectives are comparable",
-                )
+        method = get_method(ctx.params.get("method") or "generalized_kmeans")
+        # the loss and its parameter (chosen once at k_min for the whole sweep)
+        method_inputs(
+            ctx, inputs, method, only=("loss", "loss_param"),
+            loss_param_help="Empty: data-driven value chosen at k_min and kept for every k, so objectives are comparable",
+        )
         inputs.int("k_min", default=2, min=1, required=True, label="Smallest k")
         kmax = inputs.int("k_max", default=10, min=3, required=True, label="Largest k")
         form = Params(ctx.params, lenient=True)
@@ -140,12 +135,12 @@ class ChooseK(foo.Operator):
         if k_max < k_min + 2:
             kmax.invalid = True
             kmax.error_message = "Sweep at least 3 values of k"
-        _preprocessing_inputs(ctx, inputs)
+        preprocessing_inputs(ctx, inputs)
         inputs.int(
             "sample_size", default=ce.DEFAULT_SAMPLE_SIZE, min=10, label="Silhouette sample size",
             description="Points scored (each against all points); exact when the dataset is smaller",
         )
-        inputs.int("n_init", default=get_method(method).defaults.get("n_init", 1), min=1, label="Restarts per k")
+        inputs.int("n_init", default=method.defaults.get("n_init", 1), min=1, label="Restarts per k")
         inputs.int("random_state", default=51, label="Seed")
         add_delegate_input(inputs)
         return types.Property(inputs, view=types.View(label="Choose k"))
@@ -192,12 +187,12 @@ def _render_choose_k(ctx, r):
     rows = [
         {
             "k": row["k"],
-            "objective": _fmt(row["objective"], ".5g"),
-            "silhouette": _fmt(row["silhouette"]),
-            "davies_bouldin": _fmt(row["davies_bouldin"]),
-            "calinski_harabasz": _fmt(row["calinski_harabasz"], ".4g"),
-            "stability": _fmt(row["stability"]),
-            "gap": _fmt(row["gap"]) + ("" if row["gap_se"] is None else f" ± {row['gap_se']:.3f}"),
+            "objective": fmt(row["objective"], ".5g"),
+            "silhouette": fmt(row["silhouette"]),
+            "davies_bouldin": fmt(row["davies_bouldin"]),
+            "calinski_harabasz": fmt(row["calinski_harabasz"], ".4g"),
+            "stability": fmt(row["stability"]),
+            "gap": fmt(row["gap"]) + ("" if row["gap_se"] is None else f" ± {row['gap_se']:.3f}"),
             "sizes": " ".join(str(s) for s in row["cluster_sizes"]),
         }
         for row in r["per_k"]
@@ -510,7 +505,7 @@ def _render_summary(ctx, r):
         f"#### Run `{r['run_key']}`: {m['num_clusters']} clusters of {m['num_clustered']} samples\n\n"
         f"{cfg.get('method')}" + (f", loss {cfg['loss']}" if cfg.get("loss") else "")
         + (f" ({cfg['loss_param']:.4g})" if cfg.get("loss_param") else "")
-        + f", embeddings `{cfg.get('embeddings_field') or 'array'}`; objective {_fmt(m['objective'], '.5g')}; "
+        + f", embeddings `{cfg.get('embeddings_field') or 'array'}`; objective {fmt(m['objective'], '.5g')}; "
         f"sizes {m['smallest_cluster']}–{m['largest_cluster']}"
         + (f"; {m['num_noise']} noise" if m["num_noise"] else "")
     )

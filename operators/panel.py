@@ -20,7 +20,7 @@ import clustering
 from clustering import browse, plots
 from clustering.runs import PLUGIN
 
-from .evaluation import _fmt
+from .common import fmt
 
 PAGE_SIZE = 10
 NUM_OUTLIERS = 50
@@ -52,27 +52,27 @@ def _header_markdown(overview):
     h = overview["header"]
     loss = h["loss"] or "squared distance"
     if h["loss_param"] is not None:
-        loss += f" ({_fmt(h['loss_param'], '.4g')})"
+        loss += f" ({fmt(h['loss_param'], '.4g')})"
     parts = [
         f"**{h['method']}**, loss {loss}",
         f"k = {h['k']}" if h["k"] is not None else None,
         f"{h['num_clusters']} clusters",
         f"{h['num_clustered']:,} samples clustered",
         f"{h['num_noise']:,} noise" if h["num_noise"] else None,
-        f"objective {_fmt(h['objective'], '.4g')}",
+        f"objective {fmt(h['objective'], '.4g')}",
     ]
     text = " · ".join(p for p in parts if p)
     ev = overview["evaluation"]
     if ev:
         text += (
-            f"  \nvs `{ev['gt_field']}` ({ev['num_evaluated']:,} samples): NMI {_fmt(ev['nmi'])} · "
-            f"ARI {_fmt(ev['ari'])} · accuracy {_fmt(ev['accuracy'])} · purity {_fmt(ev['purity'])}"
+            f"  \nvs `{ev['gt_field']}` ({ev['num_evaluated']:,} samples): NMI {fmt(ev['nmi'])} · "
+            f"ARI {fmt(ev['ari'])} · accuracy {fmt(ev['accuracy'])} · purity {fmt(ev['purity'])}"
         )
     return text
 
 
 def _card_markdown(row):
-    lines = [f"**{row['name']}**" if row.get("name") else None, f"{row['size']:,} samples", f"compactness {_fmt(row['compactness'], '.4g')}"]
+    lines = [f"**{row['name']}**" if row.get("name") else None, f"{row['size']:,} samples", f"compactness {fmt(row['compactness'], '.4g')}"]
     if row.get("majority_class") is not None:
         lines.append(f"{row['majority_class']} ({100 * row['purity']:.0f}%)")
     return "  \n".join(line for line in lines if line)

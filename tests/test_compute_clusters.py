@@ -478,3 +478,57 @@ def test_form_offers_fit_sample_size_to_methods_that_assign(pixel_dataset, plugi
     )
     assert results.config.streamed and results.config.num_fit == 100
     assert pixel_dataset.count("f_cluster") == len(pixel_dataset)
+
+
+@pytest.fixture
+def restored_registries():
+    """Losses and methods a test registers are removed after it."""
+    from clustering import losses, methods
+
+    saved = dict(losses._REGISTRY), dict(losses._ALIASES), dict(methods._METHODS)
+    yield
+    for registry, before in zip((losses._REGISTRY, losses._ALIASES, methods._METHODS), saved):
+        registry.clear()
+        registry.update(before)
+
+
+def test_a_registered_loss_and_method_get_their_forms(pixel_dataset, restored_registries):
+    """Forms come from the registries: nothing in operators/ names a loss or a method."""
+    import torch
+
+    from clustering.losses import CoordinateLoss, register_loss
+    from clustering.methods import ClusteringMethod, MethodParam, _mean_output, register_method
+
+    class TrimmedLoss(CoordinateLoss):
+        name = "test_trimmed"
+        label = "Trimmed L1 (tau)"
+        summary = "L1 capped at tau per coordinate"
+        param_name = "tau"
+
+        def rho(self, r, param):
+            return torch.clamp(r.abs(), max=param if param is not None else 1.0)
+
+    register_loss(TrimmedLoss)
+    props = form("compute_clusters", pixel_dataset, {"embeddings": "pixels", "loss": "test_trimmed"})
+    choices = {c["value"]: c for c in props["loss"]["view"]["choices"]}
+    assert choices["test_trimmed"]["label"] == "Trimmed L1 (tau)"
+    assert choices["test_trimmed"]["description"] == "L1 capped at tau per coordinate"
+    assert props["loss_param"]["view"]["label"] == "tau (optional)"
+    assert "loss_param" not in form("compute_clusters", pixel_dataset, {"embeddings": "pixels", "loss": "absolute"})
+
+    class FirstDims(ClusteringMethod):
+        name = "test_first_dims"
+        label = "Cluster by the sign of the first coordinates"
+        defaults = {"dims": 2, "shift": 0.5}
+        form = (MethodParam("dims", "Coordinates used", "int", minimum=1), MethodParam("shift", "Shift", "float"))
+
+        def fit(self, X, k, params, progress=None):
+            codes = (X[:, : params["dims"]] > params["shift"]).astype(int) @ (2 ** np.arange(params["dims"]))
+            return _mean_output(X, np.unique(codes, return_inverse=True)[1] % k, params)
+
+    register_method(FirstDims())
+    props = form("compute_clusters", pixel_dataset, {"embeddings": "pixels", "method": "test_first_dims"})
+    assert props["dims"]["default"] == 2 and props["dims"]["view"]["label"] == "Coordinates used"
+    assert props["shift"]["default"] == 0.5 and "loss" not in props
+    results = clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3, method="test_first_dims", dims=3)
+    assert results.config.dims == 3 and results.config.method == "test_first_dims"
