@@ -19,6 +19,7 @@ from . import runs as cr
 from . import storage
 from . import writer
 from .methods import get_method
+from .model import RunModel
 from .progress import progress_or_bar, scaled
 
 DEFAULT_NUM_REPRESENTATIVES = 5
@@ -391,6 +392,7 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     out = method.fit(X, k, params, progress=scaled(progress, 0.1, 0.45))
     fitted = len(X)
     del X
+    model = RunModel.fitted(out, transform)
     timings["cluster_s"] = time.perf_counter() - t0
 
     parts = {"ids": [], "sample_ids": [], "missing": [], "labels": [], "losses": []}
@@ -401,7 +403,7 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
         timings["read_s"] += t0 - t_read
         if len(chunk.ids):
             cf.check_magnitude(chunk.X, source.description)
-            labels, losses = method.assign(out, transform.transform(chunk.X, copy=not source.in_place))
+            labels, losses = model.assign(transform.transform(chunk.X, copy=not source.in_place))
             parts["labels"].append(labels)
             parts["losses"].append(losses)
         parts["ids"].append(chunk.ids)

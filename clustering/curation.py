@@ -39,11 +39,10 @@ import numpy as np
 
 from . import features as cf
 from . import runs as cr
-from . import storage
 from . import writer
 from .api import patches_field_of
+from .model import RunModel
 from .names import HAND_WRITTEN, default_name_field
-from .losses import get_loss
 from .methods import get_method
 
 # clusters listed by name in an error message
@@ -97,7 +96,8 @@ def merge_clusters(samples, run_key, clusters):
         loss, param = edit.loss()
         # from the best of the old centers (a non-convex loss such as correntropy
         # has local minimizers)
-        start = edit.centers[ids][np.argmin(_pairwise(loss, param, X, edit.centers[ids]).sum(axis=0))]
+        candidates = RunModel(loss.name, param, edit.centers[ids], None)
+        start = edit.centers[ids][np.argmin(candidates.losses(X).sum(axis=0))]
         centers, losses = _minimizers(loss, param, X, np.zeros(len(members), dtype=np.int64), start[None])
         edit.labels[members] = target
         edit.losses[members] = losses
@@ -172,17 +172,16 @@ def assign_new_samples(samples, run_key):
         if patches_field_of(samples) != getattr(config, "patches_field", None):
             what = f"a patches view of '{config.patches_field}'" if config.patches_field else "images, not patches"
             raise ValueError(f"Run '{run_key}' clusters {what}; pass such a collection")
-        field = edit.embeddings_field()
+        model = edit.model
+        field = model._field("assign_new_samples")
         cf.validate_embeddings_field(samples, field)
         known = set(edit.ids)
         new_ids = [i for i in samples.exists(field).values("id") if i not in known]
         if not new_ids:
             return 0
-        X = edit.transform(samples.select(new_ids), new_ids)
-        loss, param = edit.loss()
-        live = np.asarray(edit.cluster_ids(), dtype=np.int64)
-        nearest = live[np.argmin(_pairwise(loss, param, X, edit.centers[live]), axis=1)]
-        edit.append(new_ids, nearest, _losses_to(loss, param, X, edit.centers[nearest]))
+        _, X = model.features(samples.select(new_ids), new_ids, "assign_new_samples")
+        nearest, losses = model.assign(X)
+        edit.append(new_ids, nearest, losses)
         edit.touched.update(int(c) for c in np.unique(nearest))
         edit.save({}, {"assigned": len(new_ids)})
         return len(new_ids)
@@ -269,14 +268,6 @@ def _tensor(X):
     return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
 
 
-def _pairwise(loss, param, X, C, chunk=4096):
-    """(n, k) loss of every row of X to every row of C."""
-    Ct = _tensor(C)
-    return np.concatenate(
-        [loss.pairwise(_tensor(X[s : s + chunk]), Ct, param).double().numpy() for s in range(0, len(X), chunk)]
-    )
-
-
 def _losses_to(loss, param, X, C):
     """Loss of each row of X to the matching row of C."""
     return loss.loss(_tensor(X), _tensor(C), param).double().numpy()
@@ -310,55 +301,12 @@ class _Edit(writer.RunEdit):
 
     def loss(self):
         """The run's loss and its parameter (scikit-learn methods: squared)."""
-        return get_loss(getattr(self.config, "loss", None) or "squared"), getattr(self.config, "loss_param", None)
+        return self.model.loss, self.model.loss_param
 
-    def embeddings_field(self):
-        """The run's embeddings field, refusing runs whose features cannot be rebuilt."""
-        field = getattr(self.config, "embeddings_field", None)
-        if not field:
-            raise ValueError(
-                f"Run '{self.run_key}' was clustered on an embeddings array passed in Python, "
-                f"not on a field, so {self.action} cannot read its features; store the array "
-                "in a vector field and recompute the run with embeddings=<field>"
-            )
-        if (getattr(self.config, "reduction", None) or "none") == "umap":
-            raise ValueError(
-                f"Run '{self.run_key}' reduced its embeddings with UMAP, which cannot be "
-                f"re-applied outside the process that fitted it, so {self.action} cannot map "
-                "samples into its feature space; recompute the run with reduction 'pca' or 'none'"
-            )
-        return field
-
-    def transform(self, collection, ids):
-        """The run's features (normalized / reduced as the run did) of ``ids``
-        of ``collection``, in that order."""
-        field = self.embeddings_field()
-        found, X, _ = storage.read_embeddings(collection, field)
-        row = dict(zip(found, range(len(found))))
-        lost = [i for i in ids if i not in row]
-        if lost:
-            raise ValueError(
-                f"{len(lost)} samples of run '{self.run_key}' no longer exist or have no "
-                f"embeddings in '{field}'; recompute the run"
-            )
-        X = X[[row[i] for i in ids]]
-        expected = getattr(self.config, "input_dim", X.shape[1])
-        if X.shape[1] != expected:
-            raise ValueError(
-                f"The embeddings in '{field}' have dimension {X.shape[1]} but run "
-                f"'{self.run_key}' clustered dimension {expected}; recompute the run"
-            )
-        results = self.results
-        transform = cf.FeatureTransform.from_state(
-            self.config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
-        )
-        if transform.reduction == "pca" and transform.pca_components_ is None:
-            raise ValueError(f"Run '{self.run_key}' does not store its PCA; recompute the run")
-        return transform.transform(X)
+    def _load(self):
+        super()._load()
+        self.model = RunModel.of(self.results)  # the run's features and loss, as loaded
 
     def features(self, rows):
         """The run's features of its samples at positions ``rows``."""
-        ids = [self.ids[i] for i in rows]
-        patches_field = getattr(self.config, "patches_field", None)
-        collection = self.dataset.to_patches(patches_field) if patches_field else self.dataset
-        return self.transform(collection.select(ids), ids)
+        return self.model.run_features(self.dataset, [self.ids[i] for i in rows], self.action)

@@ -979,6 +979,29 @@ class GeneralizedKMeans:
         engine, C = self._engine_for(X)
         return engine.losses_to(C).cpu().numpy()
 
+    def assign(self, X):
+        """``(labels, losses)``: the center of smallest loss for each sample of
+        X (int64) and the loss to it (computed directly, as ``sample_losses_``)."""
+        engine, C = self._engine_for(X)
+        labels = engine.assign(C)[0]
+        return labels.cpu().numpy().astype(np.int64), engine.exact_losses(C, labels).cpu().numpy()
+
+    @classmethod
+    def from_centers(cls, centers, loss="squared", loss_param=None, device="auto", dtype="float32"):
+        """A fitted estimator whose clusters are ``centers`` (k, d) under
+        ``loss`` (its parameter, if any, given): ``predict``, ``transform`` and
+        ``assign`` work as after ``fit`` (a stored run's centers, say)."""
+        centers = np.asarray(centers)
+        km = cls(len(centers), loss=loss, loss_param=loss_param, device=device, dtype=dtype)
+        km._loss = get_loss(loss)
+        km.loss_param_ = km._loss.check_param(loss_param)
+        if km.loss_param_ is None and km._loss.param_name is not None:
+            raise ValueError(f"loss '{loss}' needs its {km._loss.param_name} (loss_param) to assign samples")
+        km._device = _resolve_device(device, None)
+        km.cluster_centers_ = _as_tensor(centers, torch.device("cpu"), _resolve_dtype(dtype), "centers").numpy()
+        km.n_features_in_ = centers.shape[1]
+        return km
+
     def representatives(self, n=1):
         """For each cluster j, the indices (int64) of its up to ``n`` samples of
         smallest loss to center j, ascending by loss (empty for empty clusters)."""

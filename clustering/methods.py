@@ -40,16 +40,16 @@ class ClusteringOutput:
     objective_history: list = field(default_factory=list)
     n_iter: int = None
     params: dict = field(default_factory=dict)
-    model: object = None  # what ``ClusteringMethod.assign`` needs of the fit
 
 
 class ClusteringMethod:
     """Base class: ``name``, ``label``, ``needs_k``, ``defaults`` (the
     method's own parameters and their default values), ``form`` (the
     :class:`MethodParam` of those shown in the App's forms, in order) and
-    ``can_assign`` (whether :meth:`assign` maps samples outside the fit to
-    its clusters). A method registered with :func:`register_method` gets its
-    form from ``form``."""
+    ``can_assign`` (whether its clusters are nearest-center clusters, so
+    that samples outside a fit are assigned to the center of smallest loss by
+    :class:`clustering.model.RunModel`). A method registered with
+    :func:`register_method` gets its form from ``form``."""
 
     name = None
     label = None
@@ -73,11 +73,6 @@ class ClusteringMethod:
     def fit(self, X, k, params, progress=None):
         raise NotImplementedError
 
-    def assign(self, out, X):
-        """``(labels, losses)`` of new rows ``X`` under the fitted ``out``: the
-        center of smallest loss and the loss to it, as the fit defines them."""
-        raise NotImplementedError(f"Method '{self.name}' cannot assign samples outside its fit")
-
 
 def _mean_centers(X, labels, k):
     centers = np.zeros((k, X.shape[1]), dtype=np.float64)
@@ -87,24 +82,10 @@ def _mean_centers(X, labels, k):
     return centers.astype(np.float32)
 
 
-def _assign_to_means(centers, X):
-    """Nearest cluster mean (squared Euclidean distance) and that distance."""
-    C = np.asarray(centers, dtype=np.float32)
-    scores = X @ C.T
-    scores *= -2.0
-    scores += (C * C).sum(axis=1)
-    labels = np.argmin(scores, axis=1).astype(np.int64)
-    losses = ((X - C[labels]) ** 2).sum(axis=1)
-    return labels, losses
-
-
 class _MeanCentersMethod(ClusteringMethod):
     """A method whose clusters are represented by their means (k-means)."""
 
     can_assign = True
-
-    def assign(self, out, X):
-        return _assign_to_means(out.centers, X)
 
 
 def _mean_output(X, labels, params, n_iter=None):
@@ -174,17 +155,7 @@ class GeneralizedKMeansMethod(ClusteringMethod):
             objective_history=[float(v) for v in model.objective_history_],
             n_iter=int(model.n_iter_),
             params=used,
-            model=model,
         )
-
-    def assign(self, out, X):
-        import torch
-
-        model = out.model
-        labels = model.predict(X)
-        C = torch.as_tensor(model.cluster_centers_)
-        losses = get_loss(model.loss).loss(torch.from_numpy(X), C[torch.from_numpy(labels)], model.loss_param_)
-        return labels, losses.numpy()
 
 
 class KMeansMethod(_MeanCentersMethod):

@@ -183,6 +183,17 @@ def run_document(dataset, run_key):
     )
 
 
+def refresh(dataset):
+    """Reloads the dataset's document (its runs and schema) when another
+    process changed it since this process loaded it."""
+    import fiftyone.core.odm as foo
+
+    stored = foo.get_db_conn().datasets.find_one({"_id": dataset._doc.id}, {"last_modified_at": 1}) or {}
+    mine, theirs = dataset._doc.last_modified_at, stored.get("last_modified_at")
+    if mine is None or theirs is None or abs((mine - theirs).total_seconds()) >= 1e-3:
+        dataset._reload(hard=True)
+
+
 def get_clustering_run_config(samples, run_key):
     """The run's config as stored now, with a clear error when the key is not
     a clustering run. The dataset's run documents are reloaded first when
@@ -191,7 +202,7 @@ def get_clustering_run_config(samples, run_key):
     doc = run_document(dataset, run_key)
     known = dataset._doc.runs.get(run_key)
     if (doc is None) != (known is None) or (doc is not None and getattr(known, "config", None) != doc["config"]):
-        dataset._reload(hard=True)
+        refresh(dataset)
     if run_key not in dataset.list_runs():
         raise ValueError(
             f"No run with key '{run_key}' on dataset '{dataset.name}'; "

@@ -273,7 +273,7 @@ def claimed(samples, run_key, action, wait=0.0, allow_interrupted=False):
     try:
         if claim.found_journal and not allow_interrupted:
             raise RunInterruptedError(interrupted_message(run_key, claim.found_journal))
-        dataset._reload(hard=True)
+        cr.refresh(dataset)
         yield claim
     finally:
         claim.release()
@@ -299,7 +299,7 @@ def latest_results(samples, run_key, reuse=True):
     if doc.get("results") is None:
         raise ValueError(f"Run '{run_key}' has no stored results (it was interrupted while computing)")
     if getattr(dataset._doc.runs[run_key].results, "grid_id", None) != doc["results"]:
-        dataset._reload(hard=True)  # another process stored new results
+        dataset._doc.runs[run_key].reload()  # another process stored new results
     results = dataset.load_run_results(run_key, cache=False)
     if not isinstance(results, cr.ClusteringResults):  # stored by an older class
         results = cr.ClusteringResults._from_dict(
@@ -820,7 +820,7 @@ def check_run(samples, run_key, repair=False, progress=None):
     if journal:
         report["journal"] = {k: journal.get(k) for k in ("action", "params", "started_at")}
         report["problems"].append(interrupted_message(run_key, journal))
-    dataset._reload(hard=True)
+    cr.refresh(dataset)
     if run_key not in dataset.list_runs():
         if not journal:
             report["problems"].append(f"No run with key '{run_key}'")

@@ -1,0 +1,136 @@
+"""A run's fitted model: how its features are made and where its clusters are.
+
+:class:`RunModel` is the one implementation that maps samples to a run's
+clusters: the streamed assignment of ``compute_clusters``,
+``assign_new_samples``, the curation actions and the evaluation read their
+features and assign through it. It holds
+
+- the feature transform (the run's embeddings field, or the samples of a
+  patches field, then its normalization / reduction,
+  :class:`clustering.features.FeatureTransform`);
+- its clusters' centers (NaN rows for the ids a merge or split retired) and
+  its loss with its parameter (squared for the scikit-learn methods).
+
+It is built from a fit (:meth:`RunModel.fitted`) or from a stored run
+(:meth:`RunModel.of`), whose config and results hold everything it needs.
+"""
+
+import numpy as np
+
+from . import features as cf
+from . import storage
+from .losses import get_loss
+
+
+class RunModel:
+    """A run's features and clusters (see the module docstring)."""
+
+    def __init__(self, loss, loss_param, centers, transform, embeddings_field=None, patches_field=None,
+                 input_dim=None, run_key=None):
+        self.loss = get_loss(loss or "squared")
+        self.loss_param = loss_param
+        self.centers = np.asarray(centers, dtype=np.float32)
+        self.transform = transform
+        self.embeddings_field = embeddings_field
+        self.patches_field = patches_field
+        self.input_dim = input_dim
+        self.run_key = run_key
+        self._predictor = None
+
+    @classmethod
+    def of(cls, results):
+        """The model of a stored run (its :class:`clustering.runs.ClusteringResults`)."""
+        config = results.config
+        transform = cf.FeatureTransform.from_state(
+            config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
+        )
+        return cls(
+            getattr(config, "loss", None), getattr(config, "loss_param", None), results.centers, transform,
+            getattr(config, "embeddings_field", None), getattr(config, "patches_field", None),
+            getattr(config, "input_dim", None), results.key,
+        )
+
+    @classmethod
+    def fitted(cls, out, transform):
+        """The model of a fit: a method's output and the fitted transform."""
+        params = out.params
+        return cls(params.get("loss"), params.get("loss_param"), out.centers, transform)
+
+    # ------------------------------------------------------------ clusters
+
+    @property
+    def live(self):
+        """The ids of the clusters that exist (a finite center)."""
+        return np.flatnonzero(np.isfinite(self.centers).all(axis=1))
+
+    def _estimator(self):
+        if self._predictor is None:
+            from .kmeans import GeneralizedKMeans
+
+            self._predictor = GeneralizedKMeans.from_centers(
+                self.centers[self.live], self.loss.name, self.loss_param
+            )
+        return self._predictor
+
+    def assign(self, X):
+        """``(labels, losses)``: the live cluster of smallest loss for each row
+        of ``X`` (features, as :meth:`features` gives them) and the loss to it."""
+        if not len(X):
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        local, losses = self._estimator().assign(X)
+        return self.live[local], losses.astype(np.float64)
+
+    def losses(self, X):
+        """``(n, k)`` loss of each row of ``X`` to each live cluster (columns
+        in the order of :attr:`live`)."""
+        return self._estimator().transform(X).astype(np.float64)
+
+    # ------------------------------------------------------------ features
+
+    def _field(self, action):
+        """The embeddings field, refusing runs whose features cannot be rebuilt."""
+        if not self.embeddings_field:
+            raise ValueError(
+                f"Run '{self.run_key}' was clustered on an embeddings array passed in Python, "
+                f"not on a field, so {action} cannot read its features; store the array "
+                "in a vector field and recompute the run with embeddings=<field>"
+            )
+        if self.transform.reduction == "umap" and self.transform._umap is None:
+            raise ValueError(
+                f"Run '{self.run_key}' reduced its embeddings with UMAP, which cannot be "
+                f"re-applied outside the process that fitted it, so {action} cannot map "
+                "samples into its feature space; recompute the run with reduction 'pca' or 'none'"
+            )
+        if self.transform.reduction == "pca" and self.transform.pca_components_ is None:
+            raise ValueError(f"Run '{self.run_key}' does not store its PCA; recompute the run")
+        return self.embeddings_field
+
+    def features(self, samples, ids=None, action="this action"):
+        """``(ids, X)``: the run's features (its embeddings field, transformed
+        as the run did) of the samples of ``samples`` that have them (labels,
+        for a patches view), or of exactly ``ids`` in that order (an error
+        names those without)."""
+        field = self._field(action)
+        found, X, _ = storage.read_embeddings(samples, field)
+        if ids is not None:
+            row = dict(zip(found, range(len(found))))
+            lost = [i for i in ids if i not in row]
+            if lost:
+                raise ValueError(
+                    f"{len(lost)} samples of run '{self.run_key}' no longer exist or have no "
+                    f"embeddings in '{field}'; recompute the run"
+                )
+            X, found = X[[row[i] for i in ids]], list(ids)
+        expected = self.input_dim or X.shape[1]
+        if X.shape[1] != expected:
+            raise ValueError(
+                f"The embeddings in '{field}' have dimension {X.shape[1]} but run "
+                f"'{self.run_key}' clustered dimension {expected}; recompute the run"
+            )
+        return found, self.transform.transform(X)
+
+    def run_features(self, dataset, ids, action="this action"):
+        """The features of the run's samples (labels, for a run on patches)
+        ``ids`` of ``dataset``, in that order."""
+        collection = dataset.to_patches(self.patches_field) if self.patches_field else dataset
+        return self.features(collection.select(list(ids)), ids, action)[1]
