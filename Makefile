@@ -39,6 +39,7 @@ bench: venv
 	$(PY) bench/bench_embeddings.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_quality.py  # Fashion-MNIST from Debian's dataset-fashion-mnist, skipped without it
+	$(PY) bench/bench_writer.py   # two writers of one run, kill -9 during writes
 
 # Link this checkout into your own FiftyOne plugins directory.
 install-plugin: venv
