@@ -46,7 +46,7 @@ _LAZY = {
     "silhouette_analysis": "evaluation",
     "plot_silhouette": "evaluation",
     "visualize_run": "evaluation",
-    "run_summary": "evaluation",
+    "run_summary": "browse",
     "feature_maps": "activations",
     "compute_feature_heatmaps": "activations",
 }

@@ -492,8 +492,31 @@ def get_run_info(samples, run_key):
         "timestamp": str(info.timestamp),
         "version": info.version,
         "config": config,
-        "summary": results.summary() if results else None,
+        "summary": _summary(samples, run_key) if results else None,
         "timings": results.timings if results else None,
+    }
+
+
+def _summary(samples, run_key):
+    """Clusters (size, name, representative), objective and counts of a run,
+    from its read model (:func:`clustering.browse.run_overview`)."""
+    from .browse import run_overview
+
+    overview = run_overview(samples._root_dataset, run_key, num_thumbnails=1)
+    h = overview["header"]
+    return {
+        "num_clusters": h["num_clusters"],
+        "num_clustered": h["num_clustered"],
+        "num_noise": h["num_noise"],
+        "objective": h["objective"],
+        "clusters": [
+            {
+                "cluster": r["cluster"], "size": r["size"], "name": r["name"],
+                "representative": r["thumbnails"][0]["id"] if r["thumbnails"] else None,
+                "representative_filepath": r["thumbnails"][0]["filepath"] if r["thumbnails"] else None,
+            }
+            for r in overview["clusters"]
+        ],
     }
 
 

@@ -108,24 +108,17 @@ def _evaluation(rows, gt_field):
     y_pred = np.repeat([r["_id"]["cluster"] for r in kept], counts)
     y_true = np.repeat(np.array([r["_id"]["value"] for r in kept], dtype=object), counts)
     y_true = y_true.astype(type(kept[0]["_id"]["value"]))
-    purity, per_cluster = cm.purity(y_true, y_pred)
-    return {
-        "gt_field": gt_field,
-        "num_evaluated": int(counts.sum()),
-        "nmi": cm.nmi(y_true, y_pred),
-        "ari": cm.ari(y_true, y_pred),
-        "accuracy": float(cm.matched_accuracy(y_true, y_pred)),
-        "purity": purity,
-        "per_cluster": {r["cluster"]: r for r in per_cluster},
-    }
+    scores = cm.scores(y_true, y_pred)
+    scores["per_cluster"] = {r["cluster"]: r for r in scores["per_cluster"]}
+    return {"gt_field": gt_field, "num_evaluated": int(counts.sum()), **scores}
 
 
 def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THUMBNAILS):
     """A run's header and per-cluster rows, from its fields in one aggregation.
 
     Args:
-        samples: the dataset (or any collection of it: the run's fields are
-            read on the whole dataset, as the run's views show them)
+        samples: the dataset, or a view of it (only its samples count); a
+            run on patches is read on the whole dataset
         run_key: a clustering run
         gt_field: optional ground-truth field (``Classification`` or string /
             int): adds NMI, ARI, accuracy, purity and each cluster's majority
@@ -149,7 +142,9 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
     if gt_field:
         cr.require_sample_run(config, run_key, "evaluation against ground truth")
         gt_path = _gt_path(dataset, gt_field)
-    result = dataset.aggregate(_Pipeline(_facets(config, num_thumbnails, gt_path)))
+    # a run on patches is read on its dataset's labels; one on images on ``samples``
+    collection = dataset if getattr(config, "patches_field", None) else samples
+    result = collection.aggregate(_Pipeline(_facets(config, num_thumbnails, gt_path)))
     groups = {int(g["_id"]): g for g in result.get("clusters", [])}
 
     thumbnails = {}
@@ -291,3 +286,62 @@ def map_chart(samples, run_key, brain_key, max_points=MAP_MAX_POINTS, random_sta
         points[keep], labels, f"Map '{brain_key}' colored by run '{run_key}'", max_points=max_points, ids=ids[keep].tolist()
     )
     return figure, int(keep.sum())
+
+
+def run_summary(samples, run_key, gt_field=None, num_thumbnails=3, silhouette=False, sample_size=None):
+    """A compact report of a run (its samples in ``samples``), from its read
+    model (:func:`run_overview`): config, per-cluster size / name / mean loss
+    / representatives (ids, filepaths, App media URLs), and metrics
+    (objective; silhouette when ``silhouette=True``; NMI / ARI / accuracy /
+    purity when ``gt_field`` is given)."""
+    from .evaluation import DEFAULT_SAMPLE_SIZE, silhouette_analysis
+
+    overview = run_overview(samples, run_key, gt_field=gt_field, num_thumbnails=num_thumbnails)
+    config = cr.get_clustering_run_config(samples, run_key)
+    sil = None
+    if silhouette:
+        sil = silhouette_analysis(samples, run_key, sample_size=sample_size or DEFAULT_SAMPLE_SIZE)
+        sil_by = {c["cluster"]: c["mean"] for c in sil["clusters"]}
+    clusters = []
+    for r in overview["clusters"]:
+        row = {
+            "cluster": r["cluster"], "name": r["name"], "size": r["size"], "mean_loss": r["compactness"],
+            "representatives": r["thumbnails"],
+        }
+        if "purity" in r:
+            row["majority_class"], row["purity"] = r["majority_class"], r["purity"]
+        if sil is not None:
+            row["silhouette"] = sil_by.get(r["cluster"])
+        clusters.append(row)
+    h = overview["header"]
+    sizes = [r["size"] for r in clusters]
+    metrics = {
+        "objective": h["objective"],
+        "num_clusters": h["num_clusters"],
+        "num_clustered": h["num_clustered"],
+        "num_noise": h["num_noise"],
+        "largest_cluster": max(sizes, default=0),
+        "smallest_cluster": min(sizes, default=0),
+    }
+    if sil is not None:
+        metrics["silhouette"] = sil["silhouette"]
+    ev = overview["evaluation"]
+    if ev:
+        metrics.update({k: ev[k] for k in ("gt_field", "num_evaluated", "nmi", "ari", "accuracy", "purity")})
+    cfg = {
+        k: getattr(config, k, None)
+        for k in ("method", "k", "loss", "loss_param", "embeddings_field", "source", "normalize", "reduction", "n_components", "label_field", "loss_field", "rep_field")
+    }
+    return {
+        "run_key": run_key,
+        "config": {k: v for k, v in cfg.items() if v is not None},
+        "metrics": metrics,
+        "clusters": clusters,
+        "galleries": (
+            f"Operator 'load_run_view' (or clustering.load_run_view(dataset, '{run_key}', ...)) "
+            "shows a cluster's images nearest its center first (cluster=c), every "
+            "cluster's representatives (representatives=True) or the images farthest from "
+            f"their center (outliers=N); sort any view by '{config.loss_field}' yourself, or "
+            f"filter by '{config.label_field}' in the sidebar."
+        ),
+    }

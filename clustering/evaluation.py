@@ -12,7 +12,6 @@ The math lives in :mod:`clustering.metrics`.
 * :func:`silhouette_analysis` / :func:`plot_silhouette`: per-cluster silhouettes
 * :func:`visualize_run`: a FiftyOne Brain 2-d map (UMAP / t-SNE / PCA) of a
   run's features, for the App's Embeddings panel colored by the run's cluster field
-* :func:`run_summary`: sizes, names, representatives (thumbnails) and metrics
 """
 
 from urllib.parse import quote
@@ -386,7 +385,8 @@ def evaluate_run(samples, run_key, gt_field="ground_truth"):
 
     y_pred = labels[use]
     y_true = np.array([v for v, u in zip(y, use) if u])
-    overall_purity, rows = cm.purity(y_true, y_pred)
+    scores = cm.scores(y_true, y_pred)
+    rows = scores.pop("per_cluster")
     mapping = cm.match_labels(y_pred, y_true)
     names = getattr(results, "names", None) or {}
     for r in rows:
@@ -403,10 +403,7 @@ def evaluate_run(samples, run_key, gt_field="ground_truth"):
         "note": note,
         "num_clusters": len(clusters),
         "num_classes": len(classes),
-        "nmi": cm.nmi(y_true, y_pred),
-        "ari": cm.ari(y_true, y_pred),
-        "accuracy": float(cm.matched_accuracy(y_true, y_pred)),
-        "purity": overall_purity,
+        **scores,
         "per_cluster": rows,
         "mapping": {str(c): t for c, t in mapping.items()},
         "contingency": {"rows": clusters, "cols": classes, "counts": counts.tolist()},
@@ -711,78 +708,3 @@ def visualize_run(samples, run_key, method="umap", brain_key=None, num_dims=2, f
 def media_url(filepath):
     """URL under which the FiftyOne App server serves a local media file."""
     return "/media?filepath=" + quote(filepath, safe="")
-
-
-def run_summary(samples, run_key, gt_field=None, num_thumbnails=3, silhouette=False, sample_size=DEFAULT_SAMPLE_SIZE):
-    """A compact report of a run: config, per-cluster size / name / mean loss /
-    representatives (ids, filepaths, App media URLs), and metrics (objective;
-    silhouette when ``silhouette=True``; NMI / ARI / accuracy / purity when
-    ``gt_field`` is given)."""
-    results, ids, labels = _run_labels(samples, run_key)
-    config = results.config
-    names = getattr(results, "names", None) or {}
-    losses = np.asarray(results.sample_losses, dtype=np.float64)
-    if samples is not samples._root_dataset:
-        keep = set(ids)
-        losses = losses[[i in keep for i in results.sample_ids]]
-    rep_ids = [i for c in results.cluster_ids() for i in (results.representatives.get(str(c)) or [])[:num_thumbnails]]
-    paths = {}
-    if rep_ids:
-        rid, rpath = samples._root_dataset.select(rep_ids).values(["id", "filepath"])
-        paths = dict(zip(rid, rpath))
-    sil = None
-    if silhouette:
-        sil = silhouette_analysis(samples, run_key, sample_size=sample_size)
-        sil_by = {c["cluster"]: c["mean"] for c in sil["clusters"]}
-    clusters = []
-    for c in results.cluster_ids():
-        m = labels == c
-        reps = [i for i in (results.representatives.get(str(c)) or [])[:num_thumbnails] if i in paths]
-        row = {
-            "cluster": c,
-            "name": names.get(str(c)),
-            "size": int(m.sum()),
-            "mean_loss": _float(np.nanmean(losses[m])) if m.any() else None,
-            "representatives": [{"id": i, "filepath": paths[i], "url": media_url(paths[i])} for i in reps],
-        }
-        if sil is not None:
-            row["silhouette"] = sil_by.get(c)
-        clusters.append(row)
-    sizes = [r["size"] for r in clusters if r["size"]]
-    metrics = {
-        "objective": _float(getattr(results, "objective", None)),
-        "num_clusters": len(clusters),
-        "num_clustered": int(len(labels)),
-        "num_noise": int((labels < 0).sum()),
-        "largest_cluster": max(sizes) if sizes else 0,
-        "smallest_cluster": min(sizes) if sizes else 0,
-    }
-    if sil is not None:
-        metrics["silhouette"] = sil["silhouette"]
-    if gt_field:
-        ev = evaluate_run(samples, run_key, gt_field=gt_field)
-        metrics.update({k: ev[k] for k in ("nmi", "ari", "accuracy", "purity")})
-        metrics["gt_field"] = gt_field
-        metrics["evaluation_note"] = ev["note"]
-        purity_by = {r["cluster"]: r for r in ev["per_cluster"]}
-        for row in clusters:
-            p = purity_by.get(row["cluster"])
-            if p:
-                row["majority_class"], row["purity"] = p["majority_class"], p["purity"]
-    cfg = {
-        k: getattr(config, k, None)
-        for k in ("method", "k", "loss", "loss_param", "embeddings_field", "source", "normalize", "reduction", "n_components", "label_field", "loss_field", "rep_field")
-    }
-    return {
-        "run_key": run_key,
-        "config": {k: v for k, v in cfg.items() if v is not None},
-        "metrics": metrics,
-        "clusters": clusters,
-        "galleries": (
-            f"Operator 'load_run_view' (or clustering.load_run_view(dataset, '{run_key}', ...)) "
-            "shows a cluster's images nearest its center first (cluster=c), every "
-            "cluster's representatives (representatives=True) or the images farthest from "
-            f"their center (outliers=N); sort any view by '{config.loss_field}' yourself, or "
-            f"filter by '{config.label_field}' in the sidebar."
-        ),
-    }

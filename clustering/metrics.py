@@ -364,3 +364,17 @@ def ari(a, b):
     from sklearn.metrics import adjusted_rand_score
 
     return float(adjusted_rand_score(a, b))
+
+
+def scores(y_true, y_pred):
+    """A clustering scored against classes: ``nmi``, ``ari``, ``accuracy``
+    (after the optimal matching of clusters to classes), ``purity`` and
+    ``per_cluster`` (:func:`purity`'s rows)."""
+    overall, per_cluster = purity(y_true, y_pred)
+    return {
+        "nmi": nmi(y_true, y_pred),
+        "ari": ari(y_true, y_pred),
+        "accuracy": float(matched_accuracy(y_true, y_pred)),
+        "purity": overall,
+        "per_cluster": per_cluster,
+    }

@@ -147,24 +147,6 @@ class ClusteringResults(fors.RunResults):
         """Sorted cluster ids, noise (-1) excluded."""
         return sorted(int(c) for c in np.unique(self.labels) if c >= 0)
 
-    def summary(self):
-        """Small JSON-friendly summary: sizes, objective, representatives, names."""
-        names = getattr(self, "names", None) or {}
-        return {
-            "num_clusters": len(self.cluster_ids()),
-            "num_clustered": int(len(self.labels)),
-            "num_noise": int((np.asarray(self.labels) < 0).sum()),
-            "objective": float(self.objective),
-            "clusters": [
-                {
-                    "cluster": c,
-                    "size": int(self.cluster_sizes[c]),
-                    "representative": (self.representatives.get(str(c)) or [None])[0],
-                    "name": names.get(str(c)),
-                }
-                for c in self.cluster_ids()
-            ],
-        }
 
 
 def list_clustering_runs(samples, method=None):

@@ -7,6 +7,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import clustering
+from clustering import plots
 from clustering.methods import available_methods, get_method
 
 from .common import (
@@ -122,9 +123,10 @@ def _output_inputs(ctx, inputs):
 
 
 def summarize(results):
-    """Output form and values for a run's summary: markdown and a bar chart of sizes."""
+    """Output form and values for a run's summary (from its read model,
+    ``clustering.get_run_info``): markdown and a bar chart of sizes."""
     config = results.config
-    summary = results.summary()
+    summary = clustering.get_run_info(results.samples, results.key)["summary"]
     loss = getattr(config, "loss", None)
     param = getattr(config, "loss_param", None)
     lines = [
@@ -140,29 +142,14 @@ def summarize(results):
             "the features have fewer distinct vectors than k.",
             "",
         ]
-    lines += [
-        "| cluster | size | representative |",
-        "|---|---|---|",
-    ]
-    rep_ids = [c["representative"] for c in summary["clusters"] if c["representative"]]
-    ids, paths = results.samples._root_dataset.select(rep_ids).values(["id", "filepath"])
-    rep_files = {i: os.path.basename(p) for i, p in zip(ids, paths)}
+    lines += ["| cluster | size | representative |", "|---|---|---|"]
     for c in summary["clusters"]:
-        rep = rep_files.get(c["representative"], c["representative"])
+        rep = os.path.basename(c["representative_filepath"] or "")
         lines.append(f"| {c['cluster']} | {c['size']} | {rep} |")
     outputs = types.Object()
     outputs.str("run_key", label="Run key")
     outputs.str("summary", label="Summary", view=types.MarkdownView())
-    figure = {
-        "data": [
-            {
-                "type": "bar",
-                "x": [str(c["cluster"]) for c in summary["clusters"]],
-                "y": [c["size"] for c in summary["clusters"]],
-            }
-        ],
-        "layout": {"xaxis": {"title": "cluster", "type": "category"}, "yaxis": {"title": "samples"}, "height": 300},
-    }
+    figure = plots.sizes_figure(dict(summary, run_key=results.key))
     values = {
         "run_key": results.key,
         "summary": "\n".join(lines),

@@ -514,7 +514,7 @@ def _render_summary(ctx, r):
     if "nmi" in m:
         head += (
             f"\n\nvs `{m['gt_field']}`: NMI {m['nmi']:.3f}, ARI {m['ari']:.3f}, accuracy {m['accuracy']:.3f}, "
-            f"purity {m['purity']:.3f} ({m['evaluation_note']})"
+            f"purity {m['purity']:.3f} ({m['num_evaluated']:,} samples with ground truth evaluated)"
         )
     head += f"\n\n**Galleries:** {r['galleries']}"
     outputs = types.Object()

@@ -196,7 +196,7 @@ def test_fewer_distinct_vectors_than_k_warn_and_record_the_real_k(pixel_dataset,
     with pytest.warns(UserWarning, match="only 2 of the k=3 clusters could be formed"):
         results = clustering.compute_clusters(pixel_dataset, "c", embeddings="same", k=3)
     assert (results.config.k, results.config.k_requested) == (2, 3)
-    assert results.summary()["num_clusters"] == 2
+    assert clustering.get_run_info(pixel_dataset, "c")["summary"]["num_clusters"] == 2
     from operators.clusters import summarize
 
     _, values = summarize(results)

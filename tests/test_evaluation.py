@@ -440,9 +440,8 @@ def test_visualize_run_tsne_of_the_run_features(clone):
 
 def test_run_summary_with_thumbnails_and_metrics(clone, plugin_operator):
     ds = clone
+    clustering.set_cluster_name(ds, "km", 1, "bricks & co")
     results = clustering.load_clustering_results(ds, "km")
-    results.names = {"1": "bricks & co"}
-    ds.save_run_results("km", results, overwrite=True)
     r = plugin_operator("run_summary")(ds, "km", gt_field="ground_truth", silhouette=True, num_thumbnails=2)
     json.dumps(r)
     assert [c["name"] for c in r["clusters"]] == [None, "bricks & co", None, None, None]
