@@ -12,6 +12,8 @@ sorting, the 2-d map) or build the views it loads into the grid (a cell of the
 comparison of two runs).
 """
 
+from collections import OrderedDict
+
 import numpy as np
 
 import fiftyone.core.aggregations as foa
@@ -200,6 +202,35 @@ def _incomplete(run_key, config):
     if getattr(config, "status", "completed") != "completed":
         return f"Run '{run_key}' is incomplete: its computation was interrupted"
     return None
+
+
+class OverviewCache:
+    """Overviews of runs (:func:`run_overview`) kept while they hold: a
+    cached overview is used again while the run's stored state (any write to
+    the run, from any process, stores new results) and its dataset's number
+    of samples are unchanged; its ``problem`` is read anew each time."""
+
+    def __init__(self, size=8):
+        self.size = size
+        self._entries = OrderedDict()
+
+    def get(self, samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THUMBNAILS):
+        dataset = samples._root_dataset
+        doc = cr.run_document(dataset, run_key) or {}
+        stamp = (doc.get("results"), doc.get("config"), dataset._sample_collection.estimated_document_count())
+        key = (str(dataset._doc.id), run_key, gt_field, num_thumbnails)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != stamp:
+            entry = (stamp, run_overview(dataset, run_key, gt_field=gt_field, num_thumbnails=num_thumbnails))
+            self._entries[key] = entry
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        config = cr.get_clustering_run_config(dataset, run_key)
+        return dict(entry[1], problem=writer.pending_write(dataset, run_key) or _incomplete(run_key, config))
+
+    def clear(self):
+        self._entries.clear()
 
 
 def run_keys(samples):

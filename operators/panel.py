@@ -2,7 +2,8 @@
 clusters beside the sample grid.
 
 The panel is thin: its data comes from :mod:`clustering.browse` (one
-aggregation over the run's fields on open), the views it loads into the grid
+aggregation over the run's fields on open, kept while the run is unchanged so
+that paging and sorting do not repeat it), the views it loads into the grid
 from :func:`clustering.load_run_view`, its charts from :mod:`clustering.plots`
 and :func:`clustering.compare_runs`, and every action is one of the plugin's
 operators, opened from the panel with its form filled in (``ctx.prompt``);
@@ -23,6 +24,8 @@ from clustering.runs import PLUGIN
 from .common import fmt
 
 PAGE_SIZE = 10
+#: the overviews of the runs the panel shows, computed again only when a run changes
+OVERVIEWS = browse.OverviewCache()
 NUM_OUTLIERS = 50
 NO_GT = "none"
 TABS = (("clusters", "Clusters"), ("charts", "Charts"), ("compare", "Compare runs"))
@@ -165,6 +168,7 @@ class ClustersPanel(foo.Panel):
         self._load_comparison(ctx)
 
     def refresh(self, ctx):
+        OVERVIEWS.clear()  # e.g. ground truth edited: everything is read again
         self.on_load(ctx)
 
     def compute(self, ctx):
@@ -340,7 +344,7 @@ class ClustersPanel(foo.Panel):
             if gt != NO_GT:
                 self._choose(ctx, "gt_field", NO_GT)
             gt = None
-        overview = browse.run_overview(ctx.dataset, run_key, gt_field=gt)
+        overview = OVERVIEWS.get(ctx.dataset, run_key, gt_field=gt)
         rows = browse.sort_clusters(overview["clusters"], ctx.panel.get_state("sort") or "cluster")
         pages = max(1, -(-len(rows) // PAGE_SIZE))
         page = min(ctx.panel.get_state("page") or 0, pages - 1)

@@ -374,3 +374,20 @@ def test_an_evaluated_run_opens_with_its_scores(clone):
 
     clone.delete_sample_field("ground_truth")  # a field that is gone is no longer offered
     assert browse.evaluated_field(clone, "judged") is None
+
+
+def test_overview_cache_computes_again_only_when_the_run_changes(clone, monkeypatch):
+    calls = []
+    compute = browse.run_overview
+    monkeypatch.setattr(browse, "run_overview", lambda *a, **k: calls.append(a[1]) or compute(*a, **k))
+    cache = browse.OverviewCache()
+    first = cache.get(clone, "km")
+    assert cache.get(clone, "km") == first and len(calls) == 1  # paging, sorting: no new aggregation
+    assert first["problem"] is None
+    clustering.merge_clusters(clone, "km", [0, 1])  # any write stores new results
+    merged = cache.get(clone, "km")
+    assert len(calls) == 2 and merged["header"]["num_clusters"] == K - 1
+    clone.delete_samples(clone.limit(3))
+    assert cache.get(clone, "km")["header"]["num_clustered"] == len(clone) and len(calls) == 3
+    with clustering.writer.claimed(clone, "km", "merge_clusters"):  # a writer at work shows at once
+        assert "being written by merge_clusters" in cache.get(clone, "km")["problem"] and len(calls) == 3
