@@ -431,7 +431,7 @@ def _save_run(samples, claim, run_key, ids, sample_ids, out, fields, overwrite, 
     losses = np.asarray(out.sample_losses, dtype=np.float64)
     ranks, reps = writer.representative_ranks(labels, np.nan_to_num(losses, nan=np.inf), num_reps)
     id_strings = storage.id_strings(ids)
-    run_config = cr.ClusteringRunConfig(**config)
+    run_config = cr.config_class(config["method"])(**config)
     k_total = int(labels.max()) + 1 if (labels >= 0).any() else 0
     results = cr.ClusteringResults(
         samples,

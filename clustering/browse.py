@@ -61,7 +61,7 @@ def _db_paths(config):
     """Database paths of the run's fields; for a run on patches, also the list
     of labels to unwind (``ground_truth.detections``) and its labels' ids."""
     paths = {k: getattr(config, k, None) for k in cr.FIELD_KEYS}
-    patches_field = getattr(config, "patches_field", None)
+    patches_field = config.patches_field
     if patches_field:
         labels = config.label_field.rpartition(".")[0]
         return paths, labels, f"{labels}._id"
@@ -145,7 +145,7 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         cr.require_sample_run(config, run_key, "evaluation against ground truth")
         gt_path = _gt_path(dataset, gt_field)
     # a run on patches is read on its dataset's labels; one on images on ``samples``
-    collection = dataset if getattr(config, "patches_field", None) else samples
+    collection = dataset if config.patches_field else samples
     result = collection.aggregate(_Pipeline(_facets(config, num_thumbnails, gt_path)))
     groups = {int(g["_id"]): g for g in result.get("clusters", [])}
 
@@ -176,16 +176,16 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
 
     noise = groups.get(-1)
     header = {
-        "method": getattr(config, "method", None),
-        "loss": getattr(config, "loss", None),
-        "loss_param": getattr(config, "loss_param", None),
-        "k": getattr(config, "k", None),
+        "method": config.method,
+        "loss": config.loss,
+        "loss_param": config.loss_param,
+        "k": config.k,
         "num_clusters": len(clusters),
         "num_clustered": int(sum(g["size"] for g in groups.values())),
         "num_noise": int(noise["size"]) if noise else 0,
         "objective": _float(sum(g["loss_sum"] for g in groups.values())) if groups else None,
-        "embeddings_field": getattr(config, "embeddings_field", None),
-        "patches_field": getattr(config, "patches_field", None),
+        "embeddings_field": config.embeddings_field,
+        "patches_field": config.patches_field,
         "label_field": config.label_field,
     }
     return {
@@ -199,7 +199,7 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
 
 
 def _incomplete(run_key, config):
-    if getattr(config, "status", "completed") != "completed":
+    if config.status != "completed":
         return f"Run '{run_key}' is incomplete: its computation was interrupted"
     return None
 

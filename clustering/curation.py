@@ -169,7 +169,7 @@ def assign_new_samples(samples, run_key):
                 f"Run '{run_key}' uses HDBSCAN, whose clusters are density-based (with noise) "
                 "rather than nearest-center; recompute the run to include new samples"
             )
-        if patches_field_of(samples) != getattr(config, "patches_field", None):
+        if patches_field_of(samples) != config.patches_field:
             what = f"a patches view of '{config.patches_field}'" if config.patches_field else "images, not patches"
             raise ValueError(f"Run '{run_key}' clusters {what}; pass such a collection")
         model = edit.model

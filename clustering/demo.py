@@ -35,7 +35,7 @@ def report(dataset, run_key):
         ["ground_truth.label", config.label_field, "filepath", "id"]
     )
     by_id = dict(zip(ids, zip(paths, truth)))
-    param = f", {config.loss_param:.4g}" if getattr(config, "loss_param", None) else ""
+    param = f", {config.loss_param:.4g}" if config.loss_param else ""
     print(f"\n== {run_key}: loss {config.loss}{param}, k={config.k}, "
           f"objective {results.objective:.5g}, {results.timings['total_s']:.1f} s")
     print(f"   {'cluster':>7} {'size':>5}  {'majority class':<22} representative")

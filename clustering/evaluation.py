@@ -88,7 +88,7 @@ def run_features(samples, run_key, embeddings=None):
             )
         source = "the given array"
     else:
-        field = getattr(config, "embeddings_field", None)
+        field = config.embeddings_field
         if not field:
             raise ValueError(
                 f"Run '{run_key}' was clustered on an embeddings array passed in Python, "
@@ -110,14 +110,14 @@ def run_features(samples, run_key, embeddings=None):
                 )
             X = vectors.X[[row_of[i] for i in run_ids]]
         source = f"field '{field}'"
-    reduction = getattr(config, "reduction", "none") or "none"
+    reduction = config.reduction or "none"
     transform = cf.FeatureTransform.from_state(
         config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
     )
     # the run's own PCA where it was stored; a UMAP (or an older run's PCA) is re-fitted
     stored = reduction == "none" or transform.pca_components_ is not None
     X = transform.transform(X) if stored else transform.fit_transform(X)
-    steps = (["L2-normalized"] if getattr(config, "normalize", False) else []) + (
+    steps = (["L2-normalized"] if config.normalize else []) + (
         [f"{reduction.upper()} to {X.shape[1]} dims"] if reduction != "none" else []
     )
     note = f"features: {source}" + (f", {', '.join(steps)} as in the run" if steps else "")
@@ -325,7 +325,7 @@ def _record_evaluated_field(dataset, run_key, config, gt_field):
     """Records in the run's config the ground-truth field it was last evaluated
     against (``evaluated_gt_field``): the Clusters panel scores the run against
     it when it opens the run."""
-    if getattr(config, "evaluated_gt_field", None) != gt_field:
+    if config.evaluated_gt_field != gt_field:
         config.evaluated_gt_field = gt_field
         dataset.update_run_config(run_key, config)
 
@@ -489,7 +489,7 @@ def silhouette_analysis(samples, run_key, sample_size=DEFAULT_SAMPLE_SIZE, metri
     results = _results(samples, run_key)
     root = samples._root_dataset
     ids, X, labels, note = run_features(root, run_key, embeddings=embeddings)
-    metric = _silhouette_metric(getattr(results.config, "loss", None), metric)
+    metric = _silhouette_metric(results.config.loss, metric)
     member = labels >= 0
     Xm, lm = X[member], labels[member]
     if len(np.unique(lm)) < 2:
@@ -584,7 +584,7 @@ def _visualize(samples, run_key, method="umap", brain_key=None, num_dims=2, feat
     config = cr.get_clustering_run_config(samples._root_dataset, run_key)
     cr.require_sample_run(config, run_key, "visualize_run")
     label_field = config.label_field
-    field = getattr(config, "embeddings_field", None)
+    field = config.embeddings_field
     if not field:
         raise ValueError(
             f"Run '{run_key}' was clustered on an embeddings array passed in Python, not on a "
@@ -607,8 +607,8 @@ def _visualize(samples, run_key, method="umap", brain_key=None, num_dims=2, feat
         view = samples.exists(label_field).exists(field)
         if not len(view):
             raise ValueError(f"No sample of this collection has both '{label_field}' and '{field}'")
-        normalize = bool(getattr(config, "normalize", False))
-        reduction = getattr(config, "reduction", "none") or "none"
+        normalize = bool(config.normalize)
+        reduction = config.reduction or "none"
         info = {}
         params = dict(kwargs)
         params.setdefault("seed", random_state)

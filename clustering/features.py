@@ -199,11 +199,11 @@ class FeatureTransform:
     @classmethod
     def from_state(cls, config, pca_mean=None, pca_components=None):
         """The transform a run (its ``config`` and stored state) applied."""
-        reduction = getattr(config, "reduction", "none") or "none"
+        reduction = config.reduction or "none"
         transform = cls(
-            getattr(config, "normalize", False),
+            config.normalize,
             reduction,
-            getattr(config, "n_components", None),
+            config.n_components,
             getattr(config, "random_state", None),
         )
         if reduction == "pca" and pca_components is not None:

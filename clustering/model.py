@@ -45,9 +45,9 @@ class RunModel:
             config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
         )
         return cls(
-            getattr(config, "loss", None), getattr(config, "loss_param", None), results.centers, transform,
-            getattr(config, "embeddings_field", None), getattr(config, "patches_field", None),
-            getattr(config, "input_dim", None), results.key,
+            config.loss, config.loss_param, results.centers, transform,
+            config.embeddings_field, config.patches_field,
+            config.input_dim, results.key,
         )
 
     @classmethod

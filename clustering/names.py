@@ -26,8 +26,8 @@ def make_unique(raw_names, keep=()):
 def name_field_of(dataset, run_key, config):
     """The run's name field (its config's, or ``{run_key}_name``), refusing a
     field of that name that belongs to something else."""
-    name_field = getattr(config, "name_field", None) or default_name_field(run_key)
-    owned = name_field == getattr(config, "name_field", None)
+    name_field = config.name_field or default_name_field(run_key)
+    owned = name_field == config.name_field
     if dataset.has_field(name_field) and not owned:
         raise ValueError(
             f"Field '{name_field}' already exists and does not belong to run "

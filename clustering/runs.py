@@ -35,7 +35,7 @@ def view_path(config, key):
     """Path of the run's ``key`` field (e.g. ``"label_field"``) in the view the run
     was computed on (``<patches_field>.<name>`` in a patches view)."""
     name = getattr(config, key)
-    patches_field = getattr(config, "patches_field", None)
+    patches_field = config.patches_field
     return f"{patches_field}.{name.rpartition('.')[2]}" if patches_field else name
 
 
@@ -49,7 +49,7 @@ def renamed_path(path, key, new_key):
 
 def require_sample_run(config, run_key, action):
     """Refuses ``action`` on a run over patches, with a clear error."""
-    if getattr(config, "patches_field", None):
+    if config.patches_field:
         raise ValueError(
             f"Run '{run_key}' clusters patches of '{config.patches_field}'; {action} "
             "supports runs on images only"
@@ -57,10 +57,49 @@ def require_sample_run(config, run_key, action):
 
 
 class ClusteringRunConfig(fors.RunConfig):
-    """Config of a clustering run (any JSON-serializable parameters)."""
+    """Config of a clustering run: what every run records (:attr:`common`,
+    with defaults, so that a run stored by an earlier version has every
+    attribute) and the method's own parameters. Each built-in method has its
+    subclass (:func:`config_class`) whose defaults are the method's."""
+
+    #: what every run records: its method, how its features were made, how
+    #: it was fitted, what it clustered, its fields and its state
+    common = {
+        "plugin": PLUGIN,
+        "status": "completed",
+        "k": None,
+        "k_requested": None,
+        "source": None,
+        "embeddings_field": None,
+        "model": None,
+        "patches_field": None,
+        "normalize": False,
+        "reduction": "none",
+        "n_components": None,
+        "input_dim": None,
+        "dim": None,
+        "fit_sample_size": "auto",
+        "num_fit": None,
+        "streamed": False,
+        "num_samples": None,
+        "num_clustered": None,
+        "num_missing_embeddings": None,
+        "num_representatives": 5,
+        "label_field": None,
+        "loss_field": None,
+        "rep_field": None,
+        "name_field": None,
+        "evaluated_gt_field": None,
+        # the loss the run's clusters are centered under (squared for scikit-learn methods)
+        "loss": None,
+        "loss_param": None,
+    }
+    #: the method's own parameters and their defaults
+    method_defaults = {}
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("plugin", PLUGIN)
+        for name, default in {**self.common, **self.method_defaults}.items():
+            kwargs.setdefault(name, default)
         super().__init__(**kwargs)
 
 
@@ -105,6 +144,41 @@ class ClusteringRun(fors.Run):
         cached = getattr(dataset, self._results_cache_field()).get(key)
         if cached is not None:  # FiftyOne moves cached results to the new key
             cached._config = self.config
+
+
+def _method_classes(method):
+    """The config and run classes of a built-in method (FiftyOne finds a run's
+    class from its config's class name: ``<Name>Config`` -> ``<Name>``)."""
+    name = "".join(part.capitalize() for part in method.name.split("_")) + "ClusteringRun"
+    config = type(f"{name}Config", (ClusteringRunConfig,), {
+        "__module__": __name__, "method_defaults": dict(method.defaults),
+        "__doc__": f"Config of a {method.label} run: the common attributes and the method's parameters.",
+    })
+    run = type(name, (ClusteringRun,), {
+        "__module__": __name__, "config_cls": classmethod(lambda cls: config),
+        "__doc__": f"A {method.label} run.",
+    })
+    return config, run
+
+
+def _builtin_configs():
+    from .methods import available_methods, get_method
+
+    configs = {}
+    for name in available_methods():
+        config, run = _method_classes(get_method(name))
+        globals()[config.__name__], globals()[run.__name__] = config, run
+        configs[name] = config
+    return configs
+
+
+_CONFIGS = _builtin_configs()
+
+
+def config_class(method):
+    """The config class of a run of ``method`` (a name): its built-in method's
+    (:class:`GeneralizedKmeansClusteringRunConfig`, ...), else the base class."""
+    return _CONFIGS.get(method, ClusteringRunConfig)
 
 
 _ARRAYS = ("labels", "centers", "sample_losses", "cluster_sizes", "objective_history", "pca_mean", "pca_components")

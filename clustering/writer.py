@@ -369,7 +369,7 @@ def expected_columns(results):
         config.loss_field: [v if np.isfinite(v) else None for v in losses],
         config.rep_field: [rank.get(i) for i in results.sample_ids],
     }
-    name_field = getattr(config, "name_field", None)
+    name_field = config.name_field
     if name_field:
         names = getattr(results, "names", None) or {}
         columns[name_field] = [names.get(str(c)) if c >= 0 else None for c in labels]
@@ -384,7 +384,7 @@ def _stored_columns(dataset, config, paths):
     paths = [p for p in paths if dataset.has_field(p)]
     if not paths:
         return [], {}
-    patches_field = getattr(config, "patches_field", None)
+    patches_field = config.patches_field
     if patches_field:
         root, _ = dataset._get_label_field_root(patches_field)
         found = dataset.values([f"{root}.id", *paths], unwind=True)
@@ -418,7 +418,7 @@ def field_mismatches(dataset, results):
 
 def _existing(dataset, config, ids):
     """Those of ``ids`` (samples, or labels for a run on patches) that still exist."""
-    patches_field = getattr(config, "patches_field", None)
+    patches_field = config.patches_field
     if patches_field:
         root, _ = dataset._get_label_field_root(patches_field)
         present = set(dataset.values(f"{root}.id", unwind=True))
@@ -448,7 +448,7 @@ def rewrite_fields(dataset, results, progress=None):
         dataset,
         [results.sample_ids[n] for n in keep] + stray,
         {p: [v[n] for n in keep] + [None] * len(stray) for p, v in expected.items()},
-        patches_field=getattr(config, "patches_field", None),
+        patches_field=config.patches_field,
         progress=progress,
     )
 
@@ -553,7 +553,7 @@ def save_new_run(samples, claim, run_key, results, columns, ids, sample_ids, ove
         for key, kind in kinds.items():
             dataset.add_sample_field(fields[key], kind)
         storage.write_columns(
-            dataset, ids, columns, patches_field=getattr(config, "patches_field", None),
+            dataset, ids, columns, patches_field=config.patches_field,
             sample_ids=sample_ids, progress=progress,
         )
         claim.verify()
@@ -649,7 +649,7 @@ class RunEdit:
 
     def _load(self):
         config = cr.get_clustering_run_config(self.dataset, self.run_key)
-        if getattr(config, "status", "completed") != "completed":
+        if config.status != "completed":
             raise ValueError(
                 f"Run '{self.run_key}' is incomplete (its computation was interrupted); "
                 f"repair it with clustering.check_run(dataset, '{self.run_key}', repair=True) or delete it"
@@ -699,7 +699,7 @@ class RunEdit:
         live = set(self.cluster_ids())
         reps = {c: ids for c, ids in self.results.representatives.items() if int(c) in live - self.touched}
         rows = np.flatnonzero(np.isin(self.labels, sorted(self.touched)))
-        n = int(getattr(self.config, "num_representatives", 5))
+        n = int(self.config.num_representatives)
         _, best = representative_ranks(self.labels[rows], np.nan_to_num(self.losses[rows], nan=np.inf), n)
         reps.update({str(c): [self.ids[rows[i]] for i in idx] for c, idx in best.items()})
         return dict(sorted(reps.items(), key=lambda kv: int(kv[0])))
@@ -715,7 +715,7 @@ class RunEdit:
 
         manual = {c for c, p in self.provenance.items() if p.get("provider") == HAND_WRITTEN}
         names = make_unique(dict(sorted(self.raw_names.items(), key=lambda kv: int(kv[0]))), keep=manual)
-        if names or getattr(config, "name_field", None):
+        if names or config.name_field:
             config.name_field = name_field_of(self.dataset, self.run_key, config)
         live = self.cluster_ids()
         self.naming["raw_names"] = dict(self.raw_names)
@@ -731,7 +731,7 @@ class RunEdit:
         results.names = names
         results.descriptions = {c: d for c, d in self.descriptions.items() if c in names}
         results.naming = self.naming
-        if getattr(config, "k", None) is not None:
+        if config.k is not None:
             config.k = len(live)
         config.num_clustered = len(self.ids)
 
@@ -763,12 +763,12 @@ class RunEdit:
                 i: v for i, v in zip(self.ids, values)
                 if (before[row[i]] if before is not None and i in row else None) != v
             }
-        name_field = getattr(self.config, "name_field", None)
+        name_field = self.config.name_field
         if name_field and not self.dataset.has_field(name_field):
             self.dataset.add_sample_field(name_field, fo.StringField)
         storage.write_fields(
             self.dataset, {p: v for p, v in changed.items() if v},
-            patches_field=getattr(self.config, "patches_field", None),
+            patches_field=self.config.patches_field,
         )
 
     def _recover(self):
@@ -827,7 +827,7 @@ def check_run(samples, run_key, repair=False, progress=None):
         report["state"] = "interrupted" if journal else "missing"
         return report
     config = cr.get_clustering_run_config(dataset, run_key)
-    if getattr(config, "status", "completed") != "completed":
+    if config.status != "completed":
         report["problems"].append(f"Run '{run_key}' has status '{config.status}': its computation was interrupted")
     else:
         results = latest_results(dataset, run_key, reuse=False)
@@ -875,7 +875,7 @@ def _repair(dataset, run_key, progress):
                 done.append(f"re-applied {action}")
             rewrite_fields(dataset, results, progress=progress)
             done.append("rewrote the run's fields from its results")
-            if getattr(results.config, "status", "completed") != "completed":
+            if results.config.status != "completed":
                 results.config.status = "completed"
                 dataset.update_run_config(run_key, results.config)
                 done.append("marked the run completed")

@@ -127,15 +127,15 @@ def summarize(results):
     ``clustering.get_run_info``): markdown and a bar chart of sizes."""
     config = results.config
     summary = clustering.get_run_info(results.samples, results.key)["summary"]
-    loss = getattr(config, "loss", None)
-    param = getattr(config, "loss_param", None)
+    loss = config.loss
+    param = config.loss_param
     lines = [
         f"**{summary['num_clusters']} clusters** of {summary['num_clustered']} samples "
         f"({config.method}{', loss ' + loss if loss else ''}{', ' + format(param, '.4g') if param else ''})",
         f"objective {summary['objective']:.6g}, {results.timings['total_s']:.1f} s",
         "",
     ]
-    requested = getattr(config, "k_requested", None)
+    requested = config.k_requested
     if requested and requested != summary["num_clusters"]:
         lines += [
             f"**Only {summary['num_clusters']} of the {requested} requested clusters could be formed**: "

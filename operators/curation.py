@@ -191,7 +191,7 @@ class AssignNewSamples(foo.Operator):
         inputs = types.Object()
         run_key, results = _results(ctx, inputs)
         if results is not None:
-            field = getattr(results.config, "embeddings_field", None)
+            field = results.config.embeddings_field
             view = ctx.target_view()
             if field and view.has_field(field) and not getattr(view, "_is_patches", False):
                 n = view.exists(field).count() - view.select(list(results.sample_ids)).count()

@@ -399,7 +399,7 @@ class VisualizeRun(foo.Operator):
         if run_key is None:
             return types.Property(inputs)
         config = clustering.runs.get_clustering_run_config(ctx.dataset, run_key)
-        if not getattr(config, "embeddings_field", None):
+        if not config.embeddings_field:
             inputs.view("no_field", types.Error(
                 label="Run computed from an array",
                 description="This run was clustered on an embeddings array passed in Python, not a field: there is nothing to map. Store the array in a vector field and recompute the run.",
