@@ -17,9 +17,11 @@ from . import features as cf
 from . import resources
 from . import runs as cr
 from . import storage
+from . import identity
 from . import writer
 from .methods import get_method
 from .model import RunModel
+from .names import default_name_field
 from .progress import progress_or_bar, scaled
 
 DEFAULT_NUM_REPRESENTATIVES = 5
@@ -226,6 +228,7 @@ def compute_clusters(
     rep_field=None,
     fit_sample_size="auto",
     overwrite=False,
+    keep_identity=True,
     progress=None,
     **method_params,
 ):
@@ -255,6 +258,11 @@ def compute_clusters(
             at a time, to the center of smallest loss (``generalized_kmeans``,
             ``kmeans``, ``minibatch_kmeans``)
         overwrite: replace an existing run with this key
+        keep_identity: when replacing a run, match the new clusters to its
+            clusters by their members (:mod:`clustering.identity`): a matched
+            cluster keeps its id, name and description and the run keeps its
+            ``edits``, with a ``recompute`` record listing the matched, new
+            and vanished clusters; False starts from nothing
         progress: None or True (a progress bar), False (silent), or a callable
             ``progress(fraction, message)``
         **method_params: the method's own parameters (``n_init``, ``max_iter``,
@@ -304,6 +312,7 @@ def compute_clusters(
             plan["fit_objective"] = done.fit_objective
         out = done.out
         formed = _formed_clusters(run_key, out.labels, done.k)
+        inherited = _inherit_identity(samples, run_key, done.ids, out) if overwrite and keep_identity else None
         results = _save_run(
             samples, claim, run_key, done.ids, done.sample_ids, out, fields, overwrite, int(num_representatives),
             config=dict(
@@ -324,10 +333,32 @@ def compute_clusters(
             timings=timings,
             t_start=t_start,
             transform_state=transform.state(),
+            inherited=inherited,
             progress=scaled(stages, 0.75, 1.0),
         )
         report(1.0, "done")
     return results
+
+
+def _inherit_identity(samples, run_key, ids, out):
+    """Matches the new fit's clusters to those of the run it replaces
+    (:func:`clustering.identity.carry_over`) and gives them their ids (in
+    place in ``out``); returns what the new results inherit, or None when
+    there is no completed run to replace."""
+    dataset = samples._root_dataset
+    if run_key not in dataset.list_runs() or cr.get_clustering_run_config(dataset, run_key).status != "completed":
+        return None
+    old = writer.latest_results(dataset, run_key, reuse=False)
+    ids_of, carried = identity.carry_over(old, storage.id_strings(ids), out.labels)
+    lookup = np.full(len(out.centers) + 1, -1, dtype=np.int64)  # the last entry maps noise (-1)
+    for new, old_id in ids_of.items():
+        lookup[new] = old_id
+    out.labels = lookup[np.asarray(out.labels)]
+    centers = np.full((max(ids_of.values(), default=-1) + 1, out.centers.shape[1]), np.nan, dtype=np.float32)
+    for new, old_id in ids_of.items():
+        centers[old_id] = out.centers[new]
+    out.centers = centers
+    return carried
 
 
 def _formed_clusters(run_key, labels, k):
@@ -426,13 +457,13 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
 
 
 def _save_run(samples, claim, run_key, ids, sample_ids, out, fields, overwrite, num_reps, config, timings, t_start,
-              transform_state, progress=None):
+              transform_state, inherited=None, progress=None):
     labels = np.asarray(out.labels, dtype=np.int64)
     losses = np.asarray(out.sample_losses, dtype=np.float64)
     ranks, reps = writer.representative_ranks(labels, np.nan_to_num(losses, nan=np.inf), num_reps)
     id_strings = storage.id_strings(ids)
     run_config = cr.config_class(config["method"])(**config)
-    k_total = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    inherited = inherited or {}
     results = cr.ClusteringResults(
         samples,
         run_config,
@@ -441,13 +472,16 @@ def _save_run(samples, claim, run_key, ids, sample_ids, out, fields, overwrite, 
         labels=labels,
         sample_losses=losses,
         centers=np.asarray(out.centers, dtype=np.float32),
-        cluster_sizes=np.bincount(labels[labels >= 0], minlength=k_total),
+        cluster_sizes=np.bincount(labels[labels >= 0], minlength=len(out.centers)),
         objective=float(out.objective),
         objective_history=np.asarray(out.objective_history, dtype=np.float64),
         n_iter=out.n_iter,
         representatives={str(c): [id_strings[i] for i in idx] for c, idx in reps.items()},
         timings=dict(timings),
-        names={},
+        names=inherited.get("names", {}),
+        descriptions=inherited.get("descriptions", {}),
+        naming=inherited.get("naming", {}),
+        edits=inherited.get("edits", []),
         **transform_state,
     )
     columns = {
@@ -455,6 +489,9 @@ def _save_run(samples, claim, run_key, ids, sample_ids, out, fields, overwrite, 
         fields["loss_field"]: np.ma.masked_invalid(losses),
         fields["rep_field"]: np.ma.masked_equal(ranks, 0),
     }
+    if results.names:  # names a re-run inherited
+        run_config.name_field = default_name_field(run_key)
+        columns[run_config.name_field] = [results.names.get(str(c)) if c >= 0 else None for c in labels.tolist()]
     writer.save_new_run(
         samples, claim, run_key, results, columns, ids, sample_ids, overwrite, t_start,
         progress=scaled(progress, 0.0, 0.9),

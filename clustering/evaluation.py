@@ -417,9 +417,14 @@ def compare_runs(samples, run_key_a, run_key_b):
         a dict with ``ari``, ``nmi``, ``contingency`` (rows: clusters of run a,
         cols: clusters of run b), ``mapping`` (run a cluster -> run b cluster,
         optimal Hungarian matching), ``changed_ids`` (samples whose matched
-        cluster differs between the runs), ``num_changed``, ``agreement`` and
-        the counts of samples only in one run / noise
+        cluster differs between the runs), ``num_changed``, ``agreement``, the
+        counts of samples only in one run / noise, and the clusters' identity
+        (:func:`clustering.identity.match_clusters`): ``matches`` (pairs with
+        their Jaccard similarity and shared samples), ``vanished`` (clusters of
+        run a without a match) and ``new`` (of run b)
     """
+    from .identity import match_clusters
+
     if run_key_a == run_key_b:
         raise ValueError("Choose two different runs to compare")
     _, ids_a, la = _run_labels(samples, run_key_a)
@@ -438,6 +443,7 @@ def compare_runs(samples, run_key_a, run_key_b):
     rows, cols, counts = cm.contingency(a, b)
     mapping, changed = cm.label_agreement(a, b)
     changed_ids = [ids_u[i] for i in np.flatnonzero(changed)]
+    identity = match_clusters(ids_a, la, ids_b, lb)
     return {
         "run_key_a": run_key_a,
         "run_key_b": run_key_b,
@@ -452,6 +458,9 @@ def compare_runs(samples, run_key_a, run_key_b):
         "num_changed": len(changed_ids),
         "agreement": float(1.0 - len(changed_ids) / use.sum()),
         "changed_ids": changed_ids,
+        "matches": identity["matches"],
+        "vanished": identity["vanished"],
+        "new": identity["new"],
     }
 
 

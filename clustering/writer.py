@@ -549,9 +549,10 @@ def save_new_run(samples, claim, run_key, results, columns, ids, sample_ids, ove
     config.status = "writing"
     samples.register_run(run_key, config, overwrite=overwrite)
     try:
-        kinds = {"label_field": fo.IntField, "loss_field": fo.FloatField, "rep_field": fo.IntField}
+        kinds = {"label_field": fo.IntField, "loss_field": fo.FloatField, "rep_field": fo.IntField, "name_field": fo.StringField}
         for key, kind in kinds.items():
-            dataset.add_sample_field(fields[key], kind)
+            if key in fields:
+                dataset.add_sample_field(fields[key], kind)
         storage.write_columns(
             dataset, ids, columns, patches_field=config.patches_field,
             sample_ids=sample_ids, progress=progress,

@@ -74,6 +74,21 @@ def _header_markdown(overview):
     return text
 
 
+def _matching_markdown(run_a, run_b, cmp):
+    """The clusters' identity across two runs: matched pairs, new and vanished."""
+    lines = [
+        f"**Cluster identity** ({len(cmp['matches'])} matched, {len(cmp['new'])} new in '{run_b}', "
+        f"{len(cmp['vanished'])} vanished from '{run_a}')",
+        "",
+        f"| '{run_a}' | '{run_b}' | shared samples | Jaccard |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {m['a']} | {m['b']} | {m['shared']:,} | {m['jaccard']:.2f} |" for m in cmp["matches"]]
+    lines += [f"| (vanished) {c} | | | |" for c in cmp["vanished"]]
+    lines += [f"| | (new) {c} | | |" for c in cmp["new"]]
+    return "\n".join(lines)
+
+
 def _card_markdown(row):
     lines = [f"**{row['name']}**" if row.get("name") else None, f"{row['size']:,} samples", f"compactness {fmt(row['compactness'], '.4g')}"]
     if row.get("majority_class") is not None:
@@ -245,6 +260,7 @@ class ClustersPanel(foo.Panel):
                     f"ARI {cmp['ari']:.3f} · NMI {cmp['nmi']:.3f} · {cmp['num_compared']:,} samples compared, "
                     f"{cmp['num_changed']:,} change cluster. Click a cell to see its samples."
                 ),
+                "matching": _matching_markdown(run_a, run_b, cmp),
                 "heatmap_layout": figure["layout"],
             }
         )
@@ -516,3 +532,5 @@ class ClustersPanel(foo.Panel):
             panel.md(state.compare_summary, name="compare_summary")
             if state.heatmap_layout:
                 panel.plot("heatmap", layout=state.heatmap_layout, on_click=self.show_pair, height="480px")
+            if state.matching:
+                panel.md(state.matching, name="matching")
