@@ -42,6 +42,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -62,6 +63,8 @@ DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_DEADLINE = 600.0
+DEFAULT_NEIGHBORS = 2
+DEFAULT_NEIGHBOR_IMAGES = 2
 MAX_NAME_CHARS = 60
 OFFLINE_TOP_K = 5
 
@@ -74,6 +77,10 @@ SYSTEM_PROMPT = (
     "they have in common (object category, scene, texture, style, ...) and "
     "give the cluster a short, specific name of 1 to 3 words: lowercase unless "
     "it is a proper noun, no numbering, no trailing punctuation."
+)
+_CONTRAST = (
+    " After its images come a few images of the most similar other clusters, for "
+    "contrast: give a name that tells this cluster apart from them (do not name them)."
 )
 _DESCRIBE = " Also write a one-sentence description of the cluster."
 _REPLY_WITH_DESCRIPTION = (
@@ -290,19 +297,31 @@ def _response_format(describe):
     }
 
 
-def build_messages(cluster, size, images, describe=True, max_side=DEFAULT_MAX_SIDE):
-    """Chat messages for one cluster; ``images`` are ``(mime, bytes)`` pairs."""
-    system = SYSTEM_PROMPT + (_DESCRIBE + _REPLY_WITH_DESCRIPTION if describe else _REPLY_NAME_ONLY)
-    text = (
-        f"Cluster {cluster} ({size} images). Here are its {len(images)} most "
-        "representative images, best first. Name this cluster."
-    )
+def build_messages(cluster, size, images, describe=True, max_side=DEFAULT_MAX_SIDE, neighbors=(), parent=None,
+                   taken=()):
+    """Chat messages for one cluster; ``images`` are ``(mime, bytes)`` pairs.
+    ``neighbors``: ``(cluster id, images)`` of the most similar sibling
+    clusters, shown for contrast; ``parent``: the name of the cluster this
+    one is a sub-cluster of; ``taken``: names its siblings already have."""
+    system = SYSTEM_PROMPT + (_CONTRAST if neighbors else "")
+    system += _DESCRIBE + _REPLY_WITH_DESCRIPTION if describe else _REPLY_NAME_ONLY
     detail = "low" if max_side <= 512 else "auto"
-    content = [{"type": "text", "text": text}]
-    for mime, data in images:
-        content.append(
-            {"type": "image_url", "image_url": {"url": data_url(mime, data), "detail": detail}}
-        )
+
+    def pictures(pairs):
+        return [{"type": "image_url", "image_url": {"url": data_url(mime, data), "detail": detail}} for mime, data in pairs]
+
+    text = f"Cluster {cluster} ({size} images). Here are its {len(images)} most representative images, best first."
+    if parent:
+        text += f" It is a sub-group of the cluster named '{parent}': name it within that group."
+    content = [{"type": "text", "text": text}, *pictures(images)]
+    for other, other_images in neighbors:
+        content.append({"type": "text", "text": f"For contrast, a similar neighboring cluster ({other}), not to be named:"})
+        content += pictures(other_images)
+    ask = "Name this cluster."
+    if taken:
+        ask += " Its sibling clusters are already named " + ", ".join(f"'{t}'" for t in taken)
+        ask += ": choose a different, more specific name."
+    content.append({"type": "text", "text": ask})
     return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
 
@@ -403,20 +422,68 @@ def _offline_names(selected, paths, progress):
 # --------------------------------------------------------------------------
 
 
-def _validate(provider, num_images, max_side, max_concurrency, timeout, max_retries, deadline):
-    if provider not in PROVIDERS:
-        raise ValueError(f"Unknown provider {provider!r}; use one of {PROVIDERS}")
-    for name, value, low in (
-        ("num_images", num_images, 1),
-        ("max_side", max_side, 16),
-        ("max_concurrency", max_concurrency, 1),
-        ("max_retries", max_retries, 0),
-    ):
-        if isinstance(value, bool) or int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    for name, value in (("timeout", timeout), ("deadline", deadline)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a number of seconds > 0; got {value!r}")
+def _distinct_classes(outcomes, groups, kept):
+    """Offline names made distinct among siblings where their images allow:
+    within a group of siblings the clusters take distinct ImageNet classes
+    that maximize their summed score (the Hungarian algorithm over their top
+    classes, the names siblings keep excluded); a cluster left without a
+    scored class keeps its own top class."""
+    from scipy.optimize import linear_sum_assignment
+
+    named = {c: o for c, o in outcomes.items() if o.get("classes")}
+    done = set()
+    for c in named:
+        if c in done:
+            continue
+        family = [c] + [s for s in groups.get(c, []) if s in named]
+        done.update(family)
+        taken = {kept[s].casefold() for s in groups.get(c, []) if s in kept}
+        candidates = sorted({
+            name for s in family for name, _, _ in named[s]["classes"] if _clean_name(name).casefold() not in taken
+        })
+        if not candidates:
+            continue
+        score = np.array([
+            [{n: sc for n, _, sc in named[s]["classes"]}.get(name, 0.0) for name in candidates] for s in family
+        ])
+        for r, col in zip(*linear_sum_assignment(-score)):
+            if score[r, col] > 0:
+                named[family[r]]["name"] = _clean_name(candidates[col])
+    return outcomes
+
+
+@dataclass
+class _Settings:
+    """What a ``label_clusters`` call asks for (see its parameters)."""
+
+    provider: str
+    model: str
+    base_url: str
+    num_images: int
+    overwrite: bool
+    max_side: int
+    dry_run: bool
+    api_key: str
+    max_concurrency: int
+    timeout: float
+    max_retries: int
+    deadline: float
+    describe: bool
+    neighbors: int
+    neighbor_images: int
+
+    def validate(self):
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"Unknown provider {self.provider!r}; use one of {PROVIDERS}")
+        for name, low in (("num_images", 1), ("max_side", 16), ("max_concurrency", 1), ("max_retries", 0),
+                          ("neighbors", 0), ("neighbor_images", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+        for name in ("timeout", "deadline"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0; got {value!r}")
 
 
 def label_clusters(
@@ -435,9 +502,21 @@ def label_clusters(
     max_retries=DEFAULT_MAX_RETRIES,
     deadline=DEFAULT_DEADLINE,
     describe=True,
+    neighbors=DEFAULT_NEIGHBORS,
+    neighbor_images=DEFAULT_NEIGHBOR_IMAGES,
     progress=None,
 ):
-    """Names the clusters of run ``run_key`` (HDBSCAN noise excluded).
+    """Names the clusters of run ``run_key`` (HDBSCAN noise excluded), each
+    knowing its siblings (the run's other clusters; in a cluster tree, the
+    clusters with the same parent, whose name is given too).
+
+    Each request shows the cluster's most representative images, then a few
+    images of its ``neighbors`` nearest sibling clusters (by center) and asks
+    for a name that tells it apart from them. Siblings that still get the
+    same name are asked again, once, with the names already taken; a name
+    still shared after that gets the cluster id appended. The offline
+    provider gives siblings distinct ImageNet classes where their images
+    allow.
 
     The first request is sent alone, without retries: an endpoint that
     refuses connections, does not answer within ``timeout`` or rejects the
@@ -470,22 +549,29 @@ def label_clusters(
         deadline: seconds for all requests; clusters not named by then get
             an error
         describe: also ask for a one-sentence description
+        neighbors: sibling clusters shown for contrast in each request (0: none)
+        neighbor_images: images of each of them
         progress: None or True (a progress bar), False (silent), or a callable
             ``progress(fraction, message)``
 
     Returns:
         a summary dict: ``names``, ``descriptions`` and ``errors`` per cluster
         (str ids), ``named`` (clusters named now), ``skipped`` (kept names),
-        ``requests_planned``, ``requests_sent`` (chat-completion calls made;
-        the client's automatic retries are not counted), ``images``,
-        ``image_bytes`` (encoded image bytes), ``payload_bytes`` (JSON request
-        bodies, base64 included), ``provider``, ``model``, ``name_field``,
-        ``clusters`` (table rows: cluster, size, name, description, error,
-        status)
+        ``requests_planned``, ``requests_sent`` (chat-completion calls made,
+        the second round for shared names included; the client's automatic
+        retries are not counted), ``renamed`` (clusters asked again),
+        ``images``, ``image_bytes`` (encoded image bytes, neighbors' included),
+        ``payload_bytes`` (JSON request bodies, base64 included),
+        ``provider``, ``model``, ``name_field``, ``clusters`` (table rows:
+        cluster, size, name, description, error, status)
     """
-    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
-    max_retries = DEFAULT_MAX_RETRIES if max_retries is None else max_retries
-    _validate(provider, num_images, max_side, max_concurrency, timeout, max_retries, deadline)
+    settings = _Settings(
+        provider, model or DEFAULT_MODEL, base_url, num_images, overwrite, max_side, dry_run,
+        api_key or os.environ.get(API_KEY_ENV) or None, max_concurrency,
+        DEFAULT_TIMEOUT if timeout is None else timeout,
+        DEFAULT_MAX_RETRIES if max_retries is None else max_retries, deadline, describe, neighbors, neighbor_images,
+    )
+    settings.validate()
     dataset = samples._root_dataset
     config = cr.get_clustering_run_config(dataset, run_key)
     cr.require_sample_run(config, run_key, "label_clusters")
@@ -494,78 +580,98 @@ def label_clusters(
         # the run is claimed through the requests, so that no edit interleaves
         edit = None if dry_run else stack.enter_context(writer.RunEdit(dataset, run_key, "label_clusters"))
         results = edit.results if edit else writer.latest_results(dataset, run_key)
-        return _label(
-            dataset, run_key, results, edit, name_field, provider, model or DEFAULT_MODEL, base_url,
-            int(num_images), overwrite, int(max_side), dry_run, api_key, int(max_concurrency), timeout,
-            int(max_retries), deadline, describe, progress,
-        )
+        return _label(dataset, run_key, results, edit, name_field, settings, progress)
 
 
-def _label(dataset, run_key, results, edit, name_field, provider, model, base_url, num_images, overwrite,
-           max_side, dry_run, api_key, max_concurrency, timeout, max_retries, deadline, describe, progress):
+def _siblings(dataset, results):
+    """``(groups, parent_names)``: each cluster's siblings (the clusters of
+    the run with the same parent; all of them in a run without parents) and
+    the name of its parent cluster (in a cluster tree) or None."""
+    clusters = results.cluster_ids()
+    parents = {int(c): p for c, p in (getattr(results, "parents", None) or {}).items()}
+    groups = {c: [s for s in clusters if s != c and parents.get(s) == parents.get(c)] for c in clusters}
+    parent_names = {}
+    parent_run = getattr(results.config, "parent_run", None)
+    if parent_run and parents:
+        names = writer.latest_results(dataset, parent_run).names or {}
+        parent_names = {c: names.get(str(p)) for c, p in parents.items()}
+    return groups, parent_names
+
+
+def _nearest(results, groups, clusters, count):
+    """{cluster: its ``count`` siblings of nearest center}."""
+    centers = np.asarray(results.centers, dtype=np.float64)
+    out = {}
+    for c in clusters:
+        distance = {s: float(np.linalg.norm(centers[c] - centers[s])) for s in groups[c]}
+        out[c] = sorted(distance, key=distance.get)[:count]
+    return out
+
+
+def _label(dataset, run_key, results, edit, name_field, settings, progress):
     old_names = dict(getattr(results, "names", None) or {})
     old_desc = dict(getattr(results, "descriptions", None) or {})
     clusters = results.cluster_ids()
-    todo = [c for c in clusters if overwrite or not old_names.get(str(c))]
+    todo = [c for c in clusters if settings.overwrite or not old_names.get(str(c))]
     skipped = [str(c) for c in clusters if c not in todo]
     labels = np.asarray(results.labels)
     sizes = np.bincount(labels[labels >= 0], minlength=(max(clusters) + 1) if clusters else 0)
+    groups, parent_names = _siblings(dataset, results)
+    neighbors = _nearest(results, groups, todo, settings.neighbors)
 
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    if provider == "openai" and not dry_run and todo and not api_key:
+    if settings.provider == "openai" and not settings.dry_run and todo and not settings.api_key:
         raise ValueError(
             f"No API key: set the {API_KEY_ENV} environment variable (the plugin "
             f"secret {API_KEY_ENV} in the App), or pass api_key; or use "
             "provider='offline' or dry_run=True"
         )
 
-    selected = _select_images(results, todo, num_images)
+    shown = sorted(set(todo) | {s for c in todo for s in neighbors[c]})
+    selected = _select_images(results, shown, settings.num_images)
     all_ids = [sid for sids in selected.values() for sid in sids]
     paths = dict(zip(*dataset.select(all_ids).values(["id", "filepath"]))) if all_ids else {}
 
     summary = {
         "run_key": run_key,
-        "provider": provider,
-        "model": model if provider == "openai" else None,
-        "base_url": _public_url(base_url) if provider == "openai" else None,
-        "dry_run": bool(dry_run),
+        "provider": settings.provider,
+        "model": settings.model if settings.provider == "openai" else None,
+        "base_url": _public_url(settings.base_url) if settings.provider == "openai" else None,
+        "dry_run": bool(settings.dry_run),
         "name_field": name_field,
         "named": [],
         "skipped": skipped,
-        "requests_planned": len(todo) if provider == "openai" else 0,
+        "requests_planned": len(todo) if settings.provider == "openai" else 0,
         "requests_sent": 0,
+        "renamed": [],
         "images": 0,
         "image_bytes": 0,
         "payload_bytes": 0,
     }
     outcomes = {}  # cluster -> {"name", "description", "error", "images"}
+    kept = {int(c): old_names[c] for c in skipped}
 
     with progress_or_bar(progress, f"Naming clusters of '{run_key}'") as report:
         report(0.0, f"{len(todo)} clusters to name")
-        if provider == "offline":
-            summary["images"] = sum(1 for sid in all_ids if sid in paths)
-            if todo and not dry_run:
-                offline, offline_model = _offline_names(selected, paths, progress=lambda f, m="": report(0.95 * f, m))
+        if settings.provider == "offline":
+            mine = {c: selected[c] for c in todo}
+            summary["images"] = sum(1 for sids in mine.values() for sid in sids if sid in paths)
+            if todo and not settings.dry_run:
+                offline, offline_model = _offline_names(mine, paths, progress=lambda f, m="": report(0.95 * f, m))
                 summary["model"] = offline_model
-                outcomes.update(offline)
+                outcomes.update(_distinct_classes(offline, groups, kept))
         else:
-            outcomes = _run_openai(
-                todo, selected, paths, sizes, dict(
-                    api_key=api_key, model=model, base_url=base_url, timeout=timeout,
-                    max_retries=max_retries, describe=describe,
-                ),
-                max_side, max_concurrency, deadline, dry_run, summary, report,
-            )
+            context = {c: (neighbors[c], parent_names.get(c)) for c in todo}
+            outcomes = _run_openai(todo, selected, paths, sizes, context, groups, kept, settings, summary, report)
         errors = {str(c): o["error"] for c, o in outcomes.items() if o.get("error")}
-        if todo and not dry_run and not any(o.get("name") for o in outcomes.values()):
-            shown = "; ".join(f"cluster {c}: {m}" for c, m in list(errors.items())[:3])
-            raise RuntimeError(f"No cluster of run '{run_key}' could be named ({len(errors)} failed): {shown}")
-        if not dry_run:
-            _store(edit, provider, summary, outcomes)
+        if todo and not settings.dry_run and not any(o.get("name") for o in outcomes.values()):
+            listed = "; ".join(f"cluster {c}: {m}" for c, m in list(errors.items())[:3])
+            raise RuntimeError(f"No cluster of run '{run_key}' could be named ({len(errors)} failed): {listed}")
+        if not settings.dry_run:
+            _store(edit, settings.provider, summary, outcomes)
         report(1.0, "done")
 
-    names = dict(getattr(results, "names", None) or {}) if not dry_run else dict(old_names)
-    descriptions = dict(getattr(results, "descriptions", None) or {}) if not dry_run else dict(old_desc)
+    names = dict(getattr(results, "names", None) or {}) if not settings.dry_run else dict(old_names)
+    descriptions = dict(getattr(results, "descriptions", None) or {}) if not settings.dry_run else dict(old_desc)
     summary["names"] = names
     summary["descriptions"] = descriptions
     summary["errors"] = errors
@@ -580,7 +686,7 @@ def _label(dataset, run_key, results, edit, name_field, provider, model, base_ur
             "status": (
                 "error" if str(c) in errors
                 else "kept" if str(c) in skipped
-                else "dry run" if dry_run
+                else "dry run" if settings.dry_run
                 else "named"
             ),
         }
@@ -595,39 +701,72 @@ def _label(dataset, run_key, results, edit, name_field, provider, model, base_ur
     return summary
 
 
+def _shared_names(outcomes, groups, kept):
+    """``{cluster: names its siblings hold}`` for the clusters named now whose
+    name a sibling holds too (kept names, or named now; of two clusters named
+    now, the larger keeps the name: it comes first in ``outcomes``' order)."""
+    named = {c: o["name"] for c, o in outcomes.items() if o.get("name")}
+    holder = {}
+    shared = {}
+    for c, name in named.items():
+        siblings = groups.get(c, [])
+        taken = {kept[s] for s in siblings if s in kept} | {holder[s] for s in siblings if s in holder}
+        if name.casefold() in {t.casefold() for t in taken}:
+            shared[c] = sorted(taken | {named[s] for s in siblings if s in named})
+        else:
+            holder[c] = name
+    return shared
+
+
 #: errors of a first request that no retry or other cluster would fix
 _FATAL_STATUS = (401, 403, 404)
 
 
-def _run_openai(todo, selected, paths, sizes, client_kwargs, max_side, max_concurrency, deadline, dry_run,
-                summary, report):
-    secret = client_kwargs["api_key"]
+def _run_openai(todo, selected, paths, sizes, context, groups, kept, settings, summary, report):
+    secret = settings.api_key
     outcomes = {}
     lock = threading.Lock()
+    encoded = {}  # sample id -> (mime, bytes), shared by the clusters that show it
 
-    def prepare(c):
+    def images_of(sids):
         images, problems = [], []
-        for sid in selected[c]:
+        for sid in sids:
             path = paths.get(sid)
             if path is None:
                 problems.append(f"sample {sid} no longer exists")
                 continue
-            try:
-                mime, data, _ = encode_image(path, max_side)
-            except Exception as e:  # unreadable image: skip it
-                problems.append(f"{os.path.basename(path)}: {type(e).__name__}: {e}")
-                continue
-            images.append((mime, data))
+            with lock:
+                cached = encoded.get(sid)
+            if cached is None:
+                try:
+                    mime, data, _ = encode_image(path, settings.max_side)
+                except Exception as e:  # unreadable image: skip it
+                    problems.append(f"{os.path.basename(path)}: {type(e).__name__}: {e}")
+                    continue
+                cached = (mime, data)
+                with lock:
+                    encoded[sid] = cached
+            images.append(cached)
+        return images, problems
+
+    def prepare(c, taken=()):
+        images, problems = images_of(selected[c])
         if not images:
             raise ValueError("no readable image: " + "; ".join(problems))
-        messages = build_messages(c, int(sizes[c]), images, client_kwargs["describe"], max_side)
+        neighbors, parent = context[c]
+        shown = [(s, images_of(selected[s][: settings.neighbor_images])[0]) for s in neighbors]
+        shown = [(s, imgs) for s, imgs in shown if imgs]
+        messages = build_messages(
+            c, int(sizes[c]), images, settings.describe, settings.max_side, neighbors=shown, parent=parent, taken=taken
+        )
+        everything = images + [img for _, imgs in shown for img in imgs]
         with lock:
-            summary["images"] += len(images)
-            summary["image_bytes"] += sum(len(d) for _, d in images)
-            summary["payload_bytes"] += len(json.dumps({"model": client_kwargs["model"], "messages": messages}))
+            summary["images"] += len(everything)
+            summary["image_bytes"] += sum(len(d) for _, d in everything)
+            summary["payload_bytes"] += len(json.dumps({"model": settings.model, "messages": messages}))
         return messages, len(images)
 
-    if dry_run:
+    if settings.dry_run:
         for i, c in enumerate(todo):
             try:
                 prepare(c)
@@ -638,19 +777,35 @@ def _run_openai(todo, selected, paths, sizes, client_kwargs, max_side, max_concu
 
     if not todo:
         return outcomes
-    namer = _OpenAINamer(**client_kwargs)
-    t_end = time.monotonic() + deadline
+    namer = _OpenAINamer(settings.api_key, settings.model, settings.base_url, settings.timeout,
+                         settings.max_retries, settings.describe)
+    t_end = time.monotonic() + settings.deadline
 
     def ask(c, messages, n, first=False):
         t0 = time.perf_counter()
-        name, description = namer(messages, first=first, timeout=min(client_kwargs["timeout"], deadline))
+        name, description = namer(messages, first=first, timeout=min(settings.timeout, settings.deadline))
         return {"name": name, "description": description, "images": n, "seconds": round(time.perf_counter() - t0, 3)}
 
-    def work(c):
-        return ask(c, *prepare(c))
+    def work(c, taken=()):
+        return ask(c, *prepare(c, taken))
+
+    def run_all(jobs, step):
+        """Runs ``{cluster: taken names}`` on the pool until the deadline;
+        ``step(c, outcome)`` takes each outcome."""
+        futures = {pool.submit(work, c, taken): c for c, taken in jobs.items()}
+        try:
+            for future in as_completed(futures, timeout=max(0.0, t_end - time.monotonic())):
+                c = futures[future]
+                try:
+                    step(c, future.result())
+                except Exception as e:
+                    step(c, {"error": _describe_error(e, secret)})
+        except FuturesTimeout:
+            for c in jobs:
+                step(c, {"error": f"not named within the deadline of {settings.deadline:g} s"}, late=True)
 
     queue = list(todo)
-    pool = ThreadPoolExecutor(max_workers=min(max_concurrency, len(todo)), thread_name_prefix="label_clusters")
+    pool = ThreadPoolExecutor(max_workers=min(settings.max_concurrency, len(todo)), thread_name_prefix="label_clusters")
     try:
         while queue:  # the first request decides whether the endpoint answers at all
             c = queue.pop(0)
@@ -672,19 +827,28 @@ def _run_openai(todo, selected, paths, sizes, client_kwargs, max_side, max_concu
                 else:
                     outcomes[c] = {"error": _describe_error(e, secret)}
             break
-        report(0.95 * len(outcomes) / len(todo), f"{len(outcomes)}/{len(todo)} clusters")
-        futures = {pool.submit(work, c): c for c in queue}
-        try:
-            for future in as_completed(futures, timeout=max(0.0, t_end - time.monotonic())):
-                c = futures[future]
-                try:
-                    outcomes[c] = future.result()
-                except Exception as e:
-                    outcomes[c] = {"error": _describe_error(e, secret)}
-                report(0.95 * len(outcomes) / len(todo), f"{len(outcomes)}/{len(todo)} clusters")
-        except FuturesTimeout:
-            for c in queue:
-                outcomes.setdefault(c, {"error": f"not named within the deadline of {deadline:g} s"})
+        report(0.9 * len(outcomes) / len(todo), f"{len(outcomes)}/{len(todo)} clusters")
+
+        def first_round(c, outcome, late=False):
+            if late:
+                outcomes.setdefault(c, outcome)
+                return
+            outcomes[c] = outcome
+            report(0.9 * len(outcomes) / len(todo), f"{len(outcomes)}/{len(todo)} clusters")
+
+        run_all({c: () for c in queue}, first_round)
+        # siblings that got the same name: asked again, once, with the names taken
+        ordered = dict(sorted(outcomes.items(), key=lambda kv: -int(sizes[kv[0]])))
+        again = _shared_names(ordered, groups, kept)
+        summary["renamed"] = sorted(str(c) for c in again)
+
+        def second_round(c, outcome, late=False):
+            if outcome.get("name") and outcome["name"].casefold() not in {t.casefold() for t in again[c]}:
+                outcomes[c] = outcome
+
+        if again:
+            report(0.92, f"asking again for {len(again)} clusters whose name a sibling has")
+            run_all(again, second_round)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         summary["requests_sent"] = namer.requests

@@ -27,9 +27,13 @@ from .common import (
 SECRET = cl.API_KEY_ENV
 PARAMS = (
     "run_key", "provider", "model", "base_url", "num_images", "max_side", "overwrite",
-    "describe", "dry_run", "max_concurrency", "timeout", "max_retries",
+    "describe", "dry_run", "max_concurrency", "timeout", "max_retries", "deadline",
+    "neighbors", "neighbor_images",
 )
-OPENAI_ONLY = ("model", "base_url", "max_side", "describe", "max_concurrency", "timeout", "max_retries")
+OPENAI_ONLY = (
+    "model", "base_url", "max_side", "describe", "max_concurrency", "timeout", "max_retries", "deadline",
+    "neighbors", "neighbor_images",
+)
 _SDK_FLAG = "_sdk_call"  # set by __call__: return the summary instead of streaming App messages
 
 
@@ -61,6 +65,12 @@ def _openai_inputs(ctx, inputs):
         prop.invalid = True
         prop.error_message = "Use at least 16 px"
     inputs.bool("describe", default=True, label="Also ask for a one-sentence description")
+    inputs.int(
+        "neighbors", default=cl.DEFAULT_NEIGHBORS, min=0, label="Similar clusters shown for contrast",
+        description="Each request also shows images of this many nearest sibling clusters, so that "
+        "similar clusters get names that tell them apart (0: none)",
+    )
+    inputs.int("neighbor_images", default=cl.DEFAULT_NEIGHBOR_IMAGES, min=1, label="Images of each of them")
     if not ctx.secrets[SECRET] and not ctx.params.get("dry_run", False):
         inputs.view(
             "no_key",
@@ -83,8 +93,14 @@ def _plan_notice(ctx, inputs, run_key, provider):
     names = getattr(results, "names", None) or {}
     named = sum(1 for c in clusters if names.get(str(c)))
     todo = len(clusters) if ctx.params.get("overwrite", False) else len(clusters) - named
-    n_images = Params(ctx.params, lenient=True).int("num_images", cl.DEFAULT_NUM_IMAGES)
-    what = f"{todo} requests with up to {todo * n_images} images" if provider == "openai" else f"up to {todo * n_images} images classified offline"
+    form = Params(ctx.params, lenient=True)
+    n_images = form.int("num_images", cl.DEFAULT_NUM_IMAGES)
+    shown = min(form.int("neighbors", cl.DEFAULT_NEIGHBORS), max(len(clusters) - 1, 0))
+    contrast = shown * form.int("neighbor_images", cl.DEFAULT_NEIGHBOR_IMAGES)
+    what = (
+        f"{todo} requests with up to {todo * (n_images + contrast)} images ({contrast} of similar clusters each)"
+        if provider == "openai" else f"up to {todo * n_images} images classified offline"
+    )
     inputs.view(
         "plan",
         types.Notice(
@@ -157,6 +173,9 @@ class LabelClusters(foo.Operator):
         max_concurrency=None,
         timeout=None,
         max_retries=None,
+        deadline=None,
+        neighbors=None,
+        neighbor_images=None,
         delegate=False,
     ):
         """SDK entry: same parameters as :func:`clustering.label_clusters` but
@@ -167,7 +186,8 @@ class LabelClusters(foo.Operator):
             run_key=run_key, provider=provider, model=model, base_url=base_url,
             num_images=num_images, max_side=max_side, overwrite=overwrite,
             describe=describe, dry_run=dry_run, max_concurrency=max_concurrency,
-            timeout=timeout, max_retries=max_retries,
+            timeout=timeout, max_retries=max_retries, deadline=deadline, neighbors=neighbors,
+            neighbor_images=neighbor_images,
         )
         if not delegate:
             params[_SDK_FLAG] = True

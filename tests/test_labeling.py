@@ -121,7 +121,7 @@ def test_request_shape_mime_types_and_stored_names(clustered, stub, fo, tmp_path
             id_of_bytes[_sha(f.read())] = sid
     ids, losses, labels = map(np.array, dataset.values(["id", "c_loss", "c_cluster"]))
 
-    summary = _label(dataset, stub, model="my-vision-model", num_images=7, max_concurrency=2)
+    summary = _label(dataset, stub, model="my-vision-model", num_images=7, max_concurrency=2, neighbors=0)
 
     assert summary["requests_sent"] == 3 and len(stub.requests) == 3
     assert summary["errors"] == {}
@@ -220,28 +220,26 @@ def test_dry_run_counts_and_sends_nothing(clustered, stub, monkeypatch):
     results = clustering.load_clustering_results(clustered, "c")
     selected = cl._select_images(results, [0, 1, 2], 7)
     paths = dict(zip(*clustered.values(["id", "filepath"])))
-    expected_bytes = sum(os.path.getsize(paths[s]) for ids in selected.values() for s in ids)
+    own = sum(os.path.getsize(paths[s]) for ids in selected.values() for s in ids)
+    # each request also shows the two other clusters (the default 2 neighbors), 2 images each
+    contrast = sum(os.path.getsize(paths[s]) for c in selected for o in selected if o != c for s in selected[o][:2])
+    expected_bytes = own + contrast
 
     summary = _label(clustered, stub, api_key=None, dry_run=True, num_images=7)
     assert stub.requests == []
     assert summary["requests_sent"] == 0 and summary["requests_planned"] == 3
-    assert summary["images"] == 21
+    assert summary["images"] == 3 * (7 + 2 * 2)
     assert summary["image_bytes"] == expected_bytes  # small PNGs go as they are
     assert summary["payload_bytes"] > expected_bytes * 4 / 3
     assert not clustered.has_field("c_name")
     assert not (clustering.load_clustering_results(clustered, "c").names)
 
-    # with one cluster named, a dry run plans only the others
-    stub.script = {0: [stub.reply("named")]}
+    # with one cluster named, a dry run plans only the others (5 images each, 2 x 2 of neighbors)
+    stub.script = {0: [stub.reply("named")], 1: [stub.status(400, {})], 2: [stub.status(400, {})]}
     _label(clustered, stub, num_images=1)
     stub.requests.clear()
-    clustered.reload()
-    results = clustering.load_clustering_results(clustered, "c")
-    results.names.pop("1")
-    results.names.pop("2")
-    results.save()
     summary = _label(clustered, stub, dry_run=True)
-    assert summary["requests_planned"] == 2 and summary["images"] == 10
+    assert summary["requests_planned"] == 2 and summary["images"] == 2 * (5 + 2 * 2)
     assert stub.requests == []
 
 
@@ -317,7 +315,7 @@ def test_operator_dry_run_and_missing_key(clustered, stub, plugin_operator, monk
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     op = plugin_operator("label_clusters")
     summary = op(clustered, run_key="c", base_url=stub.base_url, dry_run=True, num_images=2)
-    assert summary["dry_run"] and summary["images"] == 6 and summary["requests_sent"] == 0
+    assert summary["dry_run"] and summary["images"] == 3 * (2 + 2 * 2) and summary["requests_sent"] == 0
     with pytest.raises(Exception, match="OPENAI_API_KEY"):
         op(clustered, run_key="c", base_url=stub.base_url)
     assert stub.requests == []
@@ -398,3 +396,41 @@ def test_deadline_stores_what_was_named_in_time(clustered, stub):
     assert summary["names"] == {"0": "alpha"}
     assert all("deadline of 3 s" in summary["errors"][c] for c in ("1", "2"))
     _check_names_stored(clustered, {"0": "alpha"})
+
+
+def test_requests_show_sibling_clusters_and_shared_names_are_asked_again(clustered, stub):
+    """Two clusters answer the same name: the second round asks the smaller
+    one again with the name taken; the requests carry the neighbors' images."""
+    results = clustering.load_clustering_results(clustered, "c")
+    sizes = {c: int(results.cluster_sizes[c]) for c in results.cluster_ids()}
+    big, small, other = sorted(sizes, key=sizes.get, reverse=True)
+    stub.script = {big: [stub.reply("textures")], small: [stub.reply("Textures"), stub.reply("gravel")],
+                   other: [stub.reply("faces")]}
+    paths = dict(zip(*clustered.values(["id", "filepath"])))
+    by_bytes = {}
+    for sid, path in paths.items():
+        with open(path, "rb") as f:
+            by_bytes[_sha(f.read())] = sid
+
+    summary = _label(clustered, stub, num_images=3, neighbors=1, neighbor_images=2)
+    assert summary["names"] == {str(big): "textures", str(small): "gravel", str(other): "faces"}
+    assert summary["renamed"] == [str(small)] and summary["requests_sent"] == 4
+    centers = np.asarray(results.centers)
+    for request in stub.requests:
+        c = request["cluster"]
+        urls = image_urls(request["body"])
+        sent = [by_bytes[_sha(_decode(u)[1])] for u in urls]
+        nearest = min((s for s in sizes if s != c), key=lambda s: np.linalg.norm(centers[c] - centers[s]))
+        assert sent[:3] == results.representatives[str(c)][:3]
+        assert sent[3:] == results.representatives[str(nearest)][:2]  # the sibling's images, for contrast
+        texts = " ".join(p["text"] for p in request["body"]["messages"][1]["content"] if p["type"] == "text")
+        assert f"neighboring cluster ({nearest})" in texts
+    again = stub.requests_for(small)[-1]["body"]["messages"][1]["content"][-1]["text"]
+    assert "already named" in again and "'textures'" in again.lower()
+    _check_names_stored(clustered, summary["names"])
+
+
+def test_offline_names_differ_among_siblings(clustered):
+    summary = clustering.label_clusters(clustered, "c", provider="offline", progress=False)
+    names = list(summary["names"].values())
+    assert len({n.casefold() for n in names}) == len(names) and not any(n.endswith(")") for n in names)
