@@ -26,6 +26,8 @@ _LAZY = {
     "delete_run": "api",
     "load_clustering_results": "api",
     "check_run": "writer",
+    "subcluster": "tree",
+    "cluster_tree": "tree",
     "RunBusyError": "writer",
     "RunInterruptedError": "writer",
     "available_methods": "methods",

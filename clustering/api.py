@@ -21,7 +21,6 @@ from . import identity
 from . import writer
 from .methods import get_method
 from .model import RunModel
-from .names import default_name_field
 from .progress import progress_or_bar, scaled
 
 DEFAULT_NUM_REPRESENTATIVES = 5
@@ -229,6 +228,7 @@ def compute_clusters(
     fit_sample_size="auto",
     overwrite=False,
     keep_identity=True,
+    levels=None,
     progress=None,
     **method_params,
 ):
@@ -263,6 +263,12 @@ def compute_clusters(
             cluster keeps its id, name and description and the run keeps its
             ``edits``, with a ``recompute`` record listing the matched, new
             and vanished clusters; False starts from nothing
+        levels: a cluster tree in one call (:mod:`clustering.tree`): the
+            number of clusters at each level, top-down (``[10, 4]``: 10
+            clusters, each split into 4 sub-clusters, stored as run
+            ``<run_key>_l2``), with ``"auto"`` for a level whose clusters each
+            get the k that :func:`clustering.choose_k` recommends for them;
+            ``levels="auto"`` is ``[k, "auto"]``. ``k`` is the top level's
         progress: None or True (a progress bar), False (silent), or a callable
             ``progress(fraction, message)``
         **method_params: the method's own parameters (``n_init``, ``max_iter``,
@@ -280,6 +286,7 @@ def compute_clusters(
         params["loss_param"] = loss_param
     params = method_obj.resolve_params({k_: v for k_, v in params.items() if v is not None})
     _check_run_key(run_key)
+    k, below = _check_levels(method_obj, k, levels, samples)
     _check_k(method_obj, k, len(samples))
     if int(num_representatives) < 1:
         raise ValueError("num_representatives must be >= 1")
@@ -287,7 +294,8 @@ def compute_clusters(
     requested_fit = _check_fit_sample_size(method_obj, fit_sample_size) or "auto"
 
     with writer.claimed(samples, run_key, "compute_clusters", allow_interrupted=overwrite) as claim, \
-            progress_or_bar(progress, f"Clustering '{run_key}'") as report:
+            progress_or_bar(progress, f"Clustering '{run_key}'") as whole:
+        report = scaled(whole, 0.0, 0.6) if below else whole
         _validate_key(samples, run_key, overwrite)
         fields = _resolve_fields(
             samples, run_key, overwrite, label_field=label_field, loss_field=loss_field, rep_field=rep_field
@@ -313,8 +321,8 @@ def compute_clusters(
         out = done.out
         formed = _formed_clusters(run_key, out.labels, done.k)
         inherited = _inherit_identity(samples, run_key, done.ids, out) if overwrite and keep_identity else None
-        results = _save_run(
-            samples, claim, run_key, done.ids, done.sample_ids, out, fields, overwrite, int(num_representatives),
+        results = writer.store_new_run(
+            samples, claim, run_key, done.ids, done.sample_ids, out, overwrite=overwrite,
             config=dict(
                 method=method,
                 k=formed,
@@ -334,10 +342,36 @@ def compute_clusters(
             t_start=t_start,
             transform_state=transform.state(),
             inherited=inherited,
-            progress=scaled(stages, 0.75, 1.0),
+            progress=scaled(stages, 0.75, 0.975),
         )
         report(1.0, "done")
+        if below:
+            from .tree import compute_levels
+
+            compute_levels(samples, run_key, below, progress=scaled(whole, 0.6, 1.0))
+            whole(1.0, "done")
     return results
+
+
+def _check_levels(method, k, levels, samples):
+    """``(k, the levels below the top)`` of a call with ``levels``."""
+    if levels is None:
+        return k, []
+    if levels == "auto":
+        levels = [k, "auto"]
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__") or len(list(levels)) < 2:
+        raise ValueError(f"levels must be 'auto' or a list of two or more numbers of clusters, top-down; got {levels!r}")
+    levels = list(levels)
+    if not method.needs_k or not method.can_assign:
+        raise ValueError(f"Cluster trees need a nearest-center method with k; '{method.name}' is not one")
+    if patches_field_of(samples):
+        raise ValueError("Cluster trees support runs on images only")
+    if k is not None and k != levels[0]:
+        raise ValueError(f"k={k} and levels={levels} disagree on the top level; give one of them")
+    for level in levels[1:]:
+        if level != "auto" and (isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 2):
+            raise ValueError(f"Each level below the top needs an integer k >= 2 or 'auto'; got {level!r}")
+    return levels[0], [None if level == "auto" else int(level) for level in levels[1:]]
 
 
 def _inherit_identity(samples, run_key, ids, out):
@@ -379,7 +413,7 @@ def _formed_clusters(run_key, labels, k):
 
 @dataclass
 class _Clustered:
-    """What a fit gives ``_save_run``: the clustered rows' ids (and their
+    """What a fit gives the run's writer: the clustered rows' ids (and their
     samples' ids, for patches), the ids without embeddings, the method's
     output over every clustered row, k, and the rows and objective of the fit."""
 
@@ -454,49 +488,6 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     return _Clustered(
         np.concatenate(parts["ids"]), sample_ids, np.concatenate(parts["missing"]), out, k, fitted, fit_objective
     )
-
-
-def _save_run(samples, claim, run_key, ids, sample_ids, out, fields, overwrite, num_reps, config, timings, t_start,
-              transform_state, inherited=None, progress=None):
-    labels = np.asarray(out.labels, dtype=np.int64)
-    losses = np.asarray(out.sample_losses, dtype=np.float64)
-    ranks, reps = writer.representative_ranks(labels, np.nan_to_num(losses, nan=np.inf), num_reps)
-    id_strings = storage.id_strings(ids)
-    run_config = cr.config_class(config["method"])(**config)
-    inherited = inherited or {}
-    results = cr.ClusteringResults(
-        samples,
-        run_config,
-        run_key,
-        sample_ids=id_strings,
-        labels=labels,
-        sample_losses=losses,
-        centers=np.asarray(out.centers, dtype=np.float32),
-        cluster_sizes=np.bincount(labels[labels >= 0], minlength=len(out.centers)),
-        objective=float(out.objective),
-        objective_history=np.asarray(out.objective_history, dtype=np.float64),
-        n_iter=out.n_iter,
-        representatives={str(c): [id_strings[i] for i in idx] for c, idx in reps.items()},
-        timings=dict(timings),
-        names=inherited.get("names", {}),
-        descriptions=inherited.get("descriptions", {}),
-        naming=inherited.get("naming", {}),
-        edits=inherited.get("edits", []),
-        **transform_state,
-    )
-    columns = {
-        fields["label_field"]: labels,
-        fields["loss_field"]: np.ma.masked_invalid(losses),
-        fields["rep_field"]: np.ma.masked_equal(ranks, 0),
-    }
-    if results.names:  # names a re-run inherited
-        run_config.name_field = default_name_field(run_key)
-        columns[run_config.name_field] = [results.names.get(str(c)) if c >= 0 else None for c in labels.tolist()]
-    writer.save_new_run(
-        samples, claim, run_key, results, columns, ids, sample_ids, overwrite, t_start,
-        progress=scaled(progress, 0.0, 0.9),
-    )
-    return results
 
 
 def load_clustering_results(samples, run_key):

@@ -42,6 +42,7 @@ from . import runs as cr
 from . import writer
 from .api import patches_field_of
 from .model import RunModel
+from .tree import refuse_if_parent
 from .names import HAND_WRITTEN, default_name_field
 from .methods import get_method
 
@@ -90,15 +91,22 @@ def merge_clusters(samples, run_key, clusters):
         ids = sorted({edit.cluster(c) for c in clusters})
         if len(ids) < 2:
             raise ValueError(f"Merging needs at least two different clusters; got {clusters!r}")
+        refuse_if_parent(edit.dataset, run_key, "merge clusters")
+        parents = {edit.parents.get(str(c)) for c in ids}
+        if len(parents) > 1:
+            raise ValueError(
+                f"Clusters {ids} of run '{run_key}' have different parents ({sorted(parents)}) in the "
+                f"cluster tree; merge siblings only"
+            )
         target = ids[0]
         members = np.flatnonzero(np.isin(edit.labels, ids))
         X = edit.features(members)
-        loss, param = edit.loss()
+        model = edit.model
         # from the best of the old centers (a non-convex loss such as correntropy
         # has local minimizers)
-        candidates = RunModel(loss.name, param, edit.centers[ids], None)
+        candidates = RunModel(model.loss.name, model.loss_param, edit.centers[ids], None)
         start = edit.centers[ids][np.argmin(candidates.losses(X).sum(axis=0))]
-        centers, losses = _minimizers(loss, param, X, np.zeros(len(members), dtype=np.int64), start[None])
+        centers, losses = model.minimizers(X, np.zeros(len(members), dtype=np.int64), start[None])
         edit.labels[members] = target
         edit.losses[members] = losses
         edit.centers[target] = centers[0]
@@ -133,17 +141,16 @@ def split_cluster(samples, run_key, cluster, k=2):
             raise ValueError(f"k must be an integer >= 2; got {k!r}")
         if k > len(members):
             raise ValueError(f"Cannot split cluster {c} into k={k} clusters: it has {len(members)} members")
+        refuse_if_parent(edit.dataset, run_key, "split clusters")
         X = edit.features(members)
-        params = {n: getattr(edit.config, n) for n in method.defaults if getattr(edit.config, n, None) is not None}
-        params.pop("device", None)  # where the run was computed is not part of the result
-        out = method.fit(X, int(k), method.resolve_params(params))
-        parts, local = np.unique(np.asarray(out.labels), return_inverse=True)
-        if len(parts) < 2:
+        local, centers, losses = edit.model.refit(X, k)
+        if len(centers) < 2:
             raise ValueError(f"Cluster {c} cannot be split: {edit.config.method} found a single cluster in it")
-        loss, param = edit.loss()
-        centers, losses = _minimizers(loss, param, X, local, np.asarray(out.centers, dtype=np.float32)[parts])
         new = edit.new_clusters(centers)
+        parent = edit.parents.get(str(c))
         edit.retire(c)
+        for n in new if parent is not None else ():
+            edit.parents[str(n)] = parent  # siblings of the split cluster in a cluster tree
         edit.labels[members] = np.asarray(new)[local]
         edit.losses[members] = losses
         edit.touched.update(new)
@@ -262,28 +269,6 @@ def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _tensor(X):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-
-
-def _losses_to(loss, param, X, C):
-    """Loss of each row of X to the matching row of C."""
-    return loss.loss(_tensor(X), _tensor(C), param).double().numpy()
-
-
-def _minimizers(loss, param, X, labels, start):
-    """``(centers, losses)``: each cluster's minimizer of its members' summed
-    loss (by the loss's center update from ``start``, one row per cluster;
-    ``labels`` index them), and each row's loss to its center."""
-    import torch
-
-    C = loss.update_centers(_tensor(X), torch.from_numpy(labels.astype(np.int64)), _tensor(start), param)
-    C = C.numpy().astype(np.float32)
-    return C, _losses_to(loss, param, X, C[labels])
-
-
 class _Edit(writer.RunEdit):
     """A claimed run state (:class:`clustering.writer.RunEdit`) with what
     curation reads: cluster ids checked, the run's loss, and its features."""
@@ -298,10 +283,6 @@ class _Edit(writer.RunEdit):
             what = "is HDBSCAN noise, not a cluster" if value == -1 else "does not exist"
             raise ValueError(f"Cluster {value} of run '{self.run_key}' {what}; its clusters are {listed}")
         return int(value)
-
-    def loss(self):
-        """The run's loss and its parameter (scikit-learn methods: squared)."""
-        return self.model.loss, self.model.loss_param
 
     def _load(self):
         super()._load()

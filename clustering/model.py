@@ -26,7 +26,9 @@ class RunModel:
     """A run's features and clusters (see the module docstring)."""
 
     def __init__(self, loss, loss_param, centers, transform, embeddings_field=None, patches_field=None,
-                 input_dim=None, run_key=None):
+                 input_dim=None, run_key=None, method=None, method_params=None):
+        self.method = method
+        self.method_params = dict(method_params or {})
         self.loss = get_loss(loss or "squared")
         self.loss_param = loss_param
         self.centers = np.asarray(centers, dtype=np.float32)
@@ -44,10 +46,15 @@ class RunModel:
         transform = cf.FeatureTransform.from_state(
             config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
         )
+        from .methods import get_method
+
+        defaults = get_method(config.method).defaults if config.method else {}
+        params = {n: getattr(config, n) for n in defaults if getattr(config, n, None) is not None}
+        params.pop("device", None)  # where the run was computed is not part of the result
         return cls(
             config.loss, config.loss_param, results.centers, transform,
             config.embeddings_field, config.patches_field,
-            config.input_dim, results.key,
+            config.input_dim, results.key, config.method, params,
         )
 
     @classmethod
@@ -84,6 +91,32 @@ class RunModel:
         """``(n, k)`` loss of each row of ``X`` to each live cluster (columns
         in the order of :attr:`live`)."""
         return self._estimator().transform(X).astype(np.float64)
+
+    def minimizers(self, X, labels, start):
+        """``(centers, losses)``: each group's minimizer of its rows' summed
+        loss (by the loss's center update from ``start``, one row per group;
+        ``labels`` index them), and each row's loss to its group's center."""
+        import torch
+
+        C = self.loss.update_centers(
+            torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), torch.from_numpy(labels.astype(np.int64)),
+            torch.from_numpy(np.ascontiguousarray(start, dtype=np.float32)), self.loss_param,
+        ).numpy().astype(np.float32)
+        losses = self.loss.loss(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), torch.from_numpy(C[labels]), self.loss_param)
+        return C, losses.double().numpy()
+
+    def refit(self, X, k):
+        """``(labels, centers, losses)`` of ``k`` new clusters of the rows
+        ``X`` (the run's features): the run's method with its parameters,
+        centers recomputed under the run's loss; ``labels`` are ``0..m-1``
+        (m <= k when the method formed fewer)."""
+        from .methods import get_method
+
+        method = get_method(self.method)
+        out = method.fit(X, int(k), method.resolve_params(dict(self.method_params)))
+        parts, local = np.unique(np.asarray(out.labels), return_inverse=True)
+        centers, losses = self.minimizers(X, local, np.asarray(out.centers, dtype=np.float32)[parts])
+        return local, centers, losses
 
     # ------------------------------------------------------------ features
 

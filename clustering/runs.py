@@ -13,7 +13,7 @@ import fiftyone.core.utils as fou
 import numpy as np
 
 PLUGIN = "@imgclust/clustering"
-FIELD_KEYS = ("label_field", "loss_field", "rep_field", "name_field")
+FIELD_KEYS = ("label_field", "loss_field", "rep_field", "name_field", "path_field")
 
 
 def default_fields(run_key):
@@ -90,6 +90,12 @@ class ClusteringRunConfig(fors.RunConfig):
         "rep_field": None,
         "name_field": None,
         "evaluated_gt_field": None,
+        # a level of a cluster tree (clustering.tree): the run one level up,
+        # the tree's top run, this level (1 = top) and its path field
+        "parent_run": None,
+        "root_run": None,
+        "level": 1,
+        "path_field": None,
         # the loss the run's clusters are centered under (squared for scikit-learn methods)
         "loss": None,
         "loss_param": None,
@@ -227,6 +233,12 @@ def list_clustering_runs(samples, method=None):
     """Keys of this plugin's clustering runs on ``samples``."""
     kwargs = {"method": method} if method else {}
     return samples.list_runs(type=ClusteringRun, **kwargs)
+
+
+def child_runs(samples, run_key):
+    """The keys of the levels of a cluster tree directly below run ``run_key``."""
+    dataset = samples._root_dataset
+    return [k for k in list_clustering_runs(dataset) if dataset.get_run_info(k).config.parent_run == run_key]
 
 
 def run_document(dataset, run_key):

@@ -373,7 +373,18 @@ def expected_columns(results):
     if name_field:
         names = getattr(results, "names", None) or {}
         columns[name_field] = [names.get(str(c)) if c >= 0 else None for c in labels]
+    if config.path_field:
+        paths = tree_paths(results)
+        columns[config.path_field] = [paths.get(c) for c in labels]
     return columns
+
+
+def tree_paths(results):
+    """{cluster: its path in a cluster tree, e.g. ``"7/2"``} for a level of a
+    tree (its ``parents`` and their ``parent_paths``); empty otherwise."""
+    parents = getattr(results, "parents", None) or {}
+    parent_paths = getattr(results, "parent_paths", None) or {}
+    return {int(c): f"{parent_paths[str(p)]}/{c}" for c, p in parents.items()}
 
 
 def _stored_columns(dataset, config, paths):
@@ -434,7 +445,10 @@ def rewrite_fields(dataset, results, progress=None):
 
     config = results.config
     expected = expected_columns(results)
-    kinds = {"label_field": fo.IntField, "loss_field": fo.FloatField, "rep_field": fo.IntField, "name_field": fo.StringField}
+    kinds = {
+        "label_field": fo.IntField, "loss_field": fo.FloatField, "rep_field": fo.IntField,
+        "name_field": fo.StringField, "path_field": fo.StringField,
+    }
     for key, kind in kinds.items():
         path = getattr(config, key, None)
         if path and not dataset.has_field(path):
@@ -531,12 +545,58 @@ _SIDE_WRITES = {"to_labels": apply_labels, "tag_cluster": apply_tags, "untag_clu
 # writing: a new run, an edit, a rename, a deletion
 
 
-def save_new_run(samples, claim, run_key, results, columns, ids, sample_ids, overwrite, t_start, progress=None):
-    """Stores a computed run: registered with status ``"writing"``, its fields
-    (``columns`` aligned with ``ids``), then its ``results`` (with
-    ``timings["write_s"]`` and ``timings["total_s"]`` since ``t_start``) and
-    status ``"completed"``. An existing run with this key is deleted first
-    (``overwrite``); a failure deletes the new run."""
+def store_new_run(samples, claim, run_key, ids, sample_ids, out, config, timings, t_start, transform_state,
+                  inherited=None, overwrite=False, progress=None):
+    """Stores a computed run under ``claim``: its results (from the method's
+    output ``out`` over the rows ``ids``; ``sample_ids`` holds the samples of
+    the labels of a run on patches), registered with status ``"writing"``,
+    its fields, then its results with status ``"completed"``. An existing run
+    with this key is deleted first (``overwrite``); a failure deletes the new
+    run. ``inherited``: names, descriptions, naming, edits, tree parents that
+    the results start with (a re-run that keeps its clusters' identity, a
+    level of a cluster tree). Returns the results."""
+    from .names import default_name_field
+
+    labels = np.asarray(out.labels, dtype=np.int64)
+    losses = np.asarray(out.sample_losses, dtype=np.float64)
+    ranks, reps = representative_ranks(labels, np.nan_to_num(losses, nan=np.inf), int(config["num_representatives"]))
+    id_strings = storage.id_strings(ids)
+    run_config = cr.config_class(config["method"])(**config)
+    inherited = inherited or {}
+    results = cr.ClusteringResults(
+        samples,
+        run_config,
+        run_key,
+        sample_ids=id_strings,
+        labels=labels,
+        sample_losses=losses,
+        centers=np.asarray(out.centers, dtype=np.float32),
+        cluster_sizes=np.bincount(labels[labels >= 0], minlength=len(out.centers)),
+        objective=float(out.objective),
+        objective_history=np.asarray(out.objective_history, dtype=np.float64),
+        n_iter=out.n_iter,
+        representatives={str(c): [id_strings[i] for i in idx] for c, idx in reps.items()},
+        timings=dict(timings),
+        names=inherited.get("names", {}),
+        descriptions=inherited.get("descriptions", {}),
+        naming=inherited.get("naming", {}),
+        edits=inherited.get("edits", []),
+        **{k: inherited[k] for k in ("parents", "parent_paths") if k in inherited},
+        **transform_state,
+    )
+    if results.names:  # names a re-run inherited
+        run_config.name_field = default_name_field(run_key)
+    columns = {
+        run_config.label_field: labels,
+        run_config.loss_field: np.ma.masked_invalid(losses),
+        run_config.rep_field: np.ma.masked_equal(ranks, 0),
+    }
+    columns.update({p: v for p, v in expected_columns(results).items() if p not in columns})  # names, paths
+    _write_new_run(samples, claim, run_key, results, columns, ids, sample_ids, overwrite, t_start, progress)
+    return results
+
+
+def _write_new_run(samples, claim, run_key, results, columns, ids, sample_ids, overwrite, t_start, progress):
     import fiftyone as fo
 
     dataset = samples._root_dataset
@@ -549,13 +609,15 @@ def save_new_run(samples, claim, run_key, results, columns, ids, sample_ids, ove
     config.status = "writing"
     samples.register_run(run_key, config, overwrite=overwrite)
     try:
-        kinds = {"label_field": fo.IntField, "loss_field": fo.FloatField, "rep_field": fo.IntField, "name_field": fo.StringField}
+        kinds = {
+            "label_field": fo.IntField, "loss_field": fo.FloatField, "rep_field": fo.IntField,
+            "name_field": fo.StringField, "path_field": fo.StringField,
+        }
         for key, kind in kinds.items():
             if key in fields:
                 dataset.add_sample_field(fields[key], kind)
         storage.write_columns(
-            dataset, ids, columns, patches_field=config.patches_field,
-            sample_ids=sample_ids, progress=progress,
+            dataset, ids, columns, patches_field=config.patches_field, sample_ids=sample_ids, progress=progress,
         )
         claim.verify()
         results.timings["write_s"] = time.perf_counter() - t0
@@ -572,9 +634,11 @@ def save_new_run(samples, claim, run_key, results, columns, ids, sample_ids, ove
 
 
 def delete_run(samples, run_key):
-    """Deletes a run, its results and its fields (also one left interrupted);
-    returns the fields deleted."""
+    """Deletes a run, its results and its fields (also one left interrupted),
+    and the levels of a cluster tree below it; returns the fields deleted."""
     dataset = samples._root_dataset
+    for child in cr.child_runs(dataset, run_key) if run_key in dataset.list_runs() else ():
+        delete_run(dataset, child)
     with claimed(dataset, run_key, "delete_run", wait=EDIT_WAIT_S, allow_interrupted=True) as claim:
         journal = claim.found_journal or {}
         if run_key not in dataset.list_runs() and not journal:
@@ -615,8 +679,22 @@ def rename_run(samples, run_key, new_run_key):
         claim.begin("rename_run", {"new_run_key": new_run_key})
         dataset.rename_run(run_key, new_run_key)
         claim.end()
+    _relink(dataset, run_key, new_run_key)
     config = cr.get_clustering_run_config(dataset, new_run_key)
     return {k: getattr(config, k) for k in cr.FIELD_KEYS if getattr(config, k, None)}
+
+
+def _relink(dataset, old, new):
+    """The levels of a cluster tree that named run ``old`` as their parent or
+    top run name ``new`` instead."""
+    for key in cr.list_clustering_runs(dataset):
+        config = dataset.get_run_info(key).config
+        if old in (config.parent_run, config.root_run):
+            with claimed(dataset, key, "rename_run", wait=EDIT_WAIT_S):
+                config = cr.get_clustering_run_config(dataset, key)
+                config.parent_run = new if config.parent_run == old else config.parent_run
+                config.root_run = new if config.root_run == old else config.root_run
+                dataset.update_run_config(key, config)
 
 
 class RunEdit:
@@ -669,6 +747,9 @@ class RunEdit:
         self.raw_names = {c: raw.get(c) or n for c, n in names.items() if n}
         self.provenance = dict(self.naming.get("clusters") or {})
         self.descriptions = dict(getattr(results, "descriptions", None) or {})
+        # in a level of a cluster tree: each cluster's parent, and the parents' paths
+        self.parents = {str(c): int(p) for c, p in (getattr(results, "parents", None) or {}).items()}
+        self.parent_paths = dict(getattr(results, "parent_paths", None) or {})
         self.touched = set()  # clusters whose members or losses changed
 
     # -- reading
@@ -677,9 +758,9 @@ class RunEdit:
 
     # -- editing
     def retire(self, c):
-        """Cluster ``c`` no longer exists: no center, no name."""
+        """Cluster ``c`` no longer exists: no center, no name, no parent."""
         self.centers[c] = np.nan
-        for d in (self.raw_names, self.provenance, self.descriptions):
+        for d in (self.raw_names, self.provenance, self.descriptions, self.parents):
             d.pop(str(c), None)
 
     def new_clusters(self, centers):
@@ -732,6 +813,8 @@ class RunEdit:
         results.names = names
         results.descriptions = {c: d for c, d in self.descriptions.items() if c in names}
         results.naming = self.naming
+        if self.parents or self.parent_paths:
+            results.parents, results.parent_paths = self.parents, self.parent_paths
         if config.k is not None:
             config.k = len(live)
         config.num_clustered = len(self.ids)
