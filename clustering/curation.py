@@ -164,7 +164,9 @@ def assign_new_samples(samples, run_key):
     under the run's loss, after the run's normalization / PCA. Labels of the
     run's samples never change and centers do not move. Runs on an embeddings
     array, UMAP runs and HDBSCAN runs (density-based, with noise) are refused.
-    For a run on patches, ``samples`` is a patches view of the same field.
+    For a run on patches, ``samples`` is a patches view of the same field. In
+    a level of a cluster tree, a sample goes to the nearest sub-cluster of its
+    cluster one level up (samples of clusters not sub-clustered stay out).
 
     Returns:
         how many samples were assigned
@@ -186,12 +188,40 @@ def assign_new_samples(samples, run_key):
         new_ids = [i for i in samples.exists(field).values("id") if i not in known]
         if not new_ids:
             return 0
-        _, X = model.features(samples.select(new_ids), new_ids, "assign_new_samples")
-        nearest, losses = model.assign(X)
+        if edit.parents:
+            new_ids, X, nearest, losses = _assign_below_parents(edit, samples, new_ids)
+        else:
+            _, X = model.features(samples.select(new_ids), new_ids, "assign_new_samples")
+            nearest, losses = model.assign(X)
+        if not new_ids:
+            return 0
         edit.append(new_ids, nearest, losses)
         edit.touched.update(int(c) for c in np.unique(nearest))
         edit.save({}, {"assigned": len(new_ids)})
         return len(new_ids)
+
+
+def _assign_below_parents(edit, samples, new_ids):
+    """``(ids, X, labels, losses)`` of the new samples of a tree level whose
+    cluster one level up has sub-clusters: each to the nearest of them."""
+    parent = writer.latest_results(edit.dataset, edit.config.parent_run)
+    parent_of = dict(zip(parent.sample_ids, np.asarray(parent.labels).tolist()))
+    children = {}
+    for c, p in edit.parents.items():
+        if np.isfinite(edit.centers[int(c)]).all():
+            children.setdefault(p, []).append(int(c))
+    new_ids = [i for i in new_ids if parent_of.get(i) in children]
+    if not new_ids:
+        return [], None, None, None
+    _, X = edit.model.features(samples.select(new_ids), new_ids, "assign_new_samples")
+    labels, losses = np.zeros(len(new_ids), dtype=np.int64), np.zeros(len(new_ids))
+    groups = np.array([parent_of[i] for i in new_ids])
+    for p, kids in children.items():
+        rows = np.flatnonzero(groups == p)
+        if len(rows):
+            local, losses[rows] = RunModel(edit.model.loss.name, edit.model.loss_param, edit.centers[kids], None).assign(X[rows])
+            labels[rows] = np.asarray(kids)[local]
+    return new_ids, X, labels, losses
 
 
 def to_labels(samples, run_key, label_field, use_names=True, overwrite=False):

@@ -27,7 +27,7 @@ def nested(fo, request):
     dataset.delete()
 
 
-def test_a_two_level_tree_recovers_both_levels(nested):
+def test_a_two_level_tree_recovers_both_levels(nested, fo):
     top = clustering.compute_clusters(nested, "t", embeddings="emb", levels=[5, 4], progress=False)
     assert top.config.k == 5 and "t_l2" in nested.list_runs()
     level = clustering.load_clustering_results(nested, "t_l2")
@@ -57,6 +57,14 @@ def test_a_two_level_tree_recovers_both_levels(nested):
     assert clustering.check_run(nested, "t_l2")["state"] == "consistent"
     assert clustering.to_labels(nested, "t_l2", "sub_labels") == len(nested)
     assert merged in clustering.load_clustering_results(nested, "t_l2").cluster_ids()
+
+    # new samples go to the nearest sub-cluster of their cluster one level up
+    added = nested.take(20, seed=1).values("emb")
+    nested.add_samples([fo.Sample(filepath=f"/none/new{i}.jpg", emb=np.asarray(x) + 0.1) for i, x in enumerate(added)])
+    assert clustering.assign_new_samples(nested, "t") == 20
+    assert clustering.assign_new_samples(nested, "t_l2") == 20
+    paths, parents = nested.values(["t_l2_path", "t_cluster"])
+    assert all(p.split("/")[0] == str(c) for p, c in zip(paths, parents))
 
     clustering.delete_run(nested, "t")
     assert nested.list_runs() == [] and not nested.has_field("t_l2_path")
