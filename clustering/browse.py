@@ -70,7 +70,7 @@ def _db_paths(config):
 
 def _facets(config, num_thumbnails, gt_path):
     paths, unwind, id_path = _db_paths(config)
-    label, loss, rep, name = (paths[k] for k in ("label_field", "loss_field", "rep_field", "name_field"))
+    label, loss, rep, name, path = (paths[k] for k in ("label_field", "loss_field", "rep_field", "name_field", "path_field"))
     group = {
         "_id": f"${label}",
         "size": {"$sum": 1},
@@ -79,6 +79,8 @@ def _facets(config, num_thumbnails, gt_path):
     }
     if name:
         group["name"] = {"$max": f"${name}"}
+    if path:
+        group["path"] = {"$max": f"${path}"}
     facets = {
         "clusters": [{"$group": group}],
         "representatives": [
@@ -130,7 +132,8 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
     Returns:
         a dict with ``run_key``, ``header`` (method, loss, loss parameter, k,
         clusters, samples clustered, noise, objective = sum of the losses),
-        ``clusters`` (per cluster, by id: ``cluster``, ``name``, ``size``,
+        ``clusters`` (per cluster, by id: ``cluster``, ``name``, ``path`` (in
+        a level of a cluster tree, e.g. ``"7/2"``; else None), ``size``,
         ``compactness`` (mean loss to the center), ``thumbnails`` and, with
         ``gt_field``, ``majority_class`` and ``purity``), ``noise`` (HDBSCAN's
         -1: ``{"size": n}`` or None), ``evaluation`` (None without
@@ -162,6 +165,7 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         row = {
             "cluster": c,
             "name": g.get("name"),
+            "path": g.get("path"),
             "size": int(g["size"]),
             "compactness": _float(g["compactness"]),
             "thumbnails": thumbnails.get(c, []),
@@ -187,6 +191,8 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         "embeddings_field": config.embeddings_field,
         "patches_field": config.patches_field,
         "label_field": config.label_field,
+        "parent_run": config.parent_run,
+        "level": config.level,
     }
     return {
         "run_key": run_key,

@@ -1,7 +1,15 @@
 """Operators of the ``@imgclust/clustering`` plugin (thin wrappers over ``clustering``)."""
 
 from .clusters import ComputeClusters
-from .curation import AssignNewSamples, ClustersToLabels, MergeClusters, SetClusterName, SplitCluster, TagCluster
+from .curation import (
+    AssignNewSamples,
+    ClustersToLabels,
+    MergeClusters,
+    SetClusterName,
+    SplitCluster,
+    Subcluster,
+    TagCluster,
+)
 from .embeddings import ComputeEmbeddings
 from .evaluation import ChooseK, CompareRuns, EvaluateRun, PlotSilhouette, RunSummary, VisualizeRun
 from .feature_maps import FeatureMapsPanel, ShowFeatureMaps
@@ -21,6 +29,7 @@ OPERATORS = [
     SetClusterName,
     MergeClusters,
     SplitCluster,
+    Subcluster,
     AssignNewSamples,
     ClustersToLabels,
     TagCluster,

@@ -81,6 +81,17 @@ def _method_inputs(ctx, inputs, n_available):
             prop.error_message = f"k={k} is larger than the {n_available} samples with embeddings"
 
     method_inputs(ctx, inputs, method)
+    if method.needs_k and method.can_assign:
+        prop = inputs.str(
+            "levels", label="Sub-cluster levels (optional)",
+            description="A cluster tree in one run: the number of sub-clusters of each cluster, one level "
+            "after another (e.g. '4', or '4, 3'), or 'auto' for the k Choose k recommends for each cluster",
+        )
+        try:
+            parse_levels(ctx.params.get("levels"), 1)
+        except ValueError as e:
+            prop.invalid = True
+            prop.error_message = str(e)
     if method.can_assign:
         inputs.int(
             "fit_sample_size",
@@ -92,6 +103,26 @@ def _method_inputs(ctx, inputs, n_available):
                 "nearest center, a chunk at a time"
             ),
         )
+
+
+def parse_levels(text, k):
+    """The ``levels`` of ``compute_clusters`` from the form's text (``"4, 3"``,
+    ``"auto"``; a list passes as is), below a top level of ``k``; None when
+    empty."""
+    if text in (None, "", []):
+        return None
+    if isinstance(text, (list, tuple)):
+        return list(text)
+    below = []
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip().lower()
+        if part == "auto":
+            below.append("auto")
+        elif part.isdigit() and int(part) >= 2:
+            below.append(int(part))
+        else:
+            raise ValueError(f"Use numbers >= 2 or 'auto' separated by commas; got {part!r}")
+    return [k, *below]
 
 
 def _output_inputs(ctx, inputs):
@@ -178,6 +209,9 @@ class ComputeClusters(foo.Operator):
         embeddings = params.get("embeddings")
         if embeddings is not None and not isinstance(embeddings, str):
             raise ValueError("The operator takes an embeddings field name; pass arrays to clustering.compute_clusters")
+        levels = params.get("levels")
+        if isinstance(levels, (list, tuple)):  # the form's text: the levels below the top
+            params = dict(params, k=levels[0], levels=", ".join(map(str, levels[1:])))
         result = execute_from_sdk(self, sample_collection, dict(params, run_key=run_key), delegate=delegate)
         if delegate:
             return result
@@ -226,4 +260,7 @@ class ComputeClusters(foo.Operator):
             kwargs.pop("n_components", None)
         if not method.needs_k:
             kwargs.pop("k", None)
+        levels = parse_levels(params.get("levels"), kwargs.get("k"))
+        if levels:
+            kwargs["levels"] = levels
         return kwargs

@@ -286,3 +286,41 @@ class TagCluster(foo.Operator):
 
     def resolve_output(self, ctx):
         return _message_output()
+
+
+class Subcluster(foo.Operator):
+    """Params: ``run_key``, ``cluster`` (int), ``k`` (int >= 2; empty: the k
+    that ``choose_k`` recommends for the cluster). Returns ``{"run_key"``
+    (the level below), ``"clusters"`` (the new sub-clusters), ``"parent"``,
+    ``"message"}``."""
+
+    @property
+    def config(self):
+        return _config("subcluster", "Sub-cluster a cluster", "Cluster one cluster's members into sub-clusters, one level down")
+
+    def __call__(self, sample_collection, run_key, cluster, k=None):
+        return execute_from_sdk(self, sample_collection, dict(run_key=run_key, cluster=cluster, k=k)).result
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        run_key, results = _results(ctx, inputs)
+        if results is not None:
+            _cluster_input(ctx, inputs, results, description="Its members are clustered again with the run's method, loss and features")
+            inputs.int(
+                "k", min=2, label="Number of sub-clusters (optional)",
+                description="Empty: the k that Choose k recommends for this cluster's members",
+            )
+        return types.Property(inputs, view=types.View(label="Sub-cluster a cluster"))
+
+    def execute(self, ctx):
+        p = Params(ctx.params)
+        cluster = p.int("cluster")
+        key, new = clustering.subcluster(ctx.dataset, p.str("run_key"), cluster, k=p.int("k", None, minimum=2))
+        ctx.ops.reload_dataset()
+        return {
+            "run_key": key, "clusters": new, "parent": cluster,
+            "message": f"Cluster {cluster} has {len(new)} sub-clusters in run `{key}`: {', '.join(map(str, new))}",
+        }
+
+    def resolve_output(self, ctx):
+        return _message_output()

@@ -19,6 +19,7 @@ import fiftyone.operators.types as types
 
 import clustering
 from clustering import browse, plots
+from clustering import runs as cr
 from clustering.runs import PLUGIN
 
 from .common import fmt
@@ -89,6 +90,24 @@ def _matching_markdown(run_a, run_b, cmp):
     return "\n".join(lines)
 
 
+def _parent_of(row):
+    """The cluster one level up of an overview row of a tree level (from its
+    path, ``"7/2"`` -> 7), or None."""
+    if not row or not row.get("path") or "/" not in row["path"]:
+        return None
+    return int(row["path"].split("/")[-2])
+
+
+def _breadcrumb(dataset, overview, parent):
+    """Where a tree level's browsed clusters sit: ``'t' › 7 (dogs) › sub-clusters``."""
+    parent_run = overview["header"]["parent_run"]
+    if parent is None:
+        return f"Every sub-cluster of run `{parent_run}` (level {overview['header']['level']})"
+    above = next((r for r in OVERVIEWS.get(dataset, parent_run)["clusters"] if r["cluster"] == parent), {})
+    name = f" ({above['name']})" if above.get("name") else ""
+    return f"`{parent_run}` › cluster **{parent}**{name} › its sub-clusters in `{overview['run_key']}`"
+
+
 def _card_markdown(row):
     lines = [f"**{row['name']}**" if row.get("name") else None, f"{row['size']:,} samples", f"compactness {fmt(row['compactness'], '.4g')}"]
     if row.get("majority_class") is not None:
@@ -118,8 +137,9 @@ class ClustersPanel(foo.Panel):
         if not keys:
             return
         if ctx.panel.get_state("run_key") not in keys:
-            self._pick_run(ctx, keys[-1])
-            ctx.panel.set_state({"cluster": None, "page": 0, "map_note": None})
+            tops = [k for k in keys if not cr.get_clustering_run_config(ctx.dataset, k).parent_run]
+            self._pick_run(ctx, (tops or keys)[-1])
+            ctx.panel.set_state({"cluster": None, "page": 0, "map_note": None, "parent": None})
         for key, default in (("gt_field", NO_GT), ("sort", "cluster"), ("tab", "clusters")):
             self._choose(ctx, key, ctx.panel.get_state(key) or default)
         self._load_run(ctx)
@@ -158,7 +178,7 @@ class ClustersPanel(foo.Panel):
 
     def on_change_run(self, ctx):
         self._pick_run(ctx, ctx.params["value"])
-        ctx.panel.set_state({"cluster": None, "page": 0, "cards": {}, "map_note": None})
+        ctx.panel.set_state({"cluster": None, "page": 0, "cards": {}, "map_note": None, "parent": None})
         ctx.panel.data.clear()
         self._load_run(ctx)
         if ctx.panel.get_state("tab") == "compare":
@@ -211,6 +231,48 @@ class ClustersPanel(foo.Panel):
         cluster = int(cluster)
         ctx.panel.set_state("cluster", cluster)
         ctx.ops.set_view(clustering.load_run_view(ctx.dataset, self._run_key(ctx), cluster=cluster))
+
+    # ------------------------------------------------------------ the tree
+
+    def drill_down(self, ctx):
+        """A card's sub-clusters: the panel shows the level below, those of
+        this cluster; the grid shows the cluster."""
+        cluster = int(ctx.params["cluster"])
+        below = cr.child_runs(ctx.dataset, self._run_key(ctx))
+        if below:
+            self._enter_level(ctx, below[0], cluster)
+
+    def _enter_level(self, ctx, level_key, parent):
+        parent_run = self._run_key(ctx)
+        ctx.panel.set_state("run_keys", browse.run_keys(ctx.dataset))
+        self._choose(ctx, "run_key", level_key)
+        ctx.panel.set_state({"parent": parent, "cluster": None, "page": 0, "cards": {}})
+        self._load_run(ctx)
+        ctx.ops.set_view(clustering.load_run_view(ctx.dataset, parent_run, cluster=parent))
+
+    def go_up(self, ctx):
+        """Back to the level above: its clusters (the siblings of the one
+        browsed), with that one selected and shown in the grid."""
+        run_key = self._run_key(ctx)
+        parent_run = cr.get_clustering_run_config(ctx.dataset, run_key).parent_run
+        parent = ctx.panel.get_state("parent")
+        if not parent_run:
+            return
+        above = next((r for r in OVERVIEWS.get(ctx.dataset, parent_run)["clusters"] if r["cluster"] == parent), None)
+        self._choose(ctx, "run_key", parent_run)
+        ctx.panel.set_state({"parent": _parent_of(above), "page": 0, "cards": {}})
+        self._load_run(ctx)
+        if parent is not None:
+            self._show(ctx, parent)
+
+    def subcluster(self, ctx):
+        self._prompt(ctx, "subcluster", on_success=self.subcluster_done, cluster=str(ctx.panel.get_state("cluster")))
+
+    def subcluster_done(self, ctx):
+        """Sub-clustered: the panel shows the new sub-clusters."""
+        result = ctx.params["result"]
+        OVERVIEWS.clear()
+        self._enter_level(ctx, result["run_key"], int(result["parent"]))
 
     def show_representatives(self, ctx):
         ctx.ops.set_view(clustering.load_run_view(ctx.dataset, self._run_key(ctx), representatives=True))
@@ -361,13 +423,23 @@ class ClustersPanel(foo.Panel):
                 self._choose(ctx, "gt_field", NO_GT)
             gt = None
         overview = OVERVIEWS.get(ctx.dataset, run_key, gt_field=gt)
-        rows = browse.sort_clusters(overview["clusters"], ctx.panel.get_state("sort") or "cluster")
+        rows = overview["clusters"]
+        parent = ctx.panel.get_state("parent")
+        if overview["header"]["parent_run"] and parent is not None:  # a cluster's sub-clusters
+            rows = [r for r in rows if _parent_of(r) == parent]
+        below = cr.child_runs(ctx.dataset, run_key)
+        children = {}
+        for r in OVERVIEWS.get(ctx.dataset, below[0])["clusters"] if below else ():
+            children[_parent_of(r)] = children.get(_parent_of(r), 0) + 1
+        rows = [dict(r, children=children.get(r["cluster"], 0)) for r in rows]
+        rows = browse.sort_clusters(rows, ctx.panel.get_state("sort") or "cluster")
         pages = max(1, -(-len(rows) // PAGE_SIZE))
         page = min(ctx.panel.get_state("page") or 0, pages - 1)
         shown = rows[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
         ctx.panel.set_state(
             {
                 "header": _header_markdown(overview),
+                "breadcrumb": _breadcrumb(ctx.dataset, overview, parent) if overview["header"]["parent_run"] else None,
                 "problem": overview["problem"],
                 "page": page,
                 "num_pages": pages,
@@ -406,6 +478,10 @@ class ClustersPanel(foo.Panel):
 
         self._render_controls(ctx, panel, keys)
         panel.md(state.header or "", name="header")
+        if state.breadcrumb:
+            where = panel.h_stack("tree", gap=1, align_y="center")
+            where.btn("up", label="Up", icon="arrow_upward", variant="outlined", on_click=self.go_up)
+            where.md(state.breadcrumb, name="breadcrumb")
         if state.problem:
             problem = panel.h_stack("problem", gap=1, align_y="center")
             problem.view("text", types.Warning(label="This run needs attention", description=state.problem))
@@ -460,6 +536,8 @@ class ClustersPanel(foo.Panel):
                 actions.btn("rename", label="Rename", icon="edit", on_click=self.rename)
             actions.btn("split", label="Split", icon="call_split", on_click=self.split)
             if images:
+                actions.btn("subcluster", label="Sub-cluster", icon="account_tree", on_click=self.subcluster)
+            if images:
                 actions.btn("tag", label="Tag", icon="local_offer", on_click=self.tag)
         run_actions = panel.h_stack("run_actions", gap=1, align_y="center")
         run_actions.btn("merge", label="Merge checked", icon="merge", on_click=self.merge)
@@ -481,6 +559,9 @@ class ClustersPanel(foo.Panel):
             card.bool("pick", label="", view=types.CheckboxView())
             card.btn("show", label=str(c), variant="outlined", on_click=self.show_cluster, params={"cluster": c})
             card.md(_card_markdown(r), name="text", width="150px")
+            if r.get("children"):
+                card.btn("down", label=f"{r['children']} sub-clusters", icon="subdirectory_arrow_right",
+                         variant="outlined", on_click=self.drill_down, params={"cluster": c})
             for i in range(r["n"]):
                 card.view(
                     f"t{i}",
