@@ -166,4 +166,6 @@ class RunModel:
         """The features of the run's samples (labels, for a run on patches)
         ``ids`` of ``dataset``, in that order."""
         collection = dataset.to_patches(self.patches_field) if self.patches_field else dataset
-        return self.features(collection.select(list(ids)), ids, action)[1]
+        if len(ids) < len(collection) // 2:  # else reading them all is faster than selecting
+            collection = collection.select(list(ids))
+        return self.features(collection, ids, action)[1]

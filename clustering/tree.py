@@ -58,15 +58,17 @@ def _paths(dataset, results):
     return {c: str(c) for c in results.cluster_ids()}
 
 
-def _fit_children(dataset, parent, model, cluster, k):
+def _fit_children(dataset, parent, model, cluster, k, features=None):
     """``(member ids, labels (0..m-1), centers, losses)`` of ``cluster``'s
     sub-clusters, with the run's method, parameters and loss
     (:meth:`clustering.model.RunModel.refit`); ``k=None``: the k that
-    :func:`clustering.choose_k` recommends for its members."""
+    :func:`clustering.choose_k` recommends for its members. ``features``: the
+    run's features of all its samples, when already read."""
     from .evaluation import choose_k
 
-    members = [parent.sample_ids[i] for i in np.flatnonzero(np.asarray(parent.labels) == cluster)]
-    X = model.run_features(dataset, members, "subcluster")
+    rows = np.flatnonzero(np.asarray(parent.labels) == cluster)
+    members = [parent.sample_ids[i] for i in rows]
+    X = features[rows] if features is not None else model.run_features(dataset, members, "subcluster")
     if k is None:
         upper = min(AUTO_K_RANGE[1], len(X) // MIN_MEMBERS_PER_CHILD)
         if upper < AUTO_K_RANGE[0]:
@@ -91,7 +93,8 @@ def compute_levels(samples, run_key, levels, progress=None):
         parent = writer.latest_results(dataset, parent_key)
         clusters = parent.cluster_ids()
         model = RunModel.of(parent)
-        fits = {c: _fit_children(dataset, parent, model, c, k) for c in clusters}
+        features = model.run_features(dataset, parent.sample_ids, "compute_clusters")  # one read for every cluster
+        fits = {c: _fit_children(dataset, parent, model, c, k, features) for c in clusters}
         if report is not None:
             report(1.0, f"level {parent.config.level + 1}: {len(clusters)} clusters sub-clustered")
         results = _store_level(dataset, parent_key, parent, fits, overwrite=True)
