@@ -199,3 +199,62 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
         expect(page.locator("[data-cy='sidebar-field-km_label']")).to_be_visible()
         grid_settled(page)
         steps.shot("promoted")
+
+
+def test_clusters_panel_drills_down_and_back_up(pixel_dataset, page, app_url, artifacts, fo):
+    """Sub-cluster a cluster from the panel, click a sub-cluster (the grid
+    shows exactly its samples), go back up (the grid shows its parent)."""
+    dataset = pixel_dataset
+    clustering.compute_clusters(dataset, RUN_KEY, embeddings="pixels", k=K, n_init=2, progress=quiet)
+    n = len(dataset)
+    sizes = dataset.count_values(f"{RUN_KEY}_cluster")
+    parent = max(sizes, key=lambda c: (sizes[c], -c))
+    steps = Steps(page, artifacts)
+    expect = sync_api.expect
+    with steps.recording(dataset):
+        page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
+        expect(page.locator("[data-cy=entry-counts]")).to_have_text(re.compile(rf"^\s*{n}\s+samples\s*$"), timeout=60_000)
+        grid_settled(page)
+        page.locator("[data-cy=new-panel-btn]").first.click()
+        page.get_by_text("Clusters", exact=True).click()
+        panel = page.locator("[data-cy=panel-content-clusters_panel]")
+        expect(panel.get_by_text(re.compile(rf"k = {K} · {K} clusters"))).to_be_visible(timeout=60_000)
+
+        # select the largest cluster, "Sub-cluster", 2 sub-clusters
+        panel.get_by_role("button", name=str(parent), exact=True).click()
+        grid_count(page, sizes[parent], n)
+        panel.get_by_role("button", name="Sub-cluster").click()
+        expect(after_label(page, "Cluster", "combobox")).to_have_text(re.compile(rf"^{parent} \({sizes[parent]} samples\)"))
+        type_into(page, "Number of sub-clusters (optional)", "2")
+        steps.shot("subcluster-form")
+        execute_form(page)
+        level = f"{RUN_KEY}_l2"
+
+        def stored():
+            dataset.reload()
+            return level in dataset.list_runs() and dataset.count(f"{level}_cluster") == sizes[parent]
+
+        wait_for_db(page, stored, f"the sub-clusters of cluster {parent}", artifacts)
+        page.get_by_role("button", name="Close", exact=True).click()
+        expect(panel.get_by_text(re.compile(rf"cluster {parent}.* its sub-clusters in {level}"))).to_be_visible()
+        subsizes = dataset.count_values(f"{level}_cluster")
+        subsizes.pop(None, None)
+        assert sorted(subsizes.values()) != [] and sum(subsizes.values()) == sizes[parent]
+        grid_settled(page)
+        steps.shot("sub-clusters")
+
+        # a sub-cluster: the grid shows exactly its samples
+        child = min(subsizes, key=lambda c: (subsizes[c], c))
+        panel.get_by_role("button", name=str(child), exact=True).click()
+        grid_count(page, subsizes[child], n)
+        assert set(dataset.match(F(f"{level}_cluster") == child).values(f"{level}_path")) == {f"{parent}/{child}"}
+        grid_settled(page)
+        steps.shot("sub-cluster-shown")
+
+        # back up: the top run, its clusters, the parent in the grid
+        panel.get_by_role("button", name="Up").click()
+        grid_count(page, sizes[parent], n)
+        expect(panel.get_by_text(re.compile(r"2 sub-clusters"))).to_be_visible()
+        expect(panel.get_by_role("button", name=str(parent), exact=True)).to_be_visible()
+        grid_settled(page)
+        steps.shot("back-up")
