@@ -139,7 +139,9 @@ class ClustersPanel(foo.Panel):
         if ctx.panel.get_state("run_key") not in keys:
             tops = [k for k in keys if not cr.get_clustering_run_config(ctx.dataset, k).parent_run]
             self._pick_run(ctx, (tops or keys)[-1])
-            ctx.panel.set_state({"cluster": None, "page": 0, "map_note": None, "parent": None})
+            ctx.panel.set_state({"cluster": None, "page": 0, "map_note": None, "drill": None})
+        if (ctx.panel.get_state("drill") or {}).get("run", keys[0]) not in keys:  # the level was deleted
+            ctx.panel.set_state("drill", None)
         for key, default in (("gt_field", NO_GT), ("sort", "cluster"), ("tab", "clusters")):
             self._choose(ctx, key, ctx.panel.get_state(key) or default)
         self._load_run(ctx)
@@ -178,7 +180,7 @@ class ClustersPanel(foo.Panel):
 
     def on_change_run(self, ctx):
         self._pick_run(ctx, ctx.params["value"])
-        ctx.panel.set_state({"cluster": None, "page": 0, "cards": {}, "map_note": None, "parent": None})
+        ctx.panel.set_state({"cluster": None, "page": 0, "cards": {}, "map_note": None, "drill": None})
         ctx.panel.data.clear()
         self._load_run(ctx)
         if ctx.panel.get_state("tab") == "compare":
@@ -220,7 +222,10 @@ class ClustersPanel(foo.Panel):
     # -------------------------------------------------------- views in the grid
 
     def _run_key(self, ctx):
-        return ctx.panel.get_state("run_key")
+        """The run the panel shows: the one picked, or the level of a cluster
+        tree it drilled into."""
+        drill = ctx.panel.get_state("drill")
+        return drill["run"] if drill else ctx.panel.get_state("run_key")
 
     def show_cluster(self, ctx):
         """A card, a thumbnail or a bar of the sizes chart was clicked."""
@@ -243,10 +248,10 @@ class ClustersPanel(foo.Panel):
             self._enter_level(ctx, below[0], cluster)
 
     def _enter_level(self, ctx, level_key, parent):
+        """Shows the sub-clusters of ``parent`` in ``level_key`` (the Run
+        input keeps the run picked: the drill-down is the panel's ``drill``)."""
         parent_run = self._run_key(ctx)
-        ctx.panel.set_state("run_keys", browse.run_keys(ctx.dataset))
-        self._choose(ctx, "run_key", level_key)
-        ctx.panel.set_state({"parent": parent, "cluster": None, "page": 0, "cards": {}})
+        ctx.panel.set_state({"drill": {"run": level_key, "cluster": parent}, "cluster": None, "page": 0, "cards": {}})
         self._load_run(ctx)
         ctx.ops.set_view(clustering.load_run_view(ctx.dataset, parent_run, cluster=parent))
 
@@ -255,15 +260,21 @@ class ClustersPanel(foo.Panel):
         browsed), with that one selected and shown in the grid."""
         run_key = self._run_key(ctx)
         parent_run = cr.get_clustering_run_config(ctx.dataset, run_key).parent_run
-        parent = ctx.panel.get_state("parent")
+        parent = self._parent(ctx)
         if not parent_run:
             return
         above = next((r for r in OVERVIEWS.get(ctx.dataset, parent_run)["clusters"] if r["cluster"] == parent), None)
-        self._choose(ctx, "run_key", parent_run)
-        ctx.panel.set_state({"parent": _parent_of(above), "page": 0, "cards": {}})
+        grandparent = _parent_of(above)
+        drill = {"run": parent_run, "cluster": grandparent} if parent_run != ctx.panel.get_state("run_key") else None
+        ctx.panel.set_state({"drill": drill, "page": 0, "cards": {}})
         self._load_run(ctx)
         if parent is not None:
             self._show(ctx, parent)
+
+    def _parent(self, ctx):
+        """The cluster whose sub-clusters the panel shows, or None."""
+        drill = ctx.panel.get_state("drill")
+        return drill["cluster"] if drill else None
 
     def subcluster(self, ctx):
         self._prompt(ctx, "subcluster", on_success=self.subcluster_done, cluster=str(ctx.panel.get_state("cluster")))
@@ -424,7 +435,7 @@ class ClustersPanel(foo.Panel):
             gt = None
         overview = OVERVIEWS.get(ctx.dataset, run_key, gt_field=gt)
         rows = overview["clusters"]
-        parent = ctx.panel.get_state("parent")
+        parent = self._parent(ctx)
         if overview["header"]["parent_run"] and parent is not None:  # a cluster's sub-clusters
             rows = [r for r in rows if _parent_of(r) == parent]
         below = cr.child_runs(ctx.dataset, run_key)

@@ -401,7 +401,7 @@ def test_panel_drills_down_a_cluster_tree_and_back_up(clone):
     children = {r["cluster"]: r["children"] for r in state["rows"]}
     assert children[1] == 3 and children[4] == 2 and children[0] == 0
     state, others = panel_event(clone, "drill_down", state, cluster=1)
-    assert state["run_key"] == "km_l2" and state["parent"] == 1
+    assert state["run_key"] == "km" and state["drill"] == {"run": "km_l2", "cluster": 1}  # the Run input stays
     assert "cluster **1**" in state["breadcrumb"] and len(state["rows"]) == 3
     assert all(r["path"].startswith("1/") for r in state["rows"])
     [(uri, params)] = others  # the grid shows the cluster whose sub-clusters these are
@@ -410,7 +410,9 @@ def test_panel_drills_down_a_cluster_tree_and_back_up(clone):
     state, [(uri, params)] = panel_event(clone, "show_cluster", state, cluster=child)
     assert set(fo_view(clone, params["view"]).values("km_l2_cluster")) == {child}
     state, others = panel_event(clone, "go_up", state)
-    assert state["run_key"] == "km" and state["parent"] is None and state["cluster"] == 1
+    assert state["run_key"] == "km" and state["drill"] is None and state["cluster"] == 1
+    [(uri, params)] = others  # the grid shows the cluster whose sub-clusters were browsed
+    assert uri == "set_view" and set(fo_view(clone, params["view"]).values("km_cluster")) == {1}
     assert not state["breadcrumb"] and len(state["rows"]) == K
     _, [(uri, params)] = panel_event(clone, "subcluster", dict(state, cluster=2))
     assert uri == "prompt_user_for_operation" and params["operator_uri"] == f"{PLUGIN_NAME}/subcluster"
