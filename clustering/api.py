@@ -219,7 +219,7 @@ def compute_clusters(
     loss=None,
     loss_param=None,
     normalize=False,
-    reduction="none",
+    reduction="auto",
     n_components=None,
     num_representatives=DEFAULT_NUM_REPRESENTATIVES,
     label_field=None,
@@ -245,7 +245,10 @@ def compute_clusters(
         loss, loss_param: the generalized k-means loss and its delta / sigma /
             epsilon (None = data-driven default)
         normalize: L2-normalize embeddings first
-        reduction, n_components: ``"none"``, ``"pca"`` or ``"umap"`` before clustering
+        reduction, n_components: ``"auto"`` (UMAP to 5 dimensions, cosine
+            metric, fitted on at most 20,000 samples, from 50 samples on; the
+            default, from the photo benchmark), ``"umap"``, ``"pca"`` or
+            ``"none"`` before clustering
         num_representatives: how many samples per cluster get a representative rank
         label_field, loss_field, rep_field: output fields (default ``{run_key}_cluster``,
             ``{run_key}_loss``, ``{run_key}_rep``); on a patches view
@@ -340,7 +343,7 @@ def compute_clusters(
             ),
             timings=timings,
             t_start=t_start,
-            transform_state=transform.state(),
+            transform_state=dict(transform.state(), umap_fit_ids=done.umap_fit_ids),
             inherited=inherited,
             progress=scaled(stages, 0.75, 0.975),
         )
@@ -415,7 +418,8 @@ def _formed_clusters(run_key, labels, k):
 class _Clustered:
     """What a fit gives the run's writer: the clustered rows' ids (and their
     samples' ids, for patches), the ids without embeddings, the method's
-    output over every clustered row, k, and the rows and objective of the fit."""
+    output over every clustered row, k, the rows and objective of the fit, and
+    the ids of the rows a UMAP was fitted on."""
 
     ids: np.ndarray
     sample_ids: np.ndarray
@@ -424,6 +428,7 @@ class _Clustered:
     k: int
     num_fit: int
     fit_objective: float
+    umap_fit_ids: list = None
 
 
 def _fit_all(source, method, k, params, transform, progress, timings):
@@ -436,9 +441,13 @@ def _fit_all(source, method, k, params, transform, progress, timings):
     t0 = time.perf_counter()
     X = transform.fit_transform(vectors.X, copy=not source.in_place)
     vectors.X = None  # X may be a transformed copy: let the original go
+    timings["reduce_s"] = time.perf_counter() - t0
     out = method.fit(X, k, params, progress=scaled(progress, 0.15, 0.75))
     timings["cluster_s"] = time.perf_counter() - t0
-    return _Clustered(vectors.ids, vectors.sample_ids, vectors.missing_ids, out, k, len(X), out.objective)
+    return _Clustered(
+        vectors.ids, vectors.sample_ids, vectors.missing_ids, out, k, len(X), out.objective,
+        _fit_ids(vectors.ids, transform),
+    )
 
 
 def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progress, timings):
@@ -453,6 +462,8 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     cf.check_magnitude(sample.X, source.description)
     t0 = time.perf_counter()
     X = transform.fit_transform(sample.X, copy=not source.in_place)
+    timings["reduce_s"] = time.perf_counter() - t0
+    umap_fit_ids = _fit_ids(sample.ids, transform)
     del sample
     out = method.fit(X, k, params, progress=scaled(progress, 0.1, 0.45))
     fitted = len(X)
@@ -486,8 +497,15 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     out.objective = float(np.nansum(out.sample_losses, dtype=np.float64))
     sample_ids = np.concatenate(parts["sample_ids"]) if parts["sample_ids"] else None
     return _Clustered(
-        np.concatenate(parts["ids"]), sample_ids, np.concatenate(parts["missing"]), out, k, fitted, fit_objective
+        np.concatenate(parts["ids"]), sample_ids, np.concatenate(parts["missing"]), out, k, fitted, fit_objective,
+        umap_fit_ids,
     )
+
+
+def _fit_ids(ids, transform):
+    """The ids of the rows a UMAP was fitted on (None without a UMAP)."""
+    rows = transform.umap_fit_rows_
+    return None if rows is None else storage.id_strings(np.asarray(ids)[rows])
 
 
 def load_clustering_results(samples, run_key):

@@ -67,7 +67,8 @@ def _silhouette_metric(loss, metric):
 
 def run_features(samples, run_key, embeddings=None):
     """The feature matrix a run clustered (its embeddings, normalized / reduced
-    as the run did), for the run's samples that are in ``samples``.
+    as the run did, :class:`clustering.model.RunModel`), for the run's
+    samples that are in ``samples``.
 
     Args:
         embeddings: for a run computed from an array (not a field), the same
@@ -76,8 +77,11 @@ def run_features(samples, run_key, embeddings=None):
     Returns:
         ``(ids, X, labels, note)``
     """
+    from .model import RunModel
+
     results = _results(samples, run_key)
     config = results.config
+    model = RunModel.of(results)
     run_ids = list(results.sample_ids)
     if embeddings is not None:
         X = np.asarray(embeddings, dtype=np.float32)
@@ -86,43 +90,27 @@ def run_features(samples, run_key, embeddings=None):
                 f"embeddings must be an (n, d) array aligned with the run's {len(run_ids)} "
                 f"sample_ids; got shape {X.shape}"
             )
+        # a UMAP of an array run is fitted again on every row (its own fit is not recorded)
+        stored = model.transform.reduction != "umap" and (
+            model.transform.reduction == "none" or model.transform.pca_components_ is not None
+        )
+        X = model.transform.transform(X) if stored else model.transform.fit_transform(X)
         source = "the given array"
     else:
-        field = config.embeddings_field
-        if not field:
+        if not config.embeddings_field:
             raise ValueError(
                 f"Run '{run_key}' was clustered on an embeddings array passed in Python, "
                 "not on a sample field, so its features cannot be reloaded: pass the same "
                 "array as embeddings=, or store it in a vector field and recompute the run "
                 "with embeddings=<field>"
             )
-        vectors = storage.VectorReader(samples._root_dataset, field).read()
-        stored = storage.id_strings(vectors.ids)
-        if stored == run_ids:
-            X = vectors.X
-        else:
-            row_of = {i: r for r, i in enumerate(stored)}
-            missing = sum(i not in row_of for i in run_ids)
-            if missing:
-                raise ValueError(
-                    f"{missing} samples of run '{run_key}' no longer have embeddings in "
-                    f"'{field}'; recompute the run"
-                )
-            X = vectors.X[[row_of[i] for i in run_ids]]
-        source = f"field '{field}'"
+        X = model.run_features(samples._root_dataset, run_ids, "this evaluation")
+        source = f"field '{config.embeddings_field}'"
     reduction = config.reduction or "none"
-    transform = cf.FeatureTransform.from_state(
-        config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
-    )
-    # the run's own PCA where it was stored; a UMAP (or an older run's PCA) is re-fitted
-    stored = reduction == "none" or transform.pca_components_ is not None
-    X = transform.transform(X) if stored else transform.fit_transform(X)
     steps = (["L2-normalized"] if config.normalize else []) + (
         [f"{reduction.upper()} to {X.shape[1]} dims"] if reduction != "none" else []
     )
     note = f"features: {source}" + (f", {', '.join(steps)} as in the run" if steps else "")
-    if reduction == "umap":
-        note += " (UMAP re-fitted with the run's seed; may differ slightly from the run's)"
     labels = np.asarray(results.labels, dtype=np.int64)
     if samples is not samples._root_dataset:
         present = set(samples.values("id"))

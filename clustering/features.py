@@ -3,7 +3,7 @@ normalization / PCA / UMAP reduction."""
 
 import numpy as np
 
-REDUCTIONS = ("none", "pca", "umap")
+REDUCTIONS = ("auto", "none", "pca", "umap")
 
 
 def nonfinite_message(count, n, source="embeddings"):
@@ -110,28 +110,55 @@ def validate_embeddings_field(samples, field):
         )
 
 
+#: UMAP as the default reduction does it (bench/README.md, "Photo collections"):
+#: to 5 dimensions, cosine metric, 15 neighbours, no minimum distance
+UMAP_PARAMS = {"metric": "cosine", "n_neighbors": 15, "min_dist": 0.0}
+DEFAULT_UMAP_COMPONENTS = 5
+#: rows a UMAP is fitted on; the others are mapped with its ``transform``
+UMAP_FIT_SIZE = 20_000
+#: ``reduction="auto"`` reduces with UMAP from this many rows (fewer: none)
+AUTO_UMAP_MIN_ROWS = 50
+
+
 class FeatureTransform:
     """What a run does to embeddings before clustering: optional L2
     normalization, then PCA or UMAP to ``n_components`` dimensions.
 
+    ``reduction="auto"`` (the default of ``compute_clusters``) is UMAP to
+    :data:`DEFAULT_UMAP_COMPONENTS` dimensions with :data:`UMAP_PARAMS` when
+    there are at least :data:`AUTO_UMAP_MIN_ROWS` rows, else none: on photo
+    collections it clustered best of every preprocessing measured
+    (``bench/README.md``). A UMAP is fitted on at most ``umap_fit_size``
+    rows (a uniform sample, drawn with ``random_state``); the other rows are
+    mapped by its ``transform``. Its seed makes it deterministic, so a later
+    process refits the same UMAP from the same rows (:meth:`refit_umap`).
+
     ``fit_transform`` fits it on the clustered rows; ``transform`` applies the
     same mapping to new rows (for PCA from the stored ``pca_mean_`` and
-    ``pca_components_``, so it also works in a later process through
-    :meth:`from_state`; UMAP only in the process that fitted it). ``info_``
-    is the JSON-friendly description a run's config records.
+    ``pca_components_``, also in a later process through :meth:`from_state`).
+    ``info_`` is the JSON-friendly description a run's config records;
+    ``umap_fit_rows_`` the rows a UMAP was fitted on.
     """
 
-    def __init__(self, normalize=False, reduction="none", n_components=None, random_state=None):
+    def __init__(self, normalize=False, reduction="none", n_components=None, random_state=None,
+                 umap_fit_size=UMAP_FIT_SIZE):
         reduction = reduction or "none"
         if reduction not in REDUCTIONS:
             raise ValueError(f"Unknown reduction '{reduction}'; choose one of {REDUCTIONS}")
+        if reduction == "auto":
+            n_components = n_components or DEFAULT_UMAP_COMPONENTS
         if reduction != "none" and (not n_components or n_components < 1):
             raise ValueError(f"{reduction.upper()} needs n_components >= 1")
+        if isinstance(umap_fit_size, bool) or not isinstance(umap_fit_size, (int, np.integer)) or umap_fit_size < 2:
+            raise ValueError(f"umap_fit_size must be an integer >= 2; got {umap_fit_size!r}")
         self.normalize = bool(normalize)
         self.reduction = reduction
         self.n_components = int(n_components) if reduction != "none" else None
-        self.random_state = random_state
+        # a UMAP is always seeded: a later process refits the same one
+        self.random_state = random_state if random_state is not None or reduction not in ("auto", "umap") else 51
+        self.umap_fit_size = int(umap_fit_size)
         self.pca_mean_ = self.pca_components_ = None
+        self.umap_fit_rows_ = None
         self._umap = None
 
     def _normalized(self, X, copy):
@@ -145,9 +172,18 @@ class FeatureTransform:
             block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
         return X
 
+    def _new_umap(self, n_rows):
+        import umap
+
+        params = dict(UMAP_PARAMS, n_neighbors=min(UMAP_PARAMS["n_neighbors"], n_rows - 1))
+        return umap.UMAP(n_components=self.n_components, random_state=self.random_state, n_jobs=1, **params)
+
     def fit_transform(self, X, copy=True):
         """Fits the transform on ``X`` (float32 ``(n, d)``) and returns it
         applied; ``copy=False`` lets it normalize ``X`` in place."""
+        if self.reduction == "auto":
+            self.reduction = "umap" if len(X) >= AUTO_UMAP_MIN_ROWS else "none"
+            self.n_components = self.n_components if self.reduction == "umap" else None
         self.info_ = {"normalize": self.normalize, "reduction": self.reduction, "input_dim": int(X.shape[1])}
         X = self._normalized(np.asarray(X, dtype=np.float32), copy)
         if self.reduction != "none":
@@ -167,13 +203,41 @@ class FeatureTransform:
                 self.pca_components_ = pca.components_.astype(np.float32)
                 self.info_["explained_variance_ratio"] = float(pca.explained_variance_ratio_.sum())
             else:
-                import umap
-
-                self._umap = umap.UMAP(n_components=n_components, random_state=self.random_state)
-                X = self._umap.fit_transform(X)
+                X = self._fit_umap(X)
+                self.info_.update(
+                    umap_params=dict(UMAP_PARAMS), umap_fit_size=len(self.umap_fit_rows_),
+                    umap_random_state=self.random_state,
+                )
             self.info_["n_components"] = n_components
         self.info_["dim"] = int(X.shape[1])
         return np.ascontiguousarray(X, dtype=np.float32)
+
+    def _fit_umap(self, X):
+        """Fits the UMAP on (a sample of) the rows of ``X``; returns them all mapped."""
+        n = len(X)
+        if n > self.umap_fit_size:
+            rows = np.sort(np.random.default_rng(self.random_state).choice(n, self.umap_fit_size, replace=False))
+        else:
+            rows = np.arange(n)
+        self.umap_fit_rows_ = rows
+        self._umap = self._new_umap(len(rows)).fit(X[rows])
+        if len(rows) == n:
+            return self._umap.embedding_
+        out = np.empty((n, self.n_components), dtype=np.float32)
+        others = np.setdiff1d(np.arange(n), rows)
+        out[rows] = self._umap.embedding_
+        for s in range(0, len(others), _BLOCK_ROWS):
+            chunk = others[s : s + _BLOCK_ROWS]
+            out[chunk] = self._umap.transform(X[chunk])
+        return out
+
+    def refit_umap(self, X_fit):
+        """Fits the UMAP again on the rows it was fitted on (raw embeddings, in
+        the same order): the same mapping, its seed making it deterministic.
+        Returns their coordinates (as the run got them)."""
+        X_fit = self._normalized(np.asarray(X_fit, dtype=np.float32), copy=True)
+        self._umap = self._new_umap(len(X_fit)).fit(X_fit)
+        return np.ascontiguousarray(self._umap.embedding_, dtype=np.float32)
 
     def transform(self, X, copy=True):
         """The fitted mapping applied to new rows ``X`` (float32 result;
@@ -185,11 +249,8 @@ class FeatureTransform:
             X = (X - self.pca_mean_) @ self.pca_components_.T
         elif self.reduction == "umap":
             if self._umap is None:
-                raise ValueError(
-                    "A UMAP reduction cannot be re-applied outside the process that "
-                    "fitted it; recompute the run (or use PCA) to map new samples"
-                )
-            X = self._umap.transform(X)
+                raise ValueError("This FeatureTransform's UMAP is not fitted (refit_umap fits it again)")
+            X = self._umap.transform(X) if len(X) else np.zeros((0, self.n_components), dtype=np.float32)
         return np.ascontiguousarray(X, dtype=np.float32)
 
     def state(self):
@@ -198,13 +259,14 @@ class FeatureTransform:
 
     @classmethod
     def from_state(cls, config, pca_mean=None, pca_components=None):
-        """The transform a run (its ``config`` and stored state) applied."""
+        """The transform a run (its ``config`` and stored state) applied (a
+        UMAP still to be refitted)."""
         reduction = config.reduction or "none"
         transform = cls(
             config.normalize,
             reduction,
             config.n_components,
-            getattr(config, "random_state", None),
+            getattr(config, "umap_random_state", None) or getattr(config, "random_state", None),
         )
         if reduction == "pca" and pca_components is not None:
             transform.pca_mean_ = np.asarray(pca_mean, dtype=np.float32)

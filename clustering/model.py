@@ -15,11 +15,19 @@ It is built from a fit (:meth:`RunModel.fitted`) or from a stored run
 (:meth:`RunModel.of`), whose config and results hold everything it needs.
 """
 
+import copy
+from collections import OrderedDict
+
 import numpy as np
 
 from . import features as cf
 from . import storage
 from .losses import get_loss
+
+
+#: UMAPs fitted again for stored runs, by dataset, run and fit (the last few)
+_UMAPS = OrderedDict()
+_UMAP_CACHE_SIZE = 4
 
 
 class RunModel:
@@ -37,6 +45,7 @@ class RunModel:
         self.patches_field = patches_field
         self.input_dim = input_dim
         self.run_key = run_key
+        self.umap_fit_ids = None  # the rows a UMAP reduction was fitted on
         self._predictor = None
 
     @classmethod
@@ -51,11 +60,13 @@ class RunModel:
         defaults = get_method(config.method).defaults if config.method else {}
         params = {n: getattr(config, n) for n in defaults if getattr(config, n, None) is not None}
         params.pop("device", None)  # where the run was computed is not part of the result
-        return cls(
+        model = cls(
             config.loss, config.loss_param, results.centers, transform,
             config.embeddings_field, config.patches_field,
             config.input_dim, results.key, config.method, params,
         )
+        model.umap_fit_ids = getattr(results, "umap_fit_ids", None)
+        return model
 
     @classmethod
     def fitted(cls, out, transform):
@@ -128,44 +139,81 @@ class RunModel:
                 f"not on a field, so {action} cannot read its features; store the array "
                 "in a vector field and recompute the run with embeddings=<field>"
             )
-        if self.transform.reduction == "umap" and self.transform._umap is None:
+        if self.transform.reduction == "umap" and self.transform._umap is None and not self.umap_fit_ids:
             raise ValueError(
-                f"Run '{self.run_key}' reduced its embeddings with UMAP, which cannot be "
-                f"re-applied outside the process that fitted it, so {action} cannot map "
-                "samples into its feature space; recompute the run with reduction 'pca' or 'none'"
+                f"Run '{self.run_key}' reduced its embeddings with a UMAP whose fit it does not "
+                f"record (it was computed by an earlier version), so {action} cannot map samples "
+                "into its feature space; recompute the run"
             )
         if self.transform.reduction == "pca" and self.transform.pca_components_ is None:
             raise ValueError(f"Run '{self.run_key}' does not store its PCA; recompute the run")
         return self.embeddings_field
 
-    def features(self, samples, ids=None, action="this action"):
-        """``(ids, X)``: the run's features (its embeddings field, transformed
-        as the run did) of the samples of ``samples`` that have them (labels,
-        for a patches view), or of exactly ``ids`` in that order (an error
-        names those without)."""
+    def _raw(self, collection, ids, action):
+        """The raw embeddings of ``ids`` of ``collection`` (samples, or
+        labels of a patches view), in that order."""
         field = self._field(action)
-        found, X, _ = storage.read_embeddings(samples, field)
-        if ids is not None:
-            row = dict(zip(found, range(len(found))))
-            lost = [i for i in ids if i not in row]
-            if lost:
-                raise ValueError(
-                    f"{len(lost)} samples of run '{self.run_key}' no longer exist or have no "
-                    f"embeddings in '{field}'; recompute the run"
-                )
-            X, found = X[[row[i] for i in ids]], list(ids)
+        found, X, _ = storage.read_embeddings(collection, field)
+        row = dict(zip(found, range(len(found))))
+        lost = [i for i in ids if i not in row]
+        if lost:
+            raise ValueError(
+                f"{len(lost)} samples of run '{self.run_key}' no longer exist or have no "
+                f"embeddings in '{field}'; recompute the run"
+            )
+        X = X[[row[i] for i in ids]]
         expected = self.input_dim or X.shape[1]
         if X.shape[1] != expected:
             raise ValueError(
                 f"The embeddings in '{field}' have dimension {X.shape[1]} but run "
                 f"'{self.run_key}' clustered dimension {expected}; recompute the run"
             )
-        return found, self.transform.transform(X)
+        return X
+
+    def _collection(self, dataset, ids):
+        """Where to read ``ids`` of the run: its dataset (the labels of its
+        patches field), narrowed to them when they are few."""
+        collection = dataset.to_patches(self.patches_field) if self.patches_field else dataset
+        if len(ids) < len(collection) // 2:  # else reading them all is faster than selecting
+            collection = collection.select(list(ids))
+        return collection
+
+    def _fit_umap_again(self, dataset, action):
+        """The run's UMAP, fitted again on the rows it was fitted on (once per
+        process and run state); returns {id: its coordinates}."""
+        key = (str(dataset._doc.id), self.run_key, self.umap_fit_ids[0], len(self.umap_fit_ids), self.transform.random_state)
+        if key not in _UMAPS:
+            X = self._raw(self._collection(dataset, self.umap_fit_ids), self.umap_fit_ids, action)
+            transform = copy.copy(self.transform)
+            coords = transform.refit_umap(X)
+            _UMAPS[key] = (transform._umap, dict(zip(self.umap_fit_ids, coords)))
+            while len(_UMAPS) > _UMAP_CACHE_SIZE:
+                _UMAPS.popitem(last=False)
+        self.transform._umap, coords = _UMAPS[key]
+        return coords
+
+    def features(self, samples, ids=None, action="this action"):
+        """``(ids, X)``: the run's features (its embeddings field, transformed
+        as the run did) of the samples of ``samples`` that have them (labels,
+        for a patches view), or of exactly ``ids`` in that order (an error
+        names those without). A UMAP run's own fit rows get the coordinates
+        they had in the run; other rows its mapping."""
+        if ids is None:
+            ids, _, _ = storage.read_embeddings(samples, self._field(action))
+        ids = list(ids)
+        X = self._raw(samples, ids, action)
+        if self.transform.reduction != "umap":
+            return ids, self.transform.transform(X)
+        coords = self._fit_umap_again(samples._root_dataset, action)
+        out = np.empty((len(ids), self.transform.n_components), dtype=np.float32)
+        fitted = np.array([i in coords for i in ids], dtype=bool)
+        if fitted.any():
+            out[fitted] = np.stack([coords[i] for i, f in zip(ids, fitted) if f])
+        if (~fitted).any():
+            out[~fitted] = self.transform.transform(X[~fitted])
+        return ids, out
 
     def run_features(self, dataset, ids, action="this action"):
         """The features of the run's samples (labels, for a run on patches)
         ``ids`` of ``dataset``, in that order."""
-        collection = dataset.to_patches(self.patches_field) if self.patches_field else dataset
-        if len(ids) < len(collection) // 2:  # else reading them all is faster than selecting
-            collection = collection.select(list(ids))
-        return self.features(collection, ids, action)[1]
+        return self.features(self._collection(dataset, ids), ids, action)[1]

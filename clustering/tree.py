@@ -128,7 +128,7 @@ def _store_level(dataset, parent_key, parent, fits, overwrite):
             raise ValueError(f"A run with key '{key}' already exists; pass overwrite=True")
         return writer.store_new_run(
             dataset, claim, key, storage.id_array(ids), None, out, config, timings={}, t_start=t_start,
-            transform_state={"pca_mean": getattr(parent, "pca_mean", None), "pca_components": getattr(parent, "pca_components", None)},
+            transform_state={k: getattr(parent, k, None) for k in ("pca_mean", "pca_components", "umap_fit_ids")},
             inherited={"parents": parents, "parent_paths": {str(p): paths[p] for p in fits}}, overwrite=True,
         )
 
@@ -137,6 +137,7 @@ def _store_level(dataset, parent_key, parent, fits, overwrite):
 _KEPT = (
     "method", "source", "embeddings_field", "model", "patches_field", "normalize", "reduction", "n_components",
     "input_dim", "dim", "num_representatives", "loss", "loss_param", "loss_param_rule",
+    "umap_params", "umap_fit_size", "umap_random_state",
 )
 
 

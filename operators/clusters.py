@@ -256,7 +256,7 @@ class ComputeClusters(foo.Operator):
         kwargs = {n: params[n] for n in names if params.get(n) not in (None, "")}
         if params.get("features") == "field":
             kwargs.pop("model", None)
-        if kwargs.get("reduction") in (None, "none"):
+        if kwargs.get("reduction") in (None, "none", "auto"):
             kwargs.pop("n_components", None)
         if not method.needs_k:
             kwargs.pop("k", None)

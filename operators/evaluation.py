@@ -135,7 +135,7 @@ class ChooseK(foo.Operator):
         if k_max < k_min + 2:
             kmax.invalid = True
             kmax.error_message = "Sweep at least 3 values of k"
-        preprocessing_inputs(ctx, inputs)
+        preprocessing_inputs(ctx, inputs, default="none")
         inputs.int(
             "sample_size", default=ce.DEFAULT_SAMPLE_SIZE, min=10, label="Silhouette sample size",
             description="Points scored (each against all points); exact when the dataset is smaller",
