@@ -221,6 +221,7 @@ def compute_clusters(
     normalize=False,
     reduction="auto",
     n_components=None,
+    umap_fit_size=cf.UMAP_FIT_SIZE,
     num_representatives=DEFAULT_NUM_REPRESENTATIVES,
     label_field=None,
     loss_field=None,
@@ -249,6 +250,8 @@ def compute_clusters(
             metric, fitted on at most 20,000 samples, from 50 samples on; the
             default, from the photo benchmark), ``"umap"``, ``"pca"`` or
             ``"none"`` before clustering
+        umap_fit_size: the samples a UMAP is fitted on (a uniform sample when
+            there are more; the others are mapped by its ``transform``)
         num_representatives: how many samples per cluster get a representative rank
         label_field, loss_field, rep_field: output fields (default ``{run_key}_cluster``,
             ``{run_key}_loss``, ``{run_key}_rep``); on a patches view
@@ -293,7 +296,9 @@ def compute_clusters(
     _check_k(method_obj, k, len(samples))
     if int(num_representatives) < 1:
         raise ValueError("num_representatives must be >= 1")
-    transform = cf.FeatureTransform(normalize, reduction, n_components, random_state=params.get("random_state"))
+    transform = cf.FeatureTransform(
+        normalize, reduction, n_components, random_state=params.get("random_state"), umap_fit_size=umap_fit_size
+    )
     requested_fit = _check_fit_sample_size(method_obj, fit_sample_size) or "auto"
 
     with writer.claimed(samples, run_key, "compute_clusters", allow_interrupted=overwrite) as claim, \

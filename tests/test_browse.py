@@ -29,8 +29,8 @@ def ds(fo, demo_images_dir):
     dataset = load_demo_dataset(name, images_dir=demo_images_dir, persistent=False, overwrite=True)
     ids, paths = dataset.values(["id", "filepath"])
     dataset.set_values("pixels", dict(zip(ids, list(pixel_features(paths)))), key_field="id")
-    clustering.compute_clusters(dataset, "km", embeddings="pixels", k=K, loss="huber", n_init=2, progress=quiet)
-    clustering.compute_clusters(dataset, "hdb", embeddings="pixels", method="hdbscan", min_cluster_size=10, progress=quiet)
+    clustering.compute_clusters(dataset, "km", embeddings="pixels", reduction="none", k=K, loss="huber", n_init=2, progress=quiet)
+    clustering.compute_clusters(dataset, "hdb", embeddings="pixels", reduction="none", method="hdbscan", min_cluster_size=10, progress=quiet)
     yield dataset
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
@@ -208,7 +208,7 @@ def test_runs_on_patches_are_read_from_their_labels(fo, demo_images_dir):
             sample["objs"] = fo.Detections(detections=[fo.Detection(label=f"half{i}", bounding_box=b) for i, b in enumerate(boxes)])
         patches = dataset.to_patches("objs")
         X = np.random.default_rng(0).normal(size=(len(patches), 8)) + np.repeat([[0.0], [5.0]], len(patches) // 2, axis=0)
-        clustering.compute_clusters(patches, "obj", embeddings=X, k=3, progress=quiet)
+        clustering.compute_clusters(patches, "obj", embeddings=X, reduction="none", k=3, progress=quiet)
         overview = browse.run_overview(dataset, "obj")
         counts = dataset.count_values("objs.detections.obj_cluster")
         assert {r["cluster"]: r["size"] for r in overview["clusters"]} == counts
@@ -258,8 +258,8 @@ def on_run(dataset, run_key):
 
 
 def test_panel_opens_on_the_newest_run_with_its_rows(clone):
-    clustering.compute_clusters(clone, "another", embeddings="pixels", method="kmeans", k=3, progress=quiet)
-    clustering.compute_clusters(clone, "km", embeddings="pixels", k=K, loss="huber", n_init=2, overwrite=True, progress=quiet)
+    clustering.compute_clusters(clone, "another", embeddings="pixels", reduction="none", method="kmeans", k=3, progress=quiet)
+    clustering.compute_clusters(clone, "km", embeddings="pixels", reduction="none", k=K, loss="huber", n_init=2, overwrite=True, progress=quiet)
     state, _ = panel_event(clone, "on_load")
     assert state["run_keys"] == ["hdb", "another", "km"] and state["run_key"] == "km" == state["controls"]["run_key"]
     assert {r["cluster"]: r["size"] for r in state["rows"]} == clone.count_values("km_cluster")
@@ -316,7 +316,7 @@ def test_panel_comparison_cells_and_map_selections_become_views(clone):
 
 
 def test_panel_pages_through_many_clusters(clone):
-    clustering.compute_clusters(clone, "many", embeddings="pixels", method="kmeans", k=12, progress=quiet)
+    clustering.compute_clusters(clone, "many", embeddings="pixels", reduction="none", method="kmeans", k=12, progress=quiet)
     state, _ = panel_event(clone, "on_load")
     assert state["run_key"] == "many" and state["num_pages"] == 2
     assert [r["cluster"] for r in state["rows"]] == list(range(10))
@@ -356,8 +356,8 @@ def test_an_evaluated_run_opens_with_its_scores(clone):
     """evaluate_run records its ground-truth field in the run's config; the
     panel opens that run scored against it (and a run never evaluated keeps
     the current choice)."""
-    clustering.compute_clusters(clone, "plain", embeddings="pixels", method="kmeans", k=3, progress=quiet)
-    clustering.compute_clusters(clone, "judged", embeddings="pixels", method="kmeans", k=4, progress=quiet)
+    clustering.compute_clusters(clone, "plain", embeddings="pixels", reduction="none", method="kmeans", k=3, progress=quiet)
+    clustering.compute_clusters(clone, "judged", embeddings="pixels", reduction="none", method="kmeans", k=4, progress=quiet)
     assert browse.evaluated_field(clone, "judged") is None
     scores = clustering.evaluate_run(clone, "judged", gt_field="ground_truth")
     assert clone.get_run_info("judged").config.evaluated_gt_field == "ground_truth"

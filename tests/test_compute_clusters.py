@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import clustering
+from clustering.model import RunModel
 from conftest import REPO_ROOT, form
 
 RUN_FIELDS = ("c_cluster", "c_loss", "c_rep")
@@ -57,7 +58,7 @@ def test_operator_stores_labels_losses_representatives_and_run(pixel_dataset, pl
 
 
 def test_results_load_in_a_new_process(pixel_dataset):
-    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3, loss="squared")
+    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3, loss="squared")
     pixel_dataset.persistent = True
     code = (
         "import sys; sys.path.insert(0, %r)\n"
@@ -85,7 +86,7 @@ def test_results_load_in_a_new_process(pixel_dataset):
     ],
 )
 def test_scikit_learn_methods(pixel_dataset, plugin_operator, method, params):
-    plugin_operator("compute_clusters")(pixel_dataset, run_key="c", embeddings="pixels", method=method, **params)
+    plugin_operator("compute_clusters")(pixel_dataset, run_key="c", embeddings="pixels", reduction="none", method=method, **params)
     labels = np.array(pixel_dataset.values("c_cluster"))
     assert labels.min() >= -1 and len(set(labels) - {-1}) >= 2
     losses = pixel_dataset.values("c_loss")
@@ -96,7 +97,7 @@ def test_scikit_learn_methods(pixel_dataset, plugin_operator, method, params):
 
 def test_numpy_array_embeddings(pixel_dataset):
     X = np.array(pixel_dataset.values("pixels"))
-    results = clustering.compute_clusters(pixel_dataset, "arr", embeddings=X, k=3, loss="absolute")
+    results = clustering.compute_clusters(pixel_dataset, "arr", embeddings=X, reduction="none", k=3, loss="absolute")
     assert results.config.source == "array"
     assert len(set(pixel_dataset.values("arr_cluster"))) == 3
 
@@ -111,7 +112,7 @@ def test_view_with_excluded_fields_and_filtered_labels_changes_nothing_else(pixe
         .filter_labels("ground_truth", F("label") != "face", only_matches=False)
         .limit(300)
     )
-    plugin_operator("compute_clusters")(view, run_key="c", embeddings="pixels", k=4)
+    plugin_operator("compute_clusters")(view, run_key="c", embeddings="pixels", reduction="none", k=4)
     after = _snapshot(pixel_dataset, exclude=RUN_FIELDS)
     assert after == before
     labelled = pixel_dataset.exists("c_cluster")
@@ -123,9 +124,9 @@ def test_samples_without_embeddings_get_no_label_and_others_do_not_shift(pixel_d
     ids = pixel_dataset.values("id")
     without = ids[::7]
     with_emb = pixel_dataset.exclude(without)
-    reference = clustering.compute_clusters(with_emb, "ref", embeddings="pixels", k=4, random_state=3)
+    reference = clustering.compute_clusters(with_emb, "ref", embeddings="pixels", reduction="none", k=4, random_state=3)
     pixel_dataset.select(without).set_field("pixels", None).save()
-    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=4, random_state=3)
+    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=4, random_state=3)
     labels = dict(zip(ids, pixel_dataset.values("c_cluster")))
     ref_labels = dict(zip(ids, pixel_dataset.values("ref_cluster")))
     assert all(labels[i] is None for i in without)
@@ -145,7 +146,7 @@ def test_nan_embeddings_are_refused_with_their_count(pixel_dataset):
     pixel_dataset.set_values("pixels", {ids[0]: bad, ids[1]: bad, ids[2]: np.full(256, np.inf, dtype=np.float32)}, key_field="id")
     fields = set(pixel_dataset.get_field_schema())
     with pytest.raises(ValueError, match=r"3 of \d+ rows .* NaN or infinite"):
-        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3)
     _assert_nothing_written(pixel_dataset, fields)
 
 
@@ -186,7 +187,7 @@ def test_values_too_large_for_float32_distances_are_refused_naming_the_rows(pixe
     fields = set(pixel_dataset.get_field_schema())
     for kwargs in ({}, {"fit_sample_size": 100, "random_state": 0}):
         with pytest.raises(ValueError, match=r"1 of \d+ rows: embeddings in 'pixels' holds values up to 1e\+20"):
-            clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3, **kwargs)
+            clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3, **kwargs)
     _assert_nothing_written(pixel_dataset, fields)
 
 
@@ -194,7 +195,7 @@ def test_fewer_distinct_vectors_than_k_warn_and_record_the_real_k(pixel_dataset,
     ids = pixel_dataset.values("id")
     pixel_dataset.set_values("same", {i: np.ones(4, dtype=np.float32) * (n % 2) for n, i in enumerate(ids)}, key_field="id")
     with pytest.warns(UserWarning, match="only 2 of the k=3 clusters could be formed"):
-        results = clustering.compute_clusters(pixel_dataset, "c", embeddings="same", k=3)
+        results = clustering.compute_clusters(pixel_dataset, "c", embeddings="same", reduction="none", k=3)
     assert (results.config.k, results.config.k_requested) == (2, 3)
     assert clustering.get_run_info(pixel_dataset, "c")["summary"]["num_clusters"] == 2
     from operators.clusters import summarize
@@ -220,7 +221,7 @@ def test_fewer_distinct_vectors_than_k_warn_and_record_the_real_k(pixel_dataset,
 def test_operators_name_a_bad_or_missing_parameter(pixel_dataset, plugin_operator, operator, params, message):
     import fiftyone.operators as foo
 
-    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+    clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3)
     with pytest.raises(Exception, match=message) as raised:
         foo.execute_operator(f"@imgclust/clustering/{operator}", dict(dataset=pixel_dataset), params=params)
     assert not isinstance(raised.value, (TypeError, KeyError))
@@ -230,7 +231,7 @@ def test_mismatched_dimensions_are_refused(pixel_dataset):
     ids = pixel_dataset.values("id")
     pixel_dataset.set_values("pixels", {ids[0]: np.zeros(10, dtype=np.float32)}, key_field="id")
     with pytest.raises(ValueError, match="mismatched dimensions"):
-        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3)
 
 
 def test_existing_key_needs_overwrite(pixel_dataset, plugin_operator):
@@ -259,12 +260,12 @@ def test_failed_write_leaves_no_fields_or_run(pixel_dataset, monkeypatch):
     fields = set(pixel_dataset.get_field_schema())
     _update_then_fail(monkeypatch, RuntimeError("disk full"))
     with pytest.raises(RuntimeError, match="disk full"):
-        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3)
     _assert_nothing_written(pixel_dataset, fields)
 
 
 def test_run_management_operators(pixel_dataset, plugin_operator):
-    plugin_operator("compute_clusters")(pixel_dataset, run_key="c", embeddings="pixels", k=3, num_representatives=2)
+    plugin_operator("compute_clusters")(pixel_dataset, run_key="c", embeddings="pixels", reduction="none", k=3, num_representatives=2)
 
     info = plugin_operator("get_run_info")(pixel_dataset, run_key="c")
     assert info["config"]["k"] == 3 and info["summary"]["num_clusters"] == 3
@@ -317,7 +318,7 @@ def test_run_killed_while_writing_is_marked_incomplete_and_deletable(pixel_datas
     _update_then_fail(monkeypatch, KeyboardInterrupt())  # stands for a kill: we skip the cleanup below
     monkeypatch.setattr(fo.Dataset, "delete_run", lambda self, key: None)
     with pytest.raises(KeyboardInterrupt):
-        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3)
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3)
     monkeypatch.undo()
 
     info = clustering.get_run_info(pixel_dataset, "c")
@@ -344,10 +345,10 @@ def test_list_of_numbers_field_works_through_every_operator(list_dataset):
     uri = "@imgclust/clustering"
     # the exact call from the issue: no "features" parameter, the field selects the source
     foo.execute_operator(f"{uri}/compute_clusters", dict(dataset=list_dataset),
-                         params={"embeddings": "emb", "k": 3, "run_key": "b"})
+                         params={"embeddings": "emb", "k": 3, "run_key": "b", "reduction": "none"})
     config = list_dataset.get_run_info("b").config
     assert (config.source, config.embeddings_field, config.num_clustered) == ("field", "emb", len(list_dataset))
-    direct = clustering.compute_clusters(list_dataset, "a", embeddings="pixels", k=3, random_state=51)
+    direct = clustering.compute_clusters(list_dataset, "a", embeddings="pixels", reduction="none", k=3, random_state=51)
     assert list_dataset.values("b_cluster") == list_dataset.values("a_cluster")
     assert np.isclose(direct.objective, list_dataset.load_run_results("b").objective, rtol=1e-5)
 
@@ -369,30 +370,77 @@ def test_compute_clusters_form_offers_list_fields(list_dataset):
 
 
 def test_defaults_from_the_quality_benchmark(pixel_dataset):
-    """bench/README.md, "Defaults from evidence": 10 restarts, raw (not L2-normalized) features."""
+    """bench/README.md, "Defaults from evidence" and "Photo collections": 10
+    restarts, raw features reduced by UMAP to 5-d (cosine), shown in the form."""
     f = form("compute_clusters", pixel_dataset, {"embeddings": "pixels"})
     assert f["n_init"]["default"] == 10 and f["normalize"]["default"] is False
+    assert f["reduction"]["default"] == "auto" and "n_components" not in f
+    assert "UMAP to 5-d" in [c["label"] for c in f["reduction"]["view"]["choices"] if c["value"] == "auto"][0]
     assert form("choose_k", pixel_dataset, {})["n_init"]["default"] == 10
-    config = clustering.compute_clusters(pixel_dataset, "d", embeddings="pixels", k=3, loss="correntropy",
-                                         progress=False).config
-    assert (config.n_init, config.normalize) == (10, False)
+    results = clustering.compute_clusters(pixel_dataset, "d", embeddings="pixels", k=3, loss="correntropy", progress=False)
+    config = results.config
+    assert (config.n_init, config.normalize, config.reduction, config.dim) == (10, False, "umap", 5)
+    assert config.umap_params == {"metric": "cosine", "n_neighbors": 15, "min_dist": 0.0}
+    assert config.umap_fit_size == len(pixel_dataset) and config.umap_random_state == 51
+    assert sorted(results.umap_fit_ids) == sorted(pixel_dataset.values("id"))
     assert config.loss_param > 0 and config.loss_param_rule.startswith("sigma = median ||x - c||")
+    few = clustering.compute_clusters(pixel_dataset.limit(40), "few", embeddings="pixels", k=3, progress=False)
+    assert (few.config.reduction, few.config.dim) == ("none", 256)  # too few samples for a UMAP
+
+
+def test_a_umap_run_reproduces_its_features_in_a_new_process(pixel_dataset, fo):
+    """The stored run refits its UMAP (same rows, same seed): the run's own
+    samples get their labels back, new samples are mapped by it, and a fit
+    on a sample maps the others as the run did."""
+    first = pixel_dataset.limit(300)
+    clustering.compute_clusters(first, "u", embeddings="pixels", k=4, progress=False)
+    pixel_dataset.persistent = True
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import numpy as np, fiftyone as fo, clustering\n"
+        "from clustering.model import RunModel\n"
+        "ds = fo.load_dataset(%r)\n"
+        "r = clustering.load_clustering_results(ds, 'u')\n"
+        "m = RunModel.of(r)\n"
+        "ids, X = m.features(ds.select(r.sample_ids), list(r.sample_ids))\n"
+        "labels, losses = m.assign(X)\n"
+        "print(int((labels == np.asarray(r.labels)).sum()), float(np.abs(losses - r.sample_losses).max()))\n"
+        "print(clustering.assign_new_samples(ds, 'u'))\n"
+    ) % (REPO_ROOT, pixel_dataset.name)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=300)
+    finally:
+        pixel_dataset.persistent = False
+    assert out.returncode == 0, out.stderr[-3000:]
+    same, worst = out.stdout.split()[:2]
+    assert int(same) == 300 and float(worst) < 1e-4
+    assert out.stdout.split()[2] == str(len(pixel_dataset) - 300)
+    assert clustering.check_run(pixel_dataset, "u")["state"] == "consistent"
+
+
+def test_a_umap_fitted_on_a_sample_maps_the_rest_as_the_run_did(pixel_dataset):
+    results = clustering.compute_clusters(pixel_dataset, "s", embeddings="pixels", k=4, umap_fit_size=120, progress=False)
+    assert results.config.umap_fit_size == 120 and len(results.umap_fit_ids) == 120
+    model = RunModel.of(results)
+    _, X = model.features(pixel_dataset, list(results.sample_ids))
+    labels, _ = model.assign(X)
+    assert (labels == np.asarray(results.labels)).all()
 
 
 @pytest.mark.parametrize("progress", [False, True, None])
 def test_progress_follows_fiftyone_convention(pixel_dataset, progress, capsys):
-    clustering.compute_clusters(pixel_dataset, "p", embeddings="pixels", k=2, n_init=1, progress=progress)
+    clustering.compute_clusters(pixel_dataset, "p", embeddings="pixels", reduction="none", k=2, n_init=1, progress=progress)
     err = capsys.readouterr().err
     assert ("100%" in err) == (progress is not False), err[-300:]
 
 
 def test_progress_callable_and_bad_value(pixel_dataset):
     seen = []
-    clustering.compute_clusters(pixel_dataset, "p", embeddings="pixels", k=2, n_init=1,
+    clustering.compute_clusters(pixel_dataset, "p", embeddings="pixels", reduction="none", k=2, n_init=1,
                                 progress=lambda f, m="": seen.append(f))
     assert seen and seen[-1] == 1.0 and seen == sorted(seen)
     with pytest.raises(ValueError, match="progress must be None, True, False or a callable"):
-        clustering.compute_clusters(pixel_dataset, "q", embeddings="pixels", k=2, progress="yes")
+        clustering.compute_clusters(pixel_dataset, "q", embeddings="pixels", reduction="none", k=2, progress="yes")
     assert "q" not in pixel_dataset.list_runs()
 
 
@@ -408,7 +456,7 @@ def test_fit_on_a_sample_with_a_tiny_memory_budget_assigns_every_sample(pixel_da
     monkeypatch.setattr(resources, "available_memory", lambda: 100_000)  # room for a few hundred vectors
     seen = []
     results = clustering.compute_clusters(
-        pixel_dataset, "s", embeddings="pixels", k=4, n_init=1, random_state=0,
+        pixel_dataset, "s", embeddings="pixels", reduction="none", k=4, n_init=1, random_state=0,
         progress=lambda f, m: seen.append(m),
     )
     config = results.config
@@ -466,7 +514,7 @@ def test_fit_sample_size_with_normalization_pca_and_missing_embeddings(pixel_dat
 def test_bad_fit_sample_size_fails_before_any_write(pixel_dataset, kwargs, message):
     fields = set(pixel_dataset.get_field_schema())
     with pytest.raises(ValueError, match=message):
-        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", **kwargs)
+        clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", **kwargs)
     _assert_nothing_written(pixel_dataset, fields)
 
 
@@ -474,7 +522,7 @@ def test_form_offers_fit_sample_size_to_methods_that_assign(pixel_dataset, plugi
     assert "fit_sample_size" in form("compute_clusters", pixel_dataset, {"embeddings": "pixels"})
     assert "fit_sample_size" not in form("compute_clusters", pixel_dataset, {"embeddings": "pixels", "method": "hdbscan"})
     results = plugin_operator("compute_clusters")(
-        pixel_dataset, run_key="f", embeddings="pixels", k=3, fit_sample_size=100
+        pixel_dataset, run_key="f", embeddings="pixels", reduction="none", k=3, fit_sample_size=100
     )
     assert results.config.streamed and results.config.num_fit == 100
     assert pixel_dataset.count("f_cluster") == len(pixel_dataset)
@@ -530,5 +578,5 @@ def test_a_registered_loss_and_method_get_their_forms(pixel_dataset, restored_re
     props = form("compute_clusters", pixel_dataset, {"embeddings": "pixels", "method": "test_first_dims"})
     assert props["dims"]["default"] == 2 and props["dims"]["view"]["label"] == "Coordinates used"
     assert props["shift"]["default"] == 0.5 and "loss" not in props
-    results = clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", k=3, method="test_first_dims", dims=3)
+    results = clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3, method="test_first_dims", dims=3)
     assert results.config.dims == 3 and results.config.method == "test_first_dims"

@@ -34,7 +34,7 @@ def curated_base(fo, demo_images_dir):
     dataset.set_values("pixels", dict(zip(ids, list(pixel_features(paths)))), key_field="id")
     dataset.set_values("notes", [f"note {i}" for i in range(len(ids))])
     for key, kwargs in RUN_KWARGS.items():
-        clustering.compute_clusters(dataset, key, embeddings="pixels", progress=quiet, **kwargs)
+        clustering.compute_clusters(dataset, key, embeddings="pixels", reduction="none", progress=quiet, **kwargs)
     yield dataset
     dataset.delete()
 
@@ -281,7 +281,7 @@ def _added_later(ds, key, n=40):
     returns them, with the run recomputed on the others."""
     late = ds.values("id")[-n:]
     kwargs = RUN_KWARGS[key]
-    clustering.compute_clusters(ds.exclude(late), key, embeddings="pixels", overwrite=True, progress=quiet, **kwargs)
+    clustering.compute_clusters(ds.exclude(late), key, embeddings="pixels", reduction="none", overwrite=True, progress=quiet, **kwargs)
     return late
 
 
@@ -421,7 +421,7 @@ def test_bad_input_is_refused_before_anything_is_written(ds, call, message):
 
 def test_runs_whose_features_cannot_be_rebuilt_are_refused(ds):
     X = np.array(ds.values("pixels"))
-    clustering.compute_clusters(ds, "arr", embeddings=X, k=3, method="kmeans", progress=quiet)
+    clustering.compute_clusters(ds, "arr", embeddings=X, reduction="none", k=3, method="kmeans", progress=quiet)
     before = _state(ds, "arr")
     for call in (
         lambda: clustering.merge_clusters(ds, "arr", [0, 1]),
@@ -466,7 +466,7 @@ def patch_run(fo, demo_images_dir, request):
     dataset.add_samples(samples)
     dataset.add_sample_field("gt.detections.vec", fo.ListField, subfield=fo.FloatField)
     late = dataset.values("id")[50:]
-    clustering.compute_clusters(dataset.exclude(late).to_patches("gt"), "pc", embeddings="gt.vec", method="kmeans", k=3, progress=quiet)
+    clustering.compute_clusters(dataset.exclude(late).to_patches("gt"), "pc", embeddings="gt.vec", reduction="none", method="kmeans", k=3, progress=quiet)
     yield dataset
     dataset.delete()
 

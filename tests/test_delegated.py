@@ -15,7 +15,7 @@ def test_delegated_run_is_executed_by_the_launcher(pixel_dataset, plugin_operato
     pixel_dataset.persistent = True  # the launcher process must find it
     try:
         queued = plugin_operator("compute_clusters")(
-            pixel_dataset, run_key="bg", embeddings="pixels", k=4, loss="correntropy", delegate=True
+            pixel_dataset, run_key="bg", embeddings="pixels", reduction="none", k=4, loss="correntropy", delegate=True
         )
         assert queued.delegated
         assert "bg" not in pixel_dataset.list_runs()  # nothing ran yet

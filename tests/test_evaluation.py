@@ -32,8 +32,8 @@ def ds(fo, demo_images_dir):
     dataset = load_demo_dataset(name, images_dir=demo_images_dir, persistent=False, overwrite=True)
     ids, paths = dataset.values(["id", "filepath"])
     dataset.set_values("pixels", dict(zip(ids, list(pixel_features(paths)))), key_field="id")
-    clustering.compute_clusters(dataset, "km", embeddings="pixels", method="kmeans", k=K, progress=lambda *a: None)
-    clustering.compute_clusters(dataset, "km_b", embeddings="pixels", method="kmeans", k=K, random_state=7, progress=lambda *a: None)
+    clustering.compute_clusters(dataset, "km", embeddings="pixels", reduction="none", method="kmeans", k=K, progress=lambda *a: None)
+    clustering.compute_clusters(dataset, "km_b", embeddings="pixels", reduction="none", method="kmeans", k=K, random_state=7, progress=lambda *a: None)
     yield dataset
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
@@ -233,7 +233,7 @@ def test_evaluate_run_equals_references(ds, plugin_operator):
 
 def test_evaluate_run_excludes_and_counts_and_takes_string_fields(clone):
     ids = clone.values("id")
-    clustering.compute_clusters(clone.skip(5), "part", embeddings="pixels", method="kmeans", k=K, progress=lambda *a: None)
+    clustering.compute_clusters(clone.skip(5), "part", embeddings="pixels", reduction="none", method="kmeans", k=K, progress=lambda *a: None)
     clone.set_values("gt_str", dict(zip(ids, clone.values("ground_truth.label"))), key_field="id")
     full_str = clustering.evaluate_run(clone, "km", gt_field="gt_str")
     full_cls = clustering.evaluate_run(clone, "km", gt_field="ground_truth")
@@ -258,7 +258,7 @@ def test_evaluate_run_excludes_and_counts_and_takes_string_fields(clone):
 
 def test_evaluate_run_perfect_clustering_scores_one(clone):
     X = one_hot(gt(clone))
-    clustering.compute_clusters(clone, "perfect", embeddings=X, method="kmeans", k=K, progress=lambda *a: None)
+    clustering.compute_clusters(clone, "perfect", embeddings=X, reduction="none", method="kmeans", k=K, progress=lambda *a: None)
     r = clustering.evaluate_run(clone, "perfect")
     assert r["nmi"] == pytest.approx(1.0) and r["ari"] == pytest.approx(1.0)
     assert r["accuracy"] == 1.0 and r["purity"] == 1.0
@@ -298,13 +298,13 @@ def test_compare_runs_finds_exactly_the_moved_samples(clone, plugin_operator):
     ids = clone.values("id")
     y = gt(clone)
     classes = sorted(set(y))
-    clustering.compute_clusters(clone, "ref", embeddings=one_hot(y), method="kmeans", k=K, progress=lambda *a: None)
+    clustering.compute_clusters(clone, "ref", embeddings=one_hot, reduction="none"(y), method="kmeans", k=K, progress=lambda *a: None)
     rng = np.random.default_rng(0)
     moved = sorted(rng.choice(len(ids), 10, replace=False).tolist())
     y2 = y.copy()
     for i in moved:
         y2[i] = classes[(classes.index(y[i]) + 1) % K]
-    clustering.compute_clusters(clone, "moved", embeddings=one_hot(y2), method="kmeans", k=K, progress=lambda *a: None)
+    clustering.compute_clusters(clone, "moved", embeddings=one_hot, reduction="none"(y2), method="kmeans", k=K, progress=lambda *a: None)
 
     r = plugin_operator("compare_runs")(clone, "ref", "moved")
     json.dumps(r)
@@ -389,7 +389,7 @@ def test_plot_silhouette_sampled_and_in_the_run_feature_space(clone):
 
 def test_runs_on_arrays_need_the_array(clone):
     X = pixels(clone)
-    clustering.compute_clusters(clone, "arr", embeddings=X, method="kmeans", k=3, progress=lambda *a: None)
+    clustering.compute_clusters(clone, "arr", embeddings=X, reduction="none", method="kmeans", k=3, progress=lambda *a: None)
     with pytest.raises(ValueError, match="embeddings array passed in Python"):
         clustering.plot_silhouette(clone, "arr")
     with pytest.raises(ValueError, match="embeddings array passed in Python"):
@@ -493,7 +493,7 @@ def test_forms_adapt_to_the_choices(clone):
     clustering.visualize_run(clone, "km", method="pca", progress=lambda *a: None)
     assert form("visualize_run", clone, {"run_key": "km", "method": "pca"})["brain_key"]["invalid"]
     assert not form("visualize_run", clone, {"run_key": "km", "method": "pca", "overwrite": True})["brain_key"]["invalid"]
-    clustering.compute_clusters(clone, "arr", embeddings=pixels(clone), method="kmeans", k=3, progress=lambda *a: None)
+    clustering.compute_clusters(clone, "arr", embeddings=pixels, reduction="none"(clone), method="kmeans", k=3, progress=lambda *a: None)
     f = form("visualize_run", clone, {"run_key": "arr"})
     assert "no_field" in f and "method" not in f
     assert "show_representatives" in form("run_summary", clone, {"run_key": "km"})

@@ -38,7 +38,7 @@ def grown(fo, request):
     dataset = fo.Dataset("identity-" + request.node.name[:40])
     X = _blobs(rng, centers[:6], 600)
     dataset.add_samples([fo.Sample(filepath=f"/none/{i}.jpg", emb=x) for i, x in enumerate(X)])
-    results = clustering.compute_clusters(dataset, "r", embeddings="emb", k=6, progress=False)
+    results = clustering.compute_clusters(dataset, "r", embeddings="emb", reduction="none", k=6, progress=False)
     for c in results.cluster_ids():
         clustering.set_cluster_name(dataset, "r", c, f"group {c}")
     more = np.r_[_blobs(rng, centers[:6], 60), _blobs(rng, centers[6:], 60)]
@@ -50,7 +50,7 @@ def grown(fo, request):
 def test_a_re_run_on_a_grown_collection_keeps_names_and_reports_the_new_blob(grown):
     before = clustering.load_clustering_results(grown, "r")
     names = dict(before.names)
-    results = clustering.compute_clusters(grown, "r", embeddings="emb", k=7, overwrite=True, progress=False)
+    results = clustering.compute_clusters(grown, "r", embeddings="emb", reduction="none", k=7, overwrite=True, progress=False)
     kept = [c for c, name in names.items() if results.names.get(c) == name]
     assert len(kept) >= 0.95 * len(names)
     record = results.edits[-1]
@@ -65,12 +65,12 @@ def test_a_re_run_on_a_grown_collection_keeps_names_and_reports_the_new_blob(gro
     assert all(n == results.names.get(str(c)) for c, n in zip(labels, stored_names))
     assert clustering.check_run(grown, "r")["state"] == "consistent"
 
-    fresh = clustering.compute_clusters(grown, "r", embeddings="emb", k=7, overwrite=True, keep_identity=False, progress=False)
+    fresh = clustering.compute_clusters(grown, "r", embeddings="emb", reduction="none", k=7, overwrite=True, keep_identity=False, progress=False)
     assert not fresh.names and not fresh.edits
 
 
 def test_compare_runs_reports_the_matching(grown):
-    clustering.compute_clusters(grown, "s", embeddings="emb", k=7, progress=False)
+    clustering.compute_clusters(grown, "s", embeddings="emb", reduction="none", k=7, progress=False)
     cmp = clustering.compare_runs(grown, "r", "s")
     assert len(cmp["matches"]) == 6 and cmp["vanished"] == [] and len(cmp["new"]) == 1
     assert all(m["jaccard"] > 0.95 for m in cmp["matches"])

@@ -35,7 +35,7 @@ def clustered_base(fo, demo_images_dir):
     dataset = load_demo_dataset("labeling-base", images_dir=demo_images_dir, persistent=False, overwrite=True)
     ids, paths = dataset.values(["id", "filepath"])
     dataset.set_values("pixels", dict(zip(ids, list(pixel_features(paths)))), key_field="id")
-    clustering.compute_clusters(dataset, "c", embeddings="pixels", k=3, method="kmeans", progress=lambda *a: None)
+    clustering.compute_clusters(dataset, "c", embeddings="pixels", reduction="none", k=3, method="kmeans", progress=lambda *a: None)
     yield dataset
     dataset.delete()
 
@@ -341,7 +341,7 @@ def test_offline_names_are_imagenet_classes(clustered, stub):
 def test_hdbscan_noise_is_not_named(clustered, stub):
     pixel_dataset = clustered
     clustering.compute_clusters(
-        pixel_dataset, "c", embeddings="pixels", method="hdbscan", min_cluster_size=20,
+        pixel_dataset, "c", embeddings="pixels", reduction="none", method="hdbscan", min_cluster_size=20,
         overwrite=True, progress=lambda *a: None,
     )
     labels = np.array(pixel_dataset.values("c_cluster"))

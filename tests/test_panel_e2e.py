@@ -83,8 +83,8 @@ def card_checkbox(panel, cluster):
 
 def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artifacts, fo):
     dataset = pixel_dataset
-    clustering.compute_clusters(dataset, RUN_KEY, embeddings="pixels", k=K, n_init=2, progress=quiet)
-    clustering.compute_clusters(dataset, OTHER_RUN, embeddings="pixels", method="kmeans", k=3, progress=quiet)
+    clustering.compute_clusters(dataset, RUN_KEY, embeddings="pixels", reduction="none", k=K, n_init=2, progress=quiet)
+    clustering.compute_clusters(dataset, OTHER_RUN, embeddings="pixels", reduction="none", method="kmeans", k=3, progress=quiet)
     n = len(dataset)
     steps = Steps(page, artifacts)
     expect = sync_api.expect
@@ -205,7 +205,7 @@ def test_clusters_panel_drills_down_and_back_up(pixel_dataset, page, app_url, ar
     """Sub-cluster a cluster from the panel, click a sub-cluster (the grid
     shows exactly its samples), go back up (the grid shows its parent)."""
     dataset = pixel_dataset
-    clustering.compute_clusters(dataset, RUN_KEY, embeddings="pixels", k=K, n_init=2, progress=quiet)
+    clustering.compute_clusters(dataset, RUN_KEY, embeddings="pixels", reduction="none", k=K, n_init=2, progress=quiet)
     n = len(dataset)
     sizes = dataset.count_values(f"{RUN_KEY}_cluster")
     parent = max(sizes, key=lambda c: (sizes[c], -c))

@@ -368,7 +368,7 @@ def test_patch_embeddings_cluster_faces_apart_from_textures(patches_dataset):
     clustering.compute_embeddings(pairs, MODEL, "emb", patches_field="gt", progress=quiet)
     patches = pairs.filter_labels("gt", F("label").is_in(["left", "right"])).to_patches("gt")
     results = clustering.compute_clusters(
-        patches, "patch_clusters", embeddings="gt.emb", method="kmeans", k=2, normalize=True,
+        patches, "patch_clusters", embeddings="gt.emb", reduction="none", method="kmeans", k=2, normalize=True,
         random_state=0, progress=quiet,
     )
     ids, sides = patches.values(["id", "gt.label"])
@@ -389,7 +389,7 @@ def test_a_patches_run_fitted_on_a_sample_assigns_every_label(patches_dataset):
     clustering.compute_embeddings(ds, MODEL, "emb", patches_field="gt", progress=quiet)
     patches = ds.filter_labels("gt", F("label").is_in(["left", "right"])).to_patches("gt")
     results = clustering.compute_clusters(
-        patches, "s", embeddings="gt.emb", method="kmeans", k=2, fit_sample_size=6, random_state=0, progress=quiet,
+        patches, "s", embeddings="gt.emb", reduction="none", method="kmeans", k=2, fit_sample_size=6, random_state=0, progress=quiet,
     )
     assert results.config.streamed and results.config.num_fit == 6
     ids, X = patches.values(["id", "gt.emb"])
@@ -416,7 +416,7 @@ def test_evaluation_patches_are_refused_before_any_write(patches_dataset):
     eval_patches = ds.to_evaluation_patches("ev")
     assert len(eval_patches) > 0
     with pytest.raises(ValueError, match="Evaluation patches views cannot be clustered; use to_patches"):
-        clustering.compute_clusters(eval_patches, "ev_run", embeddings="gt.emb", k=2, progress=quiet)
+        clustering.compute_clusters(eval_patches, "ev_run", embeddings="gt.emb", reduction="none", k=2, progress=quiet)
     assert ds.get_field_schema(flat=True) == before
     assert "ev_run" not in ds.list_runs()
 
@@ -433,7 +433,7 @@ def test_patch_runs_store_on_the_labels_and_are_managed_like_image_runs(patches_
     before = _snapshot(ds, "emb")
     patches = ds.filter_labels("gt", F("label").is_in(["left", "right"])).to_patches("gt")
     results = clustering.compute_clusters(
-        patches, "pc", embeddings="gt.emb", method="kmeans", k=2, normalize=True,
+        patches, "pc", embeddings="gt.emb", reduction="none", method="kmeans", k=2, normalize=True,
         random_state=0, num_representatives=2, progress=quiet,
     )
     info = clustering.get_run_info(ds, "pc")["config"]
@@ -478,7 +478,7 @@ def test_patch_runs_store_on_the_labels_and_are_managed_like_image_runs(patches_
     assert renamed == stored
     assert len(clustering.load_run_view(ds, "objects")) == len(patches)
 
-    plugin_operator("compute_clusters")(patches, run_key="op", embeddings="gt.emb", method="kmeans", k=3)
+    plugin_operator("compute_clusters")(patches, run_key="op", embeddings="gt.emb", reduction="none", method="kmeans", k=3)
     assert ds.count("gt.detections.op_cluster") == len(patches)
     assert len(clustering.load_run_view(ds, "op", cluster=2)) == ds.count_values("gt.detections.op_cluster")[2]
 

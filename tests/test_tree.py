@@ -28,7 +28,7 @@ def nested(fo, request):
 
 
 def test_a_two_level_tree_recovers_both_levels(nested, fo):
-    top = clustering.compute_clusters(nested, "t", embeddings="emb", levels=[5, 4], progress=False)
+    top = clustering.compute_clusters(nested, "t", embeddings="emb", reduction="none", levels=[5, 4], progress=False)
     assert top.config.k == 5 and "t_l2" in nested.list_runs()
     level = clustering.load_clustering_results(nested, "t_l2")
     assert level.config.parent_run == "t" and level.config.level == 2 and len(level.cluster_ids()) == 20
@@ -71,7 +71,7 @@ def test_a_two_level_tree_recovers_both_levels(nested, fo):
 
 
 def test_drilling_down_one_cluster_leaves_the_run_unchanged(nested):
-    top = clustering.compute_clusters(nested, "t", embeddings="emb", k=5, progress=False)
+    top = clustering.compute_clusters(nested, "t", embeddings="emb", reduction="none", k=5, progress=False)
     before = nested.values("t_cluster")
     key, children = clustering.subcluster(nested, "t", 2)  # k chosen for its members
     assert key == "t_l2" and len(children) == 4

@@ -103,11 +103,11 @@ def test_two_computes_on_one_key_leave_one_consistent_run_and_one_clear_error(bl
 
 
 def test_a_second_writer_fails_at_once_naming_the_first(blobs):
-    clustering.compute_clusters(blobs, "c", embeddings="emb", k=4)
+    clustering.compute_clusters(blobs, "c", embeddings="emb", reduction="none", k=4)
     with writer.claimed(blobs, "c", "merge_clusters"):
         t0 = time.perf_counter()
         with pytest.raises(writer.RunBusyError, match=r"Run 'c' is being written by merge_clusters \(pid \d+"):
-            clustering.compute_clusters(blobs, "c", embeddings="emb", k=3, overwrite=True)
+            clustering.compute_clusters(blobs, "c", embeddings="emb", reduction="none", k=3, overwrite=True)
         assert time.perf_counter() - t0 < 5
         assert clustering.check_run(blobs, "c")["state"] == "busy"
     assert clustering.load_clustering_results(blobs, "c").config.k == 4
@@ -116,7 +116,7 @@ def test_a_second_writer_fails_at_once_naming_the_first(blobs):
 def test_curation_from_a_stale_process_keeps_every_edit(blobs):
     """The issue's case: A loads the results, B merges [0, 1], A (after
     reload, and again without) merges [2, 3], then [4, 5]."""
-    clustering.compute_clusters(blobs, "c", embeddings="emb", k=8)
+    clustering.compute_clusters(blobs, "c", embeddings="emb", reduction="none", k=8)
     stale = clustering.load_clustering_results(blobs, "c")
     assert stale.cluster_ids() == list(range(8))
     assert _run(blobs, "c", "merge", clusters=[0, 1]) == "ok 0"
@@ -131,7 +131,7 @@ def test_curation_from_a_stale_process_keeps_every_edit(blobs):
 
 
 def test_concurrent_edits_from_two_processes_are_serialized(blobs):
-    clustering.compute_clusters(blobs, "c", embeddings="emb", k=8)
+    clustering.compute_clusters(blobs, "c", embeddings="emb", reduction="none", k=8)
     workers = [Worker(blobs, "c", "merge", clusters=pair, barrier=True) for pair in ([0, 1], [2, 3])]
     for w in workers:
         w.wait_for("ready")
@@ -159,12 +159,12 @@ def _duration(dataset, action, **spec):
 
 @pytest.mark.slow
 def test_kill_9_during_merge_leaves_the_run_consistent_or_marked_and_repairable(large):
-    clustering.compute_clusters(large, "c", embeddings="emb", k=4)
+    clustering.compute_clusters(large, "c", embeddings="emb", reduction="none", k=4)
     duration = _duration(large, "merge", clusters=[0, 1])
     rng = random.Random(0)
     states = []
     for trial in range(4):
-        clustering.compute_clusters(large, "c", embeddings="emb", k=4, overwrite=True)
+        clustering.compute_clusters(large, "c", embeddings="emb", reduction="none", k=4, overwrite=True)
         worker = Worker(large, "c", "merge", clusters=[0, 1])
         worker.wait_for("go")
         time.sleep(rng.uniform(0.3, 1.0) * duration)
@@ -184,7 +184,7 @@ def test_kill_9_during_merge_leaves_the_run_consistent_or_marked_and_repairable(
 
 
 def test_check_run_finds_and_repairs_fields_edited_behind_the_runs_back(blobs):
-    results = clustering.compute_clusters(blobs, "c", embeddings="emb", k=4)
+    results = clustering.compute_clusters(blobs, "c", embeddings="emb", reduction="none", k=4)
     ids = results.sample_ids[:10]
     blobs.select(ids).set_values("c_cluster", [99] * 10)
     blobs.select(results.sample_ids[10:12]).set_values("c_loss", [None, None])
@@ -201,7 +201,7 @@ def test_interrupted_steps_are_finished_by_one_repair(blobs, monkeypatch):
     the journal stays, edits are refused, and one repair finishes the step."""
     from clustering import storage
 
-    clustering.compute_clusters(blobs, "c", embeddings="emb", k=4)
+    clustering.compute_clusters(blobs, "c", embeddings="emb", reduction="none", k=4)
     original = storage.write_fields
 
     def crash_on(path):
