@@ -122,7 +122,7 @@ def split_cluster(samples, run_key, cluster, k=2):
     run's method, loss (and its parameter) and features (the run's embeddings
     field, normalized / reduced as the run did). The new clusters get new ids
     (from ``len(results.centers)`` on); ``cluster`` is retired with its name.
-    Runs on an embeddings array (no field), UMAP runs and HDBSCAN runs (which
+    Runs on an embeddings array (no field) and HDBSCAN runs (which
     choose their own number of clusters) are refused.
 
     Returns:
@@ -163,7 +163,7 @@ def assign_new_samples(samples, run_key):
     in the run (for example added after it) the cluster of the nearest center
     under the run's loss, after the run's normalization / PCA. Labels of the
     run's samples never change and centers do not move. Runs on an embeddings
-    array, UMAP runs and HDBSCAN runs (density-based, with noise) are refused.
+    array and HDBSCAN runs (density-based, with noise) are refused.
     For a run on patches, ``samples`` is a patches view of the same field. In
     a level of a cluster tree, a sample goes to the nearest sub-cluster of its
     cluster one level up (samples of clusters not sub-clustered stay out).

@@ -15,11 +15,11 @@ from openai_stub_server import OpenAIStub
 
 quiet = lambda *a: None  # noqa: E731
 RUN_KWARGS = {
-    "sq": dict(k=5, loss="squared"),
-    "hub": dict(k=4, loss="huber", n_init=1),
-    "abs": dict(k=4, loss="absolute", n_init=1),
+    "sq": dict(k=5, loss="squared", reduction="none"),
+    "hub": dict(k=4, loss="huber", n_init=1, reduction="none"),
+    "abs": dict(k=4, loss="absolute", n_init=1, reduction="none"),
     "km": dict(k=4, method="kmeans", normalize=True, reduction="pca", n_components=12),
-    "hdb": dict(method="hdbscan", min_cluster_size=10),
+    "hdb": dict(method="hdbscan", min_cluster_size=10, reduction="none"),
 }
 
 
@@ -34,7 +34,7 @@ def curated_base(fo, demo_images_dir):
     dataset.set_values("pixels", dict(zip(ids, list(pixel_features(paths)))), key_field="id")
     dataset.set_values("notes", [f"note {i}" for i in range(len(ids))])
     for key, kwargs in RUN_KWARGS.items():
-        clustering.compute_clusters(dataset, key, embeddings="pixels", reduction="none", progress=quiet, **kwargs)
+        clustering.compute_clusters(dataset, key, embeddings="pixels", progress=quiet, **kwargs)
     yield dataset
     dataset.delete()
 
@@ -281,7 +281,7 @@ def _added_later(ds, key, n=40):
     returns them, with the run recomputed on the others."""
     late = ds.values("id")[-n:]
     kwargs = RUN_KWARGS[key]
-    clustering.compute_clusters(ds.exclude(late), key, embeddings="pixels", reduction="none", overwrite=True, progress=quiet, **kwargs)
+    clustering.compute_clusters(ds.exclude(late), key, embeddings="pixels", overwrite=True, progress=quiet, **kwargs)
     return late
 
 

@@ -298,13 +298,13 @@ def test_compare_runs_finds_exactly_the_moved_samples(clone, plugin_operator):
     ids = clone.values("id")
     y = gt(clone)
     classes = sorted(set(y))
-    clustering.compute_clusters(clone, "ref", embeddings=one_hot, reduction="none"(y), method="kmeans", k=K, progress=lambda *a: None)
+    clustering.compute_clusters(clone, "ref", embeddings=one_hot(y), reduction="none", method="kmeans", k=K, progress=lambda *a: None)
     rng = np.random.default_rng(0)
     moved = sorted(rng.choice(len(ids), 10, replace=False).tolist())
     y2 = y.copy()
     for i in moved:
         y2[i] = classes[(classes.index(y[i]) + 1) % K]
-    clustering.compute_clusters(clone, "moved", embeddings=one_hot, reduction="none"(y2), method="kmeans", k=K, progress=lambda *a: None)
+    clustering.compute_clusters(clone, "moved", embeddings=one_hot(y2), reduction="none", method="kmeans", k=K, progress=lambda *a: None)
 
     r = plugin_operator("compare_runs")(clone, "ref", "moved")
     json.dumps(r)
@@ -493,7 +493,7 @@ def test_forms_adapt_to_the_choices(clone):
     clustering.visualize_run(clone, "km", method="pca", progress=lambda *a: None)
     assert form("visualize_run", clone, {"run_key": "km", "method": "pca"})["brain_key"]["invalid"]
     assert not form("visualize_run", clone, {"run_key": "km", "method": "pca", "overwrite": True})["brain_key"]["invalid"]
-    clustering.compute_clusters(clone, "arr", embeddings=pixels, reduction="none"(clone), method="kmeans", k=3, progress=lambda *a: None)
+    clustering.compute_clusters(clone, "arr", embeddings=pixels(clone), reduction="none", method="kmeans", k=3, progress=lambda *a: None)
     f = form("visualize_run", clone, {"run_key": "arr"})
     assert "no_field" in f and "method" not in f
     assert "show_representatives" in form("run_summary", clone, {"run_key": "km"})

@@ -29,7 +29,7 @@ def main():
     key, action = spec["run_key"], spec["action"]
     calls = {
         "compute": lambda: clustering.compute_clusters(
-            dataset, key, embeddings=spec.get, reduction="none"("embeddings", "emb"), k=spec["k"], progress=False,
+            dataset, key, embeddings=spec.get("embeddings", "emb"), reduction="none", k=spec["k"], progress=False,
             overwrite=spec.get("overwrite", False),
         ).config.k,
         "merge": lambda: clustering.merge_clusters(dataset, key, spec["clusters"]),
