@@ -39,6 +39,8 @@ bench: venv
 	$(PY) bench/bench_embeddings.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_quality.py  # Fashion-MNIST from Debian's dataset-fashion-mnist, skipped without it
+	$(PY) bench/bench_engine.py --estimate
+	$(PY) bench/bench_stability.py  # after bench_quality.py, whose cached embeddings it reads
 
 # Link this checkout into your own FiftyOne plugins directory.
 install-plugin: venv

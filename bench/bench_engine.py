@@ -292,7 +292,8 @@ def estimate_quality(quick):
                 rows.append([k, f"20% {contamination}", loss]
                             + [f"{np.mean(scores[name]):.2f} ({min(scores[name]):.2f})"
                                for name in ("new", "old")]
-                            + [", ".join(f"{v:.3g}" for v in params[name]) for name in ("new", "old")])
+                            + [", ".join(f"{v:.3g}" for v in params[name])
+                               for name in ("new", "old")])
             print(f"  [estimate] quality k={k} {contamination} done", file=sys.stderr, flush=True)
     table(f"Data-driven loss_param on contaminated blobs (n={n:,}, d=32, {len(seeds)} seeds, "
           "defaults, one restart): inlier ARI mean (min) and the parameter per seed",

@@ -62,10 +62,10 @@ _ELKAN_FULL_FRACTION = 0.8
 # a pilot fit on a uniform sample of this many samples (or this many per cluster)
 # sets a data-driven loss_param, re-estimated until it changes by less than this
 # fraction (at most this many rounds); each estimate reads the residuals of
-# max(this many rows, this many values) of the pilot (evenly spaced rows: enough
-# for a median row norm and a median coordinate within about 1%; None: every row).
-# bench/bench_engine.py --estimate compares them with those of before: 10,000
-# samples, 10 per cluster, every row
+# max(this many rows, this many values) of the pilot (evenly spaced rows; the
+# median of 1,000 row norms or of 2^18 coordinates is within about 2% of the
+# full one; None: every row). bench/bench_engine.py --estimate compares them
+# with those of before: 10,000 samples, 10 per cluster, every row
 _PILOT_SAMPLES, _PILOT_SAMPLES_PER_CLUSTER = 5_000, 100
 _PARAM_RTOL = 0.05
 _PARAM_ROUNDS = 5
