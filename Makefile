@@ -42,6 +42,8 @@ bench: venv
 	$(PY) bench/bench_reduction.py  # photos from ../shared/data/photos, skipped without them
 	$(PY) bench/bench_writer.py   # two writers of one run, kill -9 during writes
 	$(PY) bench/bench_tree.py     # a two-level cluster tree vs the flat run
+	$(PY) bench/bench_engine.py --estimate
+	$(PY) bench/bench_stability.py  # after bench_quality.py, whose cached embeddings it reads
 
 # Link this checkout into your own FiftyOne plugins directory.
 install-plugin: venv

@@ -1,6 +1,6 @@
 """Benchmark of the clustering engine (GeneralizedKMeans).
 
-    .venv/bin/python bench/bench_engine.py [--quick] [--device cpu|cuda] [--repeats N]
+    .venv/bin/python bench/bench_engine.py [--quick] [--device cpu|cuda] [--repeats N] [--estimate]
 
 Prints markdown tables whose ratios are all measured in the same run:
 
@@ -32,12 +32,21 @@ well-separated ones (spread 1.0, runs stop when the objective stops
 improving). Timings are the best of interleaved rounds (every run once per
 round), so load bursts on a shared machine hit all runs alike.
 
+``--estimate`` runs only the cost of the data-driven loss parameter instead:
+for huber, pseudo_huber, correntropy and epsilon_insensitive at 30,000 x 256
+and 100,000 x 256 (k=50, 10 iterations, tol=0, well-separated blobs), k-means++
+and a given init, the fit with ``loss_param=None`` against the same fit with the
+value it found given as ``loss_param``, and the estimate of before
+(``old_estimate``) in the same rounds; then both estimates' inlier ARI on
+contaminated blobs of 30,000 samples (where the pilot is a sample).
+
 ``--device cuda`` runs a GPU-size preset instead (n=1,000,000, d=768,
 k=1,000, 20 iterations; data generated on the device, synchronized timings)
 against its targets: squared < 0.5 s, radial losses < 1 s, coordinate-wise < 5 s.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -203,6 +212,95 @@ def vs_sklearn_and_squared(quick, repeats, spread, iterations=20):
           rows)
 
 
+# ------------------------------------------------------------------ estimate
+ESTIMATED = ["huber", "pseudo_huber", "correntropy", "epsilon_insensitive"]
+# the data-driven loss_param of before: a pilot of max(10,000, 10 k) samples whose
+# estimates read every residual
+OLD_ESTIMATE = {"_PILOT_SAMPLES": 10_000, "_PILOT_SAMPLES_PER_CLUSTER": 10, "_PARAM_ROWS": None}
+
+
+@contextlib.contextmanager
+def old_estimate():
+    """Fits inside estimate loss_param as before (``OLD_ESTIMATE``)."""
+    import clustering.kmeans as km
+
+    saved = {name: getattr(km, name) for name in OLD_ESTIMATE}
+    for name, value in OLD_ESTIMATE.items():
+        setattr(km, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(km, name, value)
+
+
+def estimate_cost(quick, repeats, iterations=10):
+    sizes = [(30000, 256, 50)] if quick else [(30000, 256, 50), (100000, 256, 50)]
+    rows = []
+    for n, d, k in sizes:
+        X = blobs(n, d, k, seed=4).numpy()
+        given = X[np.random.default_rng(0).choice(n, k, replace=False)]
+        for init_name, init in (("k-means++", "k-means++"), ("given", given)):
+            for loss in ESTIMATED:
+                def fit(param=None, init=init, loss=loss):
+                    return GeneralizedKMeans(k, loss=loss, loss_param=param, init=init,
+                                             max_iter=iterations, tol=0.0,
+                                             random_state=0).fit(X)
+
+                def fit_old():
+                    with old_estimate():
+                        return fit()
+
+                param = fit().loss_param_
+                best, fits = interleaved({"fixed": lambda: fit(param), "default": fit,
+                                          "old": fit_old}, repeats)
+                new, old = fits["default"].loss_param_, fits["old"].loss_param_
+                rows.append([f"{n:,} x {d}", init_name, loss, fmt_time(best["fixed"]),
+                             fmt_time(best["default"]),
+                             f"**{best['default'] / best['fixed']:.2f}x**",
+                             fmt_time(best["old"]), f"{best['old'] / best['fixed']:.2f}x",
+                             f"{new:.4g}", f"{old:.4g}", f"{new / old - 1:+.1%}"])
+                print(f"  [estimate] {n} {init_name} {loss} done", file=sys.stderr, flush=True)
+    table(f"Data-driven loss_param: default fit vs the same fit with the parameter given "
+          f"(CPU, k=50, {iterations} iterations, tol=0)",
+          ["n x d", "init", "loss", "fixed parameter", "default", "default / fixed",
+           "old default", "old / fixed", "parameter", "old parameter", "difference"], rows)
+
+
+def estimate_quality(quick):
+    """Inlier ARI and parameter with the new and the old estimate on contaminated
+    blobs large enough for the pilot to be a sample (GeneralizedKMeans' defaults)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from clustering.datasets import contaminated_blobs
+
+    n, seeds = 30_000, range(2 if quick else 3)
+    rows = []
+    for k in (5, 50):
+        for contamination in ("far", "cauchy"):
+            for loss in ESTIMATED:
+                scores = {"new": [], "old": []}
+                params = {"new": [], "old": []}
+                for seed in seeds:
+                    X, y, inliers, _ = contaminated_blobs(n=n, k=k, contamination=contamination,
+                                                          fraction=0.2, random_state=seed)
+                    for name, context in (("new", contextlib.nullcontext), ("old", old_estimate)):
+                        with context():
+                            km = GeneralizedKMeans(k, loss=loss, random_state=seed).fit(X)
+                        scores[name].append(adjusted_rand_score(y[inliers], km.labels_[inliers]))
+                        params[name].append(km.loss_param_)
+                rows.append([k, f"20% {contamination}", loss]
+                            + [f"{np.mean(scores[name]):.2f} ({min(scores[name]):.2f})"
+                               for name in ("new", "old")]
+                            + [", ".join(f"{v:.3g}" for v in params[name])
+                               for name in ("new", "old")])
+            print(f"  [estimate] quality k={k} {contamination} done", file=sys.stderr, flush=True)
+    table(f"Data-driven loss_param on contaminated blobs (n={n:,}, d=32, {len(seeds)} seeds, "
+          "defaults, one restart): inlier ARI mean (min) and the parameter per seed",
+          ["k", "data", "loss", "inlier ARI", "old: inlier ARI", "parameter",
+           "old: parameter"], rows)
+
+
 # ------------------------------------------------------------------ GPU preset
 def gpu_preset(device, repeats, quick, iterations=20):
     n, d, k = (200_000, 768, 1_000) if quick else (1_000_000, 768, 1_000)
@@ -229,10 +327,16 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU preset")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds of our runs (best is kept; default 3)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="only the cost of the data-driven loss parameter (CPU)")
     args = parser.parse_args()
     repeats = args.repeats or 3
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     warm_up(args.device)
+    if args.estimate:
+        estimate_cost(args.quick, repeats)
+        estimate_quality(args.quick)
+        return
     if torch.device(args.device).type == "cuda":
         gpu_preset(args.device, repeats, args.quick)
         return

@@ -49,6 +49,8 @@ _LAZY = {
     "plot_silhouette": "evaluation",
     "visualize_run": "evaluation",
     "run_summary": "browse",
+    "cluster_stability": "stability",
+    "kmeans_stability": "stability",
     "feature_maps": "activations",
     "compute_feature_heatmaps": "activations",
 }

@@ -60,11 +60,17 @@ _ELKAN_MAX_BYTES = 1 << 28
 # ... and renews them all with a full tiled pass (cheaper per loss) after a scan
 # that had to compute more than this fraction of the pairs
 _ELKAN_FULL_FRACTION = 0.8
-# a pilot seeding on this many samples (or 10 k) sets a data-driven loss_param,
-# re-estimated until it changes by less than this fraction (at most this many rounds)
-_PILOT_SAMPLES = 10_000
+# a pilot fit on a uniform sample of this many samples (or this many per cluster)
+# sets a data-driven loss_param, re-estimated until it changes by less than this
+# fraction (at most this many rounds); each estimate reads the residuals of
+# max(this many rows, this many values) of the pilot (evenly spaced rows; the
+# median of 1,000 row norms or of 2^18 coordinates is within about 2% of the
+# full one; None: every row). bench/bench_engine.py --estimate compares them
+# with those of before: 10,000 samples, 10 per cluster, every row
+_PILOT_SAMPLES, _PILOT_SAMPLES_PER_CLUSTER = 5_000, 100
 _PARAM_RTOL = 0.05
 _PARAM_ROUNDS = 5
+_PARAM_ROWS, _PARAM_VALUES = 1_000, 1 << 18
 # CPU blocks of the (rows, k) loss matrix: about this many elements (2 MB of
 # float32, cache-sized), >= this many rows
 _CPU_BLOCK, _MIN_CPU_ROWS = 1 << 19, 2048
@@ -713,11 +719,12 @@ class GeneralizedKMeans:
         distance (far outliers left out): huber / pseudo_huber: delta = 1.345
         * 1.4826 * median |x_j - c_j| over residual coordinates; correntropy:
         sigma = median ||x - c||; epsilon_insensitive: epsilon = half that. It
-        is estimated on a pilot of at most max(10000, 10 k) samples, first
+        is estimated on a pilot of at most max(5000, 100 k) samples, first
         from a squared k-means++ seeding (or the init array), then re-estimated
         from the centers that Lloyd iterations under the loss settle on, until
-        it changes by less than 5%. The value used is ``loss_param_``, the rule
-        ``loss_param_rule_``.
+        it changes by less than 5%, each time from the residuals of at most
+        max(1000, 2^18 / d) of its samples. The value used is
+        ``loss_param_``, the rule ``loss_param_rule_``.
     init : "k-means++", "random" or array (k, d)
         Seeding: greedy k-means++ with sampling proportional to the loss to the
         nearest chosen center, k distinct random samples, or given centers.
@@ -851,16 +858,23 @@ class GeneralizedKMeans:
         previous round's centers). The residuals of seeds are those of data
         points (larger by about sqrt(2) than to a cluster's center), and under
         contamination those of seeds on outliers: only settled centers give the
-        inliers' scale.
+        inliers' scale. Each estimate reads the residuals of at most
+        max(``_PARAM_ROWS``, ``_PARAM_VALUES`` / d) evenly spaced rows.
         """
-        n = X.shape[0]
-        m = min(n, max(_PILOT_SAMPLES, 10 * k))
+        n, d = X.shape
+        m = min(n, max(_PILOT_SAMPLES, _PILOT_SAMPLES_PER_CLUSTER * k))
         Xs = X if m == n else X[torch.as_tensor(rng.choice(n, m, replace=False), device=X.device)]
+        rows = m if _PARAM_ROWS is None else min(m, max(_PARAM_ROWS, _PARAM_VALUES // d))
+        read = torch.as_tensor(np.linspace(0, m - 1, rows).round().astype(np.int64),
+                               device=X.device) if rows < m else slice(None)
+
+        def estimate(C, labels):
+            return float(loss.default_param(Xs[read] - C[labels[read]]))
+
         pilot = _Engine(Xs, get_loss("squared"), None, self.chunk_size)
         given = isinstance(init, torch.Tensor)
         C = init if given else pilot.kmeans_plusplus(k, rng)
-        labels, _ = pilot.assign(C)
-        param = float(loss.default_param(Xs - C[labels]))
+        param = estimate(C, pilot.assign(C)[0])
         if not given:
             C = _Engine(Xs, loss, param, self.chunk_size).kmeans_plusplus(k, rng)
         for rounds in range(1, _PARAM_ROUNDS + 1):
@@ -868,18 +882,19 @@ class GeneralizedKMeans:
             result = _Engine(Xs, loss, param, self.chunk_size, prune).run(
                 C, int(self.max_iter), float(self.tol), lambda *args: None, 0)
             C = result.centers
-            estimate = float(loss.default_param(Xs - C[result.labels]))
-            settled = abs(estimate - param) <= _PARAM_RTOL * param
-            param = estimate
+            new = estimate(C, result.labels)
+            settled = abs(new - param) <= _PARAM_RTOL * param
+            param = new
             if settled:
                 break
         rule = loss.param_rule or f"{loss.param_name} = {type(loss).__name__}.default_param"
         start = "the given init" if given else "a squared k-means++ seeding"
+        residuals = f", residuals of {rows} of them" if rows < m else ""
         return param, (
             f"{rule}, over the residuals x - c to the nearest center c of the samples "
             f"within {OUTLIER_DISTANCES:g}x the median distance; estimated from {start} "
             f"and re-estimated as the centers settled ({rounds} rounds of Lloyd "
-            f"iterations on {m} samples)")
+            f"iterations on {m} samples{residuals})")
 
     def fit(self, X, progress=None):
         """Cluster X (n, d) (numpy array or torch tensor); returns self.

@@ -176,8 +176,9 @@ def _robust_coordinate_scale(residuals):
     absolute deviation, then 1)."""
     R, _ = _inlier_residuals(residuals)
     r = np.abs(R)
-    if np.median(r) > 0:
-        return 1.4826 * float(np.median(r))
+    median = np.median(r, overwrite_input=True)
+    if median > 0:
+        return 1.4826 * float(median)
     if r.mean() > 0:
         return math.sqrt(math.pi / 2) * float(r.mean())
     return 1.0

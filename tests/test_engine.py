@@ -449,6 +449,38 @@ def test_correntropy_keeps_the_clusters_on_every_contaminated_set(contamination,
     assert np.mean(scores) >= 0.9 and min(scores) >= 0.8, scores
 
 
+@pytest.mark.parametrize("loss", sorted(SCALE_RULES))
+def test_parameter_from_a_pilot_sample_is_close_to_the_full_estimate(loss, monkeypatch):
+    """Above max(5000, 100 k) samples the pilot is a uniform sample, and each
+    estimate reads the residuals of max(1000, 2^18 / d) of its rows: the
+    parameter stays within 5% of the estimate on every sample and residual."""
+    import clustering.kmeans as km
+
+    X = blobs(n=12_000, d=64, k=8, seed=3).astype(np.float32)
+    sampled = GeneralizedKMeans(8, loss=loss, random_state=0).fit(X)
+    assert "on 5000 samples, residuals of 4096 of them)" in sampled.loss_param_rule_
+    monkeypatch.setattr(km, "_PILOT_SAMPLES", len(X))
+    monkeypatch.setattr(km, "_PARAM_ROWS", None)
+    full = GeneralizedKMeans(8, loss=loss, random_state=0).fit(X)
+    assert "on 12000 samples)" in full.loss_param_rule_
+    assert sampled.loss_param_ == pytest.approx(full.loss_param_, rel=0.05)
+
+
+@pytest.mark.parametrize("contamination", ["far", "cauchy"])
+@pytest.mark.parametrize("loss", ["huber", "pseudo_huber", "correntropy", "epsilon_insensitive"])
+def test_contaminated_blobs_recovered_with_a_pilot_sample(loss, contamination):
+    """20,000 samples, 20% contaminated: the parameter comes from a pilot of
+    5000, and the clusters are still found with the inliers' scale."""
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y, inliers, _ = contaminated_blobs(n=20_000, contamination=contamination, fraction=0.2,
+                                          random_state=1)
+    km = GeneralizedKMeans(5, loss=loss, random_state=0).fit(X)
+    assert "on 5000 samples)" in km.loss_param_rule_
+    assert adjusted_rand_score(y[inliers], km.labels_[inliers]) > 0.99
+    assert km.loss_param_ == pytest.approx(inlier_scale(loss, X.shape[1]), rel=0.25)
+
+
 @pytest.mark.skipif(K.triton is None, reason="triton not installed")
 def test_triton_kernel_in_interpreter_mode():
     """The CUDA kernel for coordinate-wise assignment, run by triton's CPU interpreter."""
