@@ -230,6 +230,7 @@ def compute_clusters(
     overwrite=False,
     keep_identity=True,
     levels=None,
+    stability="auto",
     progress=None,
     **method_params,
 ):
@@ -269,6 +270,13 @@ def compute_clusters(
             cluster keeps its id, name and description and the run keeps its
             ``edits``, with a ``recompute`` record listing the matched, new
             and vanished clusters; False starts from nothing
+        stability: a trust score per cluster (:mod:`clustering.stability`:
+            its Jaccard similarity to its best match across refits on random
+            subsamples of at most 10,000 samples, 20 refits of up to 3
+            restarts), stored in ``results.stability`` with the run's
+            size-weighted mean in ``results.stability_score``; ``"auto"``:
+            for the nearest-center methods (generalized k-means, k-means,
+            mini-batch k-means), where it costs at most about the fit
         levels: a cluster tree in one call (:mod:`clustering.tree`): the
             number of clusters at each level, top-down (``[10, 4]``: 10
             clusters, each split into 4 sub-clusters, stored as run
@@ -293,6 +301,9 @@ def compute_clusters(
     params = method_obj.resolve_params({k_: v for k_, v in params.items() if v is not None})
     _check_run_key(run_key)
     k, below = _check_levels(method_obj, k, levels, samples)
+    if stability not in ("auto", True, False):
+        raise ValueError(f"stability must be 'auto', True or False; got {stability!r}")
+    scored = method_obj.can_assign and method_obj.needs_k if stability == "auto" else stability
     _check_k(method_obj, k, len(samples))
     if int(num_representatives) < 1:
         raise ValueError("num_representatives must be >= 1")
@@ -319,16 +330,20 @@ def compute_clusters(
         # an array is in memory already: "auto" fits on all of it
         available = None if isinstance(source, _ArraySource) else resources.available_memory()
         num_fit, streamed = _plan_fit(method_obj, source.count, source.dim, k, fit_sample_size, available)
-        if streamed:
-            done = _fit_sample_and_assign(source, num_fit, method_obj, k, params, transform, stages, timings)
-        else:
-            done = _fit_all(source, method_obj, k, params, transform, stages, timings)
+        fit = (_fit_sample_and_assign, num_fit) if streamed else (_fit_all,)
+        done = fit[0](source, *fit[1:], method_obj, k, params, transform, stages, timings, scored)
         plan = {"fit_sample_size": requested_fit, "num_fit": done.num_fit, "streamed": streamed}
         if streamed:
             plan["fit_objective"] = done.fit_objective
         out = done.out
         formed = _formed_clusters(run_key, out.labels, done.k)
+        scores = {} if done.stability is None else {
+            c: float(s) for c, s in enumerate(done.stability.scores) if np.isfinite(s)
+        }
         inherited = _inherit_identity(samples, run_key, done.ids, out) if overwrite and keep_identity else None
+        if inherited is not None:  # the scores follow their clusters' ids
+            scores = {inherited["ids_of"][c]: s for c, s in scores.items()}
+        inherited = dict(inherited or {}, stability={str(c): s for c, s in scores.items()})
         results = writer.store_new_run(
             samples, claim, run_key, done.ids, done.sample_ids, out, overwrite=overwrite,
             config=dict(
@@ -392,6 +407,7 @@ def _inherit_identity(samples, run_key, ids, out):
         return None
     old = writer.latest_results(dataset, run_key, reuse=False)
     ids_of, carried = identity.carry_over(old, storage.id_strings(ids), out.labels)
+    carried["ids_of"] = ids_of
     lookup = np.full(len(out.centers) + 1, -1, dtype=np.int64)  # the last entry maps noise (-1)
     for new, old_id in ids_of.items():
         lookup[new] = old_id
@@ -434,10 +450,12 @@ class _Clustered:
     num_fit: int
     fit_objective: float
     umap_fit_ids: list = None
+    stability: object = None  # a clustering.stability.ClusterStability of the fit's labels
 
 
-def _fit_all(source, method, k, params, transform, progress, timings):
-    """Reads every row and fits on all of them."""
+def _fit_all(source, method, k, params, transform, progress, timings, scored):
+    """Reads every row and fits on all of them (and scores each cluster's
+    stability when ``scored``)."""
     t0 = time.perf_counter()
     vectors = source.read(progress=scaled(progress, 0.0, 0.15))
     timings["read_s"] = time.perf_counter() - t0
@@ -447,15 +465,37 @@ def _fit_all(source, method, k, params, transform, progress, timings):
     X = transform.fit_transform(vectors.X, copy=not source.in_place)
     vectors.X = None  # X may be a transformed copy: let the original go
     timings["reduce_s"] = time.perf_counter() - t0
-    out = method.fit(X, k, params, progress=scaled(progress, 0.15, 0.75))
+    out = method.fit(X, k, params, progress=scaled(progress, 0.15, 0.6))
     timings["cluster_s"] = time.perf_counter() - t0
+    stability = _stability(method, k, out, X, params, scaled(progress, 0.6, 0.75), timings) if scored else None
     return _Clustered(
         vectors.ids, vectors.sample_ids, vectors.missing_ids, out, k, len(X), out.objective,
-        _fit_ids(vectors.ids, transform),
+        _fit_ids(vectors.ids, transform), stability,
     )
 
 
-def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progress, timings):
+def _stability(method, k, out, X, params, progress, timings):
+    """Each cluster's stability (:func:`clustering.stability.cluster_stability`):
+    refits from scratch with the method, k and the fit's loss parameter, on
+    subsamples of ``X``, at most 3 restarts each."""
+    from .stability import REFIT_RESTARTS, cluster_stability
+
+    t0 = time.perf_counter()
+    refit = dict(params, **{n: out.params[n] for n in ("loss_param",) if n in out.params})
+    if "n_init" in refit:
+        refit["n_init"] = min(int(refit["n_init"]), REFIT_RESTARTS)
+    seeds = np.random.default_rng(params.get("random_state"))
+
+    def fit(X_sub):
+        seeded = dict(refit, random_state=int(seeds.integers(2**31 - 1))) if "random_state" in refit else refit
+        return method.fit(X_sub, k, seeded).labels
+
+    result = cluster_stability(X, out.labels, fit, random_state=int(seeds.integers(2**31 - 1)), progress=progress)
+    timings["stability_s"] = time.perf_counter() - t0
+    return result
+
+
+def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progress, timings, scored):
     """Fits on ``num_fit`` uniformly drawn rows, then assigns every row a chunk
     at a time (memory: the sample and one chunk, whatever the number of rows)."""
     rng = np.random.default_rng(params.get("random_state"))
@@ -470,7 +510,8 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     timings["reduce_s"] = time.perf_counter() - t0
     umap_fit_ids = _fit_ids(sample.ids, transform)
     del sample
-    out = method.fit(X, k, params, progress=scaled(progress, 0.1, 0.45))
+    out = method.fit(X, k, params, progress=scaled(progress, 0.1, 0.4))
+    stability = _stability(method, k, out, X, params, scaled(progress, 0.4, 0.45), timings) if scored else None
     fitted = len(X)
     del X
     model = RunModel.fitted(out, transform)
@@ -503,7 +544,7 @@ def _fit_sample_and_assign(source, num_fit, method, k, params, transform, progre
     sample_ids = np.concatenate(parts["sample_ids"]) if parts["sample_ids"] else None
     return _Clustered(
         np.concatenate(parts["ids"]), sample_ids, np.concatenate(parts["missing"]), out, k, fitted, fit_objective,
-        umap_fit_ids,
+        umap_fit_ids, stability,
     )
 
 
@@ -560,9 +601,10 @@ def _summary(samples, run_key):
         "num_clustered": h["num_clustered"],
         "num_noise": h["num_noise"],
         "objective": h["objective"],
+        "stability": h["stability"],
         "clusters": [
             {
-                "cluster": r["cluster"], "size": r["size"], "name": r["name"],
+                "cluster": r["cluster"], "size": r["size"], "name": r["name"], "stability": r["stability"],
                 "representative": r["thumbnails"][0]["id"] if r["thumbnails"] else None,
                 "representative_filepath": r["thumbnails"][0]["filepath"] if r["thumbnails"] else None,
             }

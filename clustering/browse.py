@@ -33,7 +33,11 @@ SORTS = {
     "size": ("Size (largest first)", "size", True),
     "compactness": ("Compactness (tightest first)", "compactness", False),
     "loosest": ("Compactness (loosest first)", "compactness", True),
+    "stability": ("Stability (least stable first)", "stability", False),
 }
+#: clusters scoring below this stability are marked as doubtful (Hennig: below
+#: 0.5 a cluster dissolves, 0.6-0.75 is a pattern, above 0.85 highly stable)
+UNSTABLE_BELOW = 0.6
 
 
 class _Pipeline(foa.Aggregation):
@@ -133,7 +137,8 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         a dict with ``run_key``, ``header`` (method, loss, loss parameter, k,
         clusters, samples clustered, noise, objective = sum of the losses),
         ``clusters`` (per cluster, by id: ``cluster``, ``name``, ``path`` (in
-        a level of a cluster tree, e.g. ``"7/2"``; else None), ``size``,
+        a level of a cluster tree, e.g. ``"7/2"``; else None), ``stability``
+        (its score, :mod:`clustering.stability`; None when not scored), ``size``,
         ``compactness`` (mean loss to the center), ``thumbnails`` and, with
         ``gt_field``, ``majority_class`` and ``purity``), ``noise`` (HDBSCAN's
         -1: ``{"size": n}`` or None), ``evaluation`` (None without
@@ -159,6 +164,7 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         )
     evaluation = _evaluation(result["ground_truth"], gt_field) if gt_path else None
 
+    stability = getattr(writer.latest_results(dataset, run_key), "stability", None) or {}
     clusters = []
     for c in sorted(c for c in groups if c >= 0):
         g = groups[c]
@@ -166,6 +172,7 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
             "cluster": c,
             "name": g.get("name"),
             "path": g.get("path"),
+            "stability": stability.get(str(c)),
             "size": int(g["size"]),
             "compactness": _float(g["compactness"]),
             "thumbnails": thumbnails.get(c, []),
@@ -193,6 +200,7 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         "label_field": config.label_field,
         "parent_run": config.parent_run,
         "level": config.level,
+        "stability": _weighted_stability(clusters),
     }
     return {
         "run_key": run_key,
@@ -202,6 +210,13 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         "evaluation": evaluation,
         "problem": writer.pending_write(dataset, run_key) or _incomplete(run_key, config),
     }
+
+
+def _weighted_stability(rows):
+    """The size-weighted mean stability of the scored clusters (None if none)."""
+    scored = [r for r in rows if r["stability"] is not None]
+    total = sum(r["size"] for r in scored)
+    return sum(r["stability"] * r["size"] for r in scored) / total if total else None
 
 
 def _incomplete(run_key, config):

@@ -110,6 +110,7 @@ def merge_clusters(samples, run_key, clusters):
         edit.labels[members] = target
         edit.losses[members] = losses
         edit.centers[target] = centers[0]
+        edit.stability.pop(str(target), None)  # a new group: not scored until the run is recomputed
         for c in ids[1:]:
             edit.retire(c)
         edit.touched.add(target)

@@ -339,6 +339,15 @@ def _save_results(dataset, run_key, results):
 # the fields a run's results define
 
 
+def stability_score(stability, labels):
+    """The size-weighted mean of the clusters' stability scores (None without any)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, int)
+    sizes = {c: int(counts[int(c)]) if int(c) < len(counts) else 0 for c in stability}
+    total = sum(sizes.values())
+    return float(sum(s * sizes[c] for c, s in stability.items()) / total) if total else None
+
+
 def representative_ranks(labels, losses, n):
     """rank 1..n of the n smallest-loss members of each cluster (0 = unranked),
     and {cluster: member indices best first}."""
@@ -581,6 +590,8 @@ def store_new_run(samples, claim, run_key, ids, sample_ids, out, config, timings
         descriptions=inherited.get("descriptions", {}),
         naming=inherited.get("naming", {}),
         edits=inherited.get("edits", []),
+        stability=inherited.get("stability", {}),
+        stability_score=stability_score(inherited.get("stability", {}), labels),
         **{k: inherited[k] for k in ("parents", "parent_paths") if k in inherited},
         **transform_state,
     )
@@ -749,6 +760,7 @@ class RunEdit:
         self.descriptions = dict(getattr(results, "descriptions", None) or {})
         # in a level of a cluster tree: each cluster's parent, and the parents' paths
         self.parents = {str(c): int(p) for c, p in (getattr(results, "parents", None) or {}).items()}
+        self.stability = dict(getattr(results, "stability", None) or {})
         self.parent_paths = dict(getattr(results, "parent_paths", None) or {})
         self.touched = set()  # clusters whose members or losses changed
 
@@ -813,6 +825,8 @@ class RunEdit:
         results.names = names
         results.descriptions = {c: d for c, d in self.descriptions.items() if c in names}
         results.naming = self.naming
+        results.stability = {c: s for c, s in self.stability.items() if int(c) in live}
+        results.stability_score = stability_score(results.stability, self.labels)
         if self.parents or self.parent_paths:
             results.parents, results.parent_paths = self.parents, self.parent_paths
         if config.k is not None:

@@ -64,6 +64,7 @@ def _header_markdown(overview):
         f"{h['num_clustered']:,} samples clustered",
         f"{h['num_noise']:,} noise" if h["num_noise"] else None,
         f"objective {fmt(h['objective'], '.4g')}",
+        f"stability {fmt(h['stability'], '.2f')}" if h.get("stability") is not None else None,
     ]
     text = " · ".join(p for p in parts if p)
     ev = overview["evaluation"]
@@ -110,6 +111,9 @@ def _breadcrumb(dataset, overview, parent):
 
 def _card_markdown(row):
     lines = [f"**{row['name']}**" if row.get("name") else None, f"{row['size']:,} samples", f"compactness {fmt(row['compactness'], '.4g')}"]
+    if row.get("stability") is not None:
+        doubtful = row["stability"] < browse.UNSTABLE_BELOW
+        lines.append(f"{'⚠ unstable ' if doubtful else ''}stability {row['stability']:.2f}")
     if row.get("majority_class") is not None:
         lines.append(f"{row['majority_class']} ({100 * row['purity']:.0f}%)")
     return "  \n".join(line for line in lines if line)

@@ -580,3 +580,31 @@ def test_a_registered_loss_and_method_get_their_forms(pixel_dataset, restored_re
     assert props["shift"]["default"] == 0.5 and "loss" not in props
     results = clustering.compute_clusters(pixel_dataset, "c", embeddings="pixels", reduction="none", k=3, method="test_first_dims", dims=3)
     assert results.config.dims == 3 and results.config.method == "test_first_dims"
+
+
+def test_every_cluster_gets_a_stability_score_and_noise_scores_lowest(fo):
+    """Four Gaussian blobs plus a fifth 'cluster' of uniform noise over their
+    bounding box: the noise cluster is the least stable."""
+    rng = np.random.default_rng(5)
+    centers = rng.normal(scale=10.0, size=(4, 8))
+    blobs = centers[np.arange(800) % 4] + rng.normal(size=(800, 8))
+    noise = rng.uniform(blobs.min(0), blobs.max(0), size=(200, 8))
+    X = np.r_[blobs, noise].astype(np.float32)
+    dataset = fo.Dataset()
+    dataset.add_samples([fo.Sample(filepath=f"/none/{i}.jpg", emb=x, truth="noise" if i >= 800 else str(i % 4)) for i, x in enumerate(X)])
+    results = clustering.compute_clusters(dataset, "s", embeddings="emb", k=5, reduction="none", progress=False)
+    truth = dict(zip(*dataset.values(["id", "truth"])))
+    majority = {}
+    for i, c in zip(results.sample_ids, results.labels.tolist()):
+        majority.setdefault(c, []).append(truth[i])
+    noisiest = max(majority, key=lambda c: majority[c].count("noise") / len(majority[c]))
+    scores = {int(c): s for c, s in results.stability.items()}
+    assert set(scores) == set(results.cluster_ids()) and all(0 <= s <= 1 for s in scores.values())
+    assert min(scores, key=scores.get) == noisiest
+    assert 0 < results.stability_score < 1
+    assert results.timings["stability_s"] > 0
+    info = clustering.get_run_info(dataset, "s")["summary"]
+    assert {c["cluster"]: c["stability"] for c in info["clusters"]} == scores
+    assert clustering.compute_clusters(dataset, "h", embeddings="emb", method="hdbscan", reduction="none",
+                                       progress=False).stability == {}  # "auto": nearest-center methods only
+    dataset.delete()

@@ -112,6 +112,18 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
         poll(page, lambda: thumbnails.evaluate_all(loaded), "the thumbnails to load")
         steps.shot("run-picked")
 
+        # 2b. each card shows its stability, the header the run's; sorting by it puts the least stable first
+        scores = {int(c): s for c, s in clustering.load_clustering_results(dataset, RUN_KEY).stability.items()}
+        assert set(scores) == set(range(K))
+        expect(panel.get_by_text(re.compile(r"· stability \d\.\d\d"))).to_be_visible()
+        for c, score in scores.items():
+            expect(panel.get_by_text(re.compile(rf"stability {score:.2f}$"))).not_to_have_count(0)
+        choose(page, "Sort", "Stability (least stable first)")
+        first_card = panel.get_by_role("button", name=re.compile(r"^\d+$")).first
+        expect(first_card).to_have_text(str(min(scores, key=scores.get)))
+        steps.shot("sorted-by-stability")
+        choose(page, "Sort", "Cluster id")
+
         # 3. click a cluster: the grid shows exactly its samples, nearest its center first
         cluster = min(sizes, key=lambda c: (sizes[c], c))
         panel.get_by_role("button", name=str(cluster), exact=True).click()
