@@ -45,7 +45,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-DEFAULT_DATA = "/work/shared/data/hymenoptera"
+# the shared data folder beside the repository (or --data)
+DEFAULT_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "hymenoptera")
 EXTENSIONS = (".jpg", ".jpeg")
 
 

@@ -64,7 +64,7 @@ from common import table  # noqa: E402  (bench/common.py)
 import photos  # noqa: E402  (bench/photos.py)
 
 RESULTS = os.path.join(REPO_ROOT, "bench", "results")
-HYMENOPTERA = "/work/shared/data/hymenoptera"
+HYMENOPTERA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "hymenoptera")  # beside the repository
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 MODEL = "efficientnet-lite0"
 LOSSES = ["squared", "absolute", "huber", "pseudo_huber", "correntropy", "epsilon_insensitive",
