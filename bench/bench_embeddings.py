@@ -2,7 +2,7 @@
 
 Default mode (CPU, FiftyOne, on a folder of images such as hymenoptera):
 
-(a) this plugin's ``clustering.embeddings.compute_embeddings`` vs FiftyOne's own
+(a) this plugin's ``clustering.features.embeddings.compute_embeddings`` vs FiftyOne's own
     ``samples.compute_embeddings(model, batch_size=...)`` with the same network
     wrapped as a ``fiftyone.utils.torch.TorchImageModel`` (same weights, same
     Resize((224, 224)) + normalization, same batch size, FiftyOne's default
@@ -20,7 +20,7 @@ Methods are run interleaved ``--repeats`` times after a warm-up and the best
 time of each is kept, so that the ratios come from the same conditions even on
 a shared machine.
 
-``--no-fiftyone`` mode benchmarks the pure pipeline (``clustering.backbones``)
+``--no-fiftyone`` mode benchmarks the pure pipeline (``clustering.features.backbones``)
 from a folder of images without FiftyOne, e.g. on a GPU box without network::
 
     python bench/bench_embeddings.py --no-fiftyone --device cuda --model resnet50 --random-weights
@@ -105,7 +105,7 @@ def plain_network(model):
                 return self.net.extract_features(x).mean(dim=(2, 3))
 
         return Features(net).eval()
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     built = bb.get_spec(model).factory()  # unfused, fp32, NCHW
     return (built[0] if isinstance(built, tuple) else built).eval()
@@ -121,7 +121,7 @@ def random_weights_model(model):
     """Registers ``{model}-random``: the registry's network for ``model`` with
     random weights instead of downloaded ones (for timing only). Models whose
     weights ship offline are returned unchanged."""
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     spec = bb.get_spec(model)
     if spec.weights == "bundled":
@@ -179,14 +179,14 @@ _CHILD = {}
 def _replica_init():
     import torch
 
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     torch.set_num_threads(1)  # before any op: no OpenMP team after fork
     bb._retain_freed_memory()
 
 
 def _time_replica(batch_size):
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     return bb.time_model(_CHILD["backbone"], batch_size=batch_size, device="cpu", iters=3, threads=1)
 
@@ -205,7 +205,7 @@ def time_cpu_replicas(backbone, batch_size, replicas):
 def components(backbone, paths, batch_size, workers, e2e_rate):
     """Throughput of the model alone and of decoding alone; returns table rows
     and which one limits the pipeline."""
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     device = backbone.device
     if device.type == "cpu":
@@ -267,8 +267,8 @@ def _bench_fiftyone(args):
     import fiftyone as fo
     import fiftyone.utils.torch as fout
 
-    import clustering.backbones as bb
-    import clustering.embeddings as ce
+    import clustering.features.backbones as bb
+    import clustering.features.embeddings as ce
 
     paths, labels = list_images(args.data, limit=args.limit)
     n = len(paths)
@@ -432,7 +432,7 @@ def _bench_fiftyone(args):
 def bench_documents_setup(args, paths, batch_size, rate_default):
     """The source documents' loop with VGG16 features + GAP (random weights)
     vs this plugin's ``vgg16`` on the same images, and vs its default model."""
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     step = max(1, len(paths) // args.vgg_images)
     subset = paths[::step][: args.vgg_images]  # spread over the folders and image sizes
@@ -488,7 +488,7 @@ def bench_pure(args):
     import numpy as np
     import torch
 
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     paths, labels = list_images(args.data, limit=args.limit)
     device = bb.resolve_device(args.device)

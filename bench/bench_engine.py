@@ -222,7 +222,7 @@ OLD_ESTIMATE = {"_PILOT_SAMPLES": 10_000, "_PILOT_SAMPLES_PER_CLUSTER": 10, "_PA
 @contextlib.contextmanager
 def old_estimate():
     """Fits inside estimate loss_param as before (``OLD_ESTIMATE``)."""
-    import clustering.kmeans as km
+    import clustering.engine.kmeans as km
 
     saved = {name: getattr(km, name) for name in OLD_ESTIMATE}
     for name, value in OLD_ESTIMATE.items():

@@ -7,7 +7,7 @@ run (default 100) computed with ``clustering.compute_clusters`` on random
 vectors around ``--clusters`` centers. Then, each the best of ``--repeats``
 calls after a first (cold) one, all in the same process:
 
-- **ours**: ``clustering.browse.run_overview`` (one aggregation over the run's
+- **ours**: ``clustering.runs.browse.run_overview`` (one aggregation over the run's
   fields), without and with a ground-truth field;
 - **the panel's on_load** through FiftyOne's operator machinery
   (``execute_or_delegate_operator``, as the App calls it: the overview, the
@@ -140,7 +140,7 @@ def panel_on_load(dataset):
 def bench(args):
     import fiftyone.operators as foo
 
-    from clustering import browse
+    from clustering.runs import browse
     import clustering
 
     print(

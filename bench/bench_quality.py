@@ -204,7 +204,7 @@ def _cached(name, compute):
 
 
 def _embed(paths):
-    from clustering.backbones import embed_files
+    from clustering.features.backbones import embed_files
 
     X, failed = embed_files(paths, MODEL, precision="fp32")
     if failed:
@@ -289,15 +289,15 @@ def plugin_defaults(loss):
     """(normalize, n_init) that compute_clusters uses for ``loss`` when not given."""
     import inspect
 
-    from clustering.api import compute_clusters
-    from clustering.methods import get_method
+    from clustering.runs.compute import compute_clusters
+    from clustering.engine.methods import get_method
 
     normalize = inspect.signature(compute_clusters).parameters["normalize"].default
     return normalize, get_method("generalized_kmeans").resolve_params({"loss": loss})["n_init"]
 
 
 def prepare(X, normalize):
-    from clustering.features import prepare_features
+    from clustering.features.transform import prepare_features
 
     return prepare_features(X, normalize)[0]
 

@@ -62,7 +62,7 @@ def timed(fn, *args):
 
 def pca_pipeline():
     """The plugin's L2 + PCA to 64-d."""
-    from clustering.features import FeatureTransform
+    from clustering.features.transform import FeatureTransform
 
     return FeatureTransform(normalize=True, reduction="pca", n_components=64, random_state=0)
 

@@ -176,7 +176,7 @@ def measure_io(args):
     """values() / set_values x3 vs ours on the first baseline_n samples."""
     import fiftyone as fo
 
-    from clustering import storage
+    from clustering.runs import storage
 
     dataset = fo.load_dataset(dataset_name(args.n, args.dim))
     view = dataset.limit(args.baseline_n)
@@ -261,7 +261,7 @@ def measure_streamed(args):
 
 
 def measure_seeding(args):
-    import clustering.kmeans as km
+    import clustering.engine.kmeans as km
     from clustering import GeneralizedKMeans
 
     n = args.seeding_n

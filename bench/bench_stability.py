@@ -1,4 +1,4 @@
-"""Benchmark of per-cluster stability (clustering.stability): its cost against
+"""Benchmark of per-cluster stability (clustering.engine.stability): its cost against
 the fit's, and what it says on blobs with a noise cluster and on real embeddings.
 
     .venv/bin/python bench/bench_stability.py [--quick] [--repeats N]
@@ -29,8 +29,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from clustering import GeneralizedKMeans  # noqa: E402  (first: OpenMP policy)
-from clustering.methods import GeneralizedKMeansMethod  # noqa: E402
-from clustering.stability import cluster_stability, kmeans_stability  # noqa: E402
+from clustering.engine.methods import GeneralizedKMeansMethod  # noqa: E402
+from clustering.engine.stability import cluster_stability, kmeans_stability  # noqa: E402
 from bench_engine import blobs, fmt_time, interleaved  # noqa: E402  (bench/)
 from common import table  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Benchmark of the run writer's guarantees (``clustering.writer``): two
+"""Benchmark of the run writer's guarantees (``clustering.runs.writer``): two
 writers of one run, and kill -9 at random moments of every kind of write.
 
     .venv/bin/python bench/bench_writer.py [--trials 20] [--kills 8]
@@ -128,7 +128,7 @@ ACTIONS = {
 def _watch_journal(dataset, worker, timeout=600):
     """Polls the run's claim until the worker's journal appears; returns the
     moment (perf_counter) or None when the worker ended first."""
-    from clustering import writer
+    from clustering.runs import writer
 
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline and worker.process.poll() is None:
@@ -140,7 +140,7 @@ def _watch_journal(dataset, worker, timeout=600):
 
 def _measure(clustering, dataset, action, spec):
     """(duration of the action, duration of its journaled write), uninterrupted."""
-    from clustering import writer
+    from clustering.runs import writer
 
     _prepare(clustering, dataset, action)
     worker = Worker("c", action, **spec)

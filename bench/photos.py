@@ -53,7 +53,7 @@ def read_labels(root, name):
 def embeddings(root, name, record, model):
     """(X float32 (n, 1280), {level: labels}) of a collection, cached per
     collection, source commit, size and model."""
-    from clustering.backbones import embed_files
+    from clustering.features.backbones import embed_files
 
     paths, levels = read_labels(root, name)
     key = f"photos-{name}-{record['commit'][:10]}-{len(paths)}-{model}"
@@ -71,7 +71,7 @@ def embeddings(root, name, record, model):
 # ------------------------------------------------------------------ preprocessing
 def l2(X):
     """Unit rows, as the plugin's ``normalize=True`` does."""
-    from clustering.features import FeatureTransform
+    from clustering.features.transform import FeatureTransform
 
     return FeatureTransform(normalize=True).fit_transform(X)
 
@@ -85,7 +85,7 @@ def pca(X, n_components, seed, whiten=False):
     """PCA to ``n_components`` (a fraction: enough components for that share of
     the variance); the plugin's FeatureTransform for a plain integer."""
     if isinstance(n_components, int) and not whiten:
-        from clustering.features import FeatureTransform
+        from clustering.features.transform import FeatureTransform
 
         return FeatureTransform(reduction="pca", n_components=min(n_components, *X.shape),
                                 random_state=seed).fit_transform(X)

@@ -11,48 +11,48 @@ import os
 
 # Before anything loads torch or numba: idle OpenMP threads then sleep instead of
 # spinning, so torch's and numba's pools do not steal each other's cores (an
-# explicit user setting wins; see clustering/_kernels.py).
+# explicit user setting wins; see clustering/engine/_kernels.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .losses import Loss, available_losses, get_loss, register_loss  # noqa: E402
-from .kmeans import GeneralizedKMeans  # noqa: E402
+from .engine.losses import Loss, available_losses, get_loss, register_loss  # noqa: E402
+from .engine.kmeans import GeneralizedKMeans  # noqa: E402
 
 # public name -> submodule that defines it (imported on first access)
 _LAZY = {
-    "compute_clusters": "api",
-    "get_run_info": "api",
-    "load_run_view": "api",
-    "rename_run": "api",
-    "delete_run": "api",
-    "load_clustering_results": "api",
-    "check_run": "writer",
-    "subcluster": "tree",
-    "cluster_tree": "tree",
-    "RunBusyError": "writer",
-    "RunInterruptedError": "writer",
-    "available_methods": "methods",
-    "compute_embeddings": "embeddings",
-    "available_models": "models",
-    "label_clusters": "labeling",
-    "set_cluster_name": "curation",
-    "merge_clusters": "curation",
-    "split_cluster": "curation",
-    "assign_new_samples": "curation",
-    "to_labels": "curation",
-    "tag_cluster": "curation",
-    "untag_cluster": "curation",
-    "choose_k": "evaluation",
-    "recommend_k": "selection",
-    "evaluate_run": "evaluation",
-    "compare_runs": "evaluation",
-    "silhouette_analysis": "evaluation",
-    "plot_silhouette": "evaluation",
-    "visualize_run": "evaluation",
-    "run_summary": "browse",
-    "cluster_stability": "stability",
-    "kmeans_stability": "stability",
-    "feature_maps": "activations",
-    "compute_feature_heatmaps": "activations",
+    "compute_clusters": "runs.compute",
+    "get_run_info": "runs.compute",
+    "load_run_view": "runs.compute",
+    "rename_run": "runs.compute",
+    "delete_run": "runs.compute",
+    "load_clustering_results": "runs.compute",
+    "check_run": "runs.writer",
+    "subcluster": "runs.tree",
+    "cluster_tree": "runs.tree",
+    "RunBusyError": "runs.writer",
+    "RunInterruptedError": "runs.writer",
+    "available_methods": "engine.methods",
+    "compute_embeddings": "features.embeddings",
+    "available_models": "features.models",
+    "label_clusters": "naming.labeling",
+    "set_cluster_name": "runs.curation",
+    "merge_clusters": "runs.curation",
+    "split_cluster": "runs.curation",
+    "assign_new_samples": "runs.curation",
+    "to_labels": "runs.curation",
+    "tag_cluster": "runs.curation",
+    "untag_cluster": "runs.curation",
+    "choose_k": "runs.evaluation",
+    "recommend_k": "engine.selection",
+    "evaluate_run": "runs.evaluation",
+    "compare_runs": "runs.evaluation",
+    "silhouette_analysis": "runs.evaluation",
+    "plot_silhouette": "runs.evaluation",
+    "visualize_run": "runs.evaluation",
+    "run_summary": "runs.browse",
+    "cluster_stability": "engine.stability",
+    "kmeans_stability": "engine.stability",
+    "feature_maps": "features.activations",
+    "compute_feature_heatmaps": "features.activations",
 }
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Plotly figures (as plain JSON dicts) for the evaluation results.
 
 Each function takes the dict returned by a function of
-:mod:`clustering.evaluation` and returns ``{"data": [...], "layout": {...}}``:
+:mod:`clustering.runs.evaluation` and returns ``{"data": [...], "layout": {...}}``:
 what ``types.PlotlyView`` renders in the App, and what
 ``plotly.graph_objects.Figure(fig)`` turns into a figure in a notebook.
 No FiftyOne import.

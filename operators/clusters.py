@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 import clustering
 from clustering import plots
-from clustering.methods import available_methods, get_method
+from clustering.engine.methods import available_methods, get_method
 
 from .common import (
     Params,
@@ -55,7 +55,7 @@ def _features_inputs(ctx, inputs, target_view):
         field = ctx.params.get("embeddings") or fields[0]
         return field, target_view.exists(field).count()
 
-    from clustering.models import available_models, default_embeddings_field
+    from clustering.features.models import available_models, default_embeddings_field
 
     models = available_models()
     inputs.enum("model", models, default=models[0], required=True, label="Model", view=types.DropdownView())

@@ -53,7 +53,7 @@ def vector_fields(samples):
     """Names of the fields that can hold embeddings (vector, array and
     list-of-number fields): of the samples, and in a patches view also of its
     patches (e.g. ``ground_truth.embedding``)."""
-    from clustering.features import embeddings_fields
+    from clustering.features.transform import embeddings_fields
 
     return embeddings_fields(samples)
 
@@ -292,7 +292,7 @@ LOSS_PARAM_HELP = (
 
 def method_inputs(ctx, inputs, method, only=None, loss_param_help=LOSS_PARAM_HELP):
     """The inputs of ``method``'s parameters (those named in ``only``, or all),
-    from its ``form`` (:class:`clustering.methods.MethodParam`) and
+    from its ``form`` (:class:`clustering.engine.methods.MethodParam`) and
     ``defaults``; losses and their parameters from the loss registry."""
     import clustering
 

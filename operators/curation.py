@@ -1,5 +1,5 @@
 """Operators that curate a clustering run (thin wrappers over
-:mod:`clustering.curation`): name, merge and split clusters, assign new
+:mod:`clustering.runs.curation`): name, merge and split clusters, assign new
 samples, turn clusters into labels, tag a cluster's samples.
 
 Each works from the App's operator browser (a form with a run picker and a

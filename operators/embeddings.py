@@ -1,5 +1,5 @@
 """``compute_embeddings``: the App form, delegation and SDK entry point for
-:func:`clustering.embeddings.compute_embeddings`."""
+:func:`clustering.features.embeddings.compute_embeddings`."""
 
 import copy
 import os
@@ -8,11 +8,11 @@ import socket
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-import clustering.backbones as bb
-import clustering.embeddings as ce
-import clustering.models as embedding_models
-import clustering.patches as cp
-import clustering.shards as shards
+import clustering.features.backbones as bb
+import clustering.features.embeddings as ce
+import clustering.features.models as embedding_models
+import clustering.features.patches as cp
+import clustering.features.shards as shards
 
 from .common import Params, add_delegate_input, execute_from_sdk, progress_callback
 
@@ -160,10 +160,10 @@ class ComputeEmbeddings(foo.Operator):
         num_shards=None,
     ):
         """SDK entry: same parameters as
-        :func:`clustering.embeddings.compute_embeddings`; returns its summary
+        :func:`clustering.features.embeddings.compute_embeddings`; returns its summary
         dict (or the delegated operation when ``delegate``). With ``delegate``
         and ``num_shards=N``, queues N delegated operations over disjoint
-        parts of the samples (see :mod:`clustering.shards`) for any number of
+        parts of the samples (see :mod:`clustering.features.shards`) for any number of
         ``fiftyone delegated launch`` workers, and returns what was queued
         (``operations``: their ids, ``shards``: their specs)."""
         params = dict(

@@ -1,7 +1,7 @@
 """Evaluation and visualization operators: ``choose_k``, ``evaluate_run``,
 ``compare_runs``, ``plot_silhouette``, ``visualize_run`` and ``run_summary``.
 
-Thin wrappers over :mod:`clustering.evaluation`; figures come from
+Thin wrappers over :mod:`clustering.runs.evaluation`; figures come from
 :mod:`clustering.plots`. Called from the SDK (``__call__``) or delegated, an
 operator returns the plain result dict; in the App it shows the results
 (Plotly charts, tables, thumbnails) with ``show_output``.
@@ -11,9 +11,9 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import clustering
-from clustering import evaluation as ce
+from clustering.runs import evaluation as ce
 from clustering import plots
-from clustering.methods import available_methods, get_method
+from clustering.engine.methods import available_methods, get_method
 
 from .common import (
     Params,
@@ -435,7 +435,7 @@ class VisualizeRun(foo.Operator):
         run_key = Params(ctx.params).str("run_key")
         if ctx.params.get(_SDK_FLAG) or ctx.delegated:
             return _execute(ctx, "Mapping", lambda p: clustering.visualize_run(samples, run_key, progress=p, **kwargs), None, progress=True)
-        return _app(ctx, "Mapping", lambda p: ce._visualize(samples, run_key, progress=p, **kwargs), _render_visualization, True)
+        return _app(ctx, "Mapping", lambda p: ce.run_visualization(samples, run_key, progress=p, **kwargs), _render_visualization, True)
 
 
 def _render_visualization(ctx, out):

@@ -1,11 +1,11 @@
 """Feature maps in the App: the ``Feature maps`` modal panel and the
-``show_feature_maps`` operator, thin wrappers over :mod:`clustering.activations`."""
+``show_feature_maps`` operator, thin wrappers over :mod:`clustering.features.activations`."""
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-import clustering.activations as ca
-import clustering.backbones as bb
+import clustering.features.activations as ca
+import clustering.features.backbones as bb
 
 from .common import add_delegate_input, execute_from_sdk, progress_callback
 
@@ -199,7 +199,7 @@ class ShowFeatureMaps(foo.Operator):
                  batch_size=None, delegate=False):
         """SDK entry: stores ``layer``'s mean activation of ``model`` as a
         Heatmap in ``heatmap_field`` for the samples of ``sample_collection``
-        (see :func:`clustering.activations.compute_feature_heatmaps`); returns
+        (see :func:`clustering.features.activations.compute_feature_heatmaps`); returns
         its summary (or the delegated operation when ``delegate``). For the
         maps themselves use :func:`clustering.feature_maps`."""
         params = dict(model=model, layer=layer, heatmap_field=heatmap_field, batch_size=batch_size,

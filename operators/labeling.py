@@ -12,7 +12,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import clustering
-from clustering import labeling as cl
+from clustering.naming import labeling as cl
 
 from .common import (
     Params,

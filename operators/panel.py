@@ -1,7 +1,7 @@
 """The Clusters panel (``@imgclust/clustering/clusters_panel``): a run's
 clusters beside the sample grid.
 
-The panel is thin: its data comes from :mod:`clustering.browse` (one
+The panel is thin: its data comes from :mod:`clustering.runs.browse` (one
 aggregation over the run's fields on open, kept while the run is unchanged so
 that paging and sorting do not repeat it), the views it loads into the grid
 from :func:`clustering.load_run_view`, its charts from :mod:`clustering.plots`
@@ -18,7 +18,8 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import clustering
-from clustering import browse, plots
+from clustering.runs import browse
+from clustering import plots
 from clustering import runs as cr
 from clustering.runs import PLUGIN
 

@@ -150,7 +150,7 @@ def pixel_dataset(demo_dataset):
 @pytest.fixture(autouse=True)
 def _isolated_model_registry():
     """Models a test registers do not leak into later tests (order-independent runs)."""
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     saved = dict(bb._REGISTRY)
     yield
@@ -165,7 +165,7 @@ def tiny_model():
     network; the registry is restored after the test."""
     import torch
 
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     name = "test-tiny"
     bb.register_model(

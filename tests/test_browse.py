@@ -1,4 +1,4 @@
-"""clustering.browse, the data behind the Clusters panel: its one aggregation
+"""clustering.runs.browse, the data behind the Clusters panel: its one aggregation
 equals a per-sample Python computation over the run's fields, ground-truth
 scores equal evaluate_run's, noise stays apart, sorting, the comparison's cell
 views, the map; and the panel's on_load through FiftyOne's operator machinery.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering import browse
+from clustering.runs import browse
 from conftest import PLUGIN_NAME, pixel_features
 
 K = 5
@@ -72,7 +72,7 @@ def test_overview_equals_a_per_sample_computation(ds):
         assert row["compactness"] == pytest.approx(np.mean(losses), rel=1e-12)
         assert [(t["id"], t["filepath"]) for t in row["thumbnails"]] == reps[row["cluster"]]
         assert len(row["thumbnails"]) == browse.DEFAULT_NUM_THUMBNAILS
-        assert all(t["url"] == clustering.evaluation.media_url(t["filepath"]) for t in row["thumbnails"])
+        assert all(t["url"] == clustering.runs.evaluation.media_url(t["filepath"]) for t in row["thumbnails"])
         assert "majority_class" not in row
     header = overview["header"]
     config = ds.get_run_info("km").config
@@ -129,7 +129,7 @@ def test_string_ground_truth_and_samples_without_it(clone):
 
 def test_ground_truth_choices_leave_out_the_runs_fields(ds):
     assert browse.ground_truth_fields(ds) == ["ground_truth"]
-    assert "km_cluster" in clustering.evaluation.gt_fields(ds)
+    assert "km_cluster" in clustering.runs.evaluation.gt_fields(ds)
 
 
 def test_sorting():
@@ -389,7 +389,7 @@ def test_overview_cache_computes_again_only_when_the_run_changes(clone, monkeypa
     assert len(calls) == 2 and merged["header"]["num_clusters"] == K - 1
     clone.delete_samples(clone.limit(3))
     assert cache.get(clone, "km")["header"]["num_clustered"] == len(clone) and len(calls) == 3
-    with clustering.writer.claimed(clone, "km", "merge_clusters"):  # a writer at work shows at once
+    with clustering.runs.writer.claimed(clone, "km", "merge_clusters"):  # a writer at work shows at once
         assert "being written by merge_clusters" in cache.get(clone, "km")["problem"] and len(calls) == 3
 
 

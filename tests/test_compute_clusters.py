@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering.model import RunModel
+from clustering.runs.model import RunModel
 from conftest import REPO_ROOT, form
 
 RUN_FIELDS = ("c_cluster", "c_loss", "c_rep")
@@ -245,7 +245,7 @@ def test_existing_key_needs_overwrite(pixel_dataset, plugin_operator):
 
 def _update_then_fail(monkeypatch, error):
     """Makes the bulk writer apply half of its first update command, then fail."""
-    from clustering import storage
+    from clustering.runs import storage
 
     original = storage._update
 
@@ -302,7 +302,7 @@ def test_pca_and_normalization_are_recorded(pixel_dataset):
     # the stored PCA maps the embeddings (in a new load of the results) to what was clustered
     from sklearn.decomposition import PCA
 
-    from clustering.features import FeatureTransform
+    from clustering.features.transform import FeatureTransform
 
     stored = pixel_dataset.load_run_results("c", cache=False)
     assert stored.pca_components.shape == (10, 256) and stored.pca_mean.shape == (256,)
@@ -398,7 +398,7 @@ def test_a_umap_run_reproduces_its_features_in_a_new_process(pixel_dataset, fo):
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "import numpy as np, fiftyone as fo, clustering\n"
-        "from clustering.model import RunModel\n"
+        "from clustering.runs.model import RunModel\n"
         "ds = fo.load_dataset(%r)\n"
         "r = clustering.load_clustering_results(ds, 'u')\n"
         "m = RunModel.of(r)\n"
@@ -478,7 +478,7 @@ def test_fit_on_a_sample_with_a_tiny_memory_budget_assigns_every_sample(pixel_da
 
 
 def test_fit_sample_size_with_normalization_pca_and_missing_embeddings(pixel_dataset):
-    from clustering.features import FeatureTransform
+    from clustering.features.transform import FeatureTransform
 
     ids = pixel_dataset.values("id")
     without = set(ids[::9])
@@ -531,7 +531,7 @@ def test_form_offers_fit_sample_size_to_methods_that_assign(pixel_dataset, plugi
 @pytest.fixture
 def restored_registries():
     """Losses and methods a test registers are removed after it."""
-    from clustering import losses, methods
+    from clustering.engine import losses, methods
 
     saved = dict(losses._REGISTRY), dict(losses._ALIASES), dict(methods._METHODS)
     yield
@@ -544,8 +544,8 @@ def test_a_registered_loss_and_method_get_their_forms(pixel_dataset, restored_re
     """Forms come from the registries: nothing in operators/ names a loss or a method."""
     import torch
 
-    from clustering.losses import CoordinateLoss, register_loss
-    from clustering.methods import ClusteringMethod, MethodParam, _mean_output, register_method
+    from clustering.engine.losses import CoordinateLoss, register_loss
+    from clustering.engine.methods import ClusteringMethod, MethodParam, _mean_output, register_method
 
     class TrimmedLoss(CoordinateLoss):
         name = "test_trimmed"

@@ -1,4 +1,4 @@
-"""Curating runs (clustering.curation): naming, merging, splitting, assigning
+"""Curating runs (clustering.runs.curation): naming, merging, splitting, assigning
 new samples, labels and tags, on real images against a real MongoDB; after
 every action the run's fields, results and config are checked against each
 other and against centers recomputed here from the features."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering.evaluation import run_features
+from clustering.runs.evaluation import run_features
 from conftest import form, pixel_features
 from openai_stub_server import OpenAIStub
 

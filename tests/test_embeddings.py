@@ -1,5 +1,5 @@
-"""Embeddings: the pure pipeline (clustering.backbones), the FiftyOne-facing
-function (clustering.embeddings) and the ``compute_embeddings`` operator, on real
+"""Embeddings: the pure pipeline (clustering.features.backbones), the FiftyOne-facing
+function (clustering.features.embeddings) and the ``compute_embeddings`` operator, on real
 images with the offline EfficientNet-Lite0."""
 
 import os
@@ -82,7 +82,7 @@ def _snapshot(dataset, ignore):
 
 def test_backbones_module_does_not_import_fiftyone():
     code = (
-        "import sys; sys.path.insert(0, %r); import clustering.backbones as bb; "
+        "import sys; sys.path.insert(0, %r); import clustering.features.backbones as bb; "
         "assert 'fiftyone' not in sys.modules, 'fiftyone imported'; "
         "print(bb.available_models())" % REPO_ROOT
     )
@@ -92,7 +92,7 @@ def test_backbones_module_does_not_import_fiftyone():
 
 
 def test_registry_documents_dimensions_and_preprocessing():
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     names = bb.available_models()
     assert names[0] == MODEL
@@ -113,7 +113,7 @@ def test_registry_documents_dimensions_and_preprocessing():
 
 
 def test_embed_files_skips_and_reports_failures(image_files):
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     paths, bad = image_files
     good = [i for i in range(len(paths)) if i not in bad]
@@ -148,7 +148,7 @@ def test_embed_files_skips_and_reports_failures(image_files):
 
 
 def test_predict_classes_offline(image_files):
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     paths, bad = image_files
     names = set(bb.imagenet_class_names())
@@ -178,7 +178,7 @@ def test_larger_lite_models_embed_and_name_images_offline(model):
     embeddings, and their ImageNet heads name scikit-image's cat and coffee."""
     import skimage
 
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     data = os.path.join(os.path.dirname(skimage.__file__), "data")
     paths = [os.path.join(data, "chelsea.png"), os.path.join(data, "coffee.png")]
@@ -192,7 +192,7 @@ def test_larger_lite_models_embed_and_name_images_offline(model):
 def test_register_model_adds_a_backbone(image_files):
     import torch
 
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     name = "test-colour-means"
     bb.register_model(
@@ -211,7 +211,7 @@ def test_register_model_adds_a_backbone(image_files):
 def test_missing_torchvision_weights_give_a_clear_error(monkeypatch, tmp_path):
     import torch
 
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     expected = str(tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth")
@@ -260,7 +260,7 @@ def test_operator_embeds_demo_images_and_separates_classes(demo_dataset, plugin_
     assert summary["num_embedded"] == n and summary["num_failed"] == 0
     assert summary["dim"] == 1280 and summary["field"] == "emb" and summary["model"] == MODEL
     assert summary["seconds"] > 0
-    assert summary["precision"] == clustering.backbones.resolve_precision("cpu", "auto")
+    assert summary["precision"] == clustering.features.backbones.resolve_precision("cpu", "auto")
     assert f"on cpu ({summary['precision']})" in summary["message"]
 
     X = np.stack(view.values("emb"))
@@ -327,7 +327,7 @@ def test_failures_are_marked_counted_and_cleared(fo, image_files, tmp_path):
                 np.testing.assert_array_equal(before[i], after[i])
 
         # strict mode stops at the first failure
-        import clustering.embeddings as ce
+        import clustering.features.embeddings as ce
 
         with pytest.raises(RuntimeError, match="Could not embed sample"):
             ce.compute_embeddings(dataset, MODEL, "emb2", skip_failures=False, progress=lambda *a: None)
@@ -369,7 +369,7 @@ def test_view_with_excluded_fields_and_filtered_labels_keeps_other_fields(demo_d
 
 
 def test_ensure_embeddings_computes_only_missing_and_refuses_mixing(demo_dataset, tiny_model):
-    import clustering.embeddings as ce
+    import clustering.features.embeddings as ce
 
     first = demo_dataset.limit(6)
     ce.compute_embeddings(first, MODEL, "emb", progress=lambda *a: None)
@@ -403,7 +403,7 @@ def test_precision_through_the_operator(demo_dataset, plugin_operator):
 
 
 def test_invalid_arguments(demo_dataset):
-    import clustering.embeddings as ce
+    import clustering.features.embeddings as ce
 
     view = demo_dataset.limit(2)
     with pytest.raises(ValueError, match="efficientnet-lite0.*vgg16.*resnet50"):
@@ -422,7 +422,7 @@ def test_invalid_arguments(demo_dataset):
 
 
 def test_vgg16_without_weights_fails_clearly_through_the_operator(demo_dataset, plugin_operator, monkeypatch, tmp_path):
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv(bb.OFFLINE_ENV, "1")
@@ -439,8 +439,8 @@ def test_zoo_models_go_through_fiftyone(demo_dataset, image_files, monkeypatch, 
     import fiftyone.utils.torch as fout
     import fiftyone.zoo as foz
 
-    import clustering.backbones as bb
-    import clustering.embeddings as ce
+    import clustering.features.backbones as bb
+    import clustering.features.embeddings as ce
 
     spec = bb.get_spec(MODEL)
     features, _ = spec.factory()

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clustering import GeneralizedKMeans, Loss, available_losses, get_loss, register_loss
-from clustering import _kernels as K
-from clustering.kmeans import NotFittedError
+from clustering.engine import _kernels as K
+from clustering.engine.kmeans import NotFittedError
 from clustering.datasets import contaminated_blobs
-from clustering.losses import CoordinateLoss
+from clustering.engine.losses import CoordinateLoss
 
 LOSSES = ["absolute", "correntropy", "cosine", "epsilon_insensitive", "geometric_median",
           "huber", "pseudo_huber", "squared"]
@@ -240,7 +240,7 @@ def test_long_rows_pruned_like_a_full_assignment(loss, bounds, monkeypatch):
     reseeded on the way and duplicate centers (ties go to the lowest index)."""
     if not K.NUMBA_ENABLED:
         pytest.skip("numba not installed")
-    from clustering import kmeans
+    from clustering.engine import kmeans
 
     if bounds == "hamerly":
         monkeypatch.setattr(kmeans._Engine, "_elkan", lambda self, k: False)
@@ -454,7 +454,7 @@ def test_parameter_from_a_pilot_sample_is_close_to_the_full_estimate(loss, monke
     """Above max(5000, 100 k) samples the pilot is a uniform sample, and each
     estimate reads the residuals of max(1000, 2^18 / d) of its rows: the
     parameter stays within 5% of the estimate on every sample and residual."""
-    import clustering.kmeans as km
+    import clustering.engine.kmeans as km
 
     X = blobs(n=12_000, d=64, k=8, seed=3).astype(np.float32)
     sampled = GeneralizedKMeans(8, loss=loss, random_state=0).fit(X)
@@ -491,7 +491,7 @@ def test_triton_kernel_in_interpreter_mode():
     script = textwrap.dedent("""
         import os, torch
         os.environ["TRITON_INTERPRET"] = "1"
-        import clustering._kernels as K
+        import clustering.engine._kernels as K
         g = torch.Generator().manual_seed(0)
         X, C = torch.randn(20, 11, generator=g), torch.randn(35, 11, generator=g)
         rows = torch.randperm(20, generator=g)[:7]
@@ -622,7 +622,7 @@ def test_large_n_seeds_on_a_uniform_sample(loss, monkeypatch):
     objective within 2% and finds every blob."""
     from sklearn.metrics import adjusted_rand_score
 
-    import clustering.kmeans as km
+    import clustering.engine.kmeans as km
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 12, 20_000)
@@ -662,7 +662,7 @@ def test_max_iter_zero_needs_an_init_array():
 
 
 def test_fewer_distinct_points_than_k_warn():
-    from clustering.kmeans import FewerClustersWarning
+    from clustering.engine.kmeans import FewerClustersWarning
 
     X = np.repeat(np.eye(2), 20, axis=0)
     with pytest.warns(FewerClustersWarning, match="Only 2 of the n_clusters=3 clusters could be formed: X has 2 distinct points"):

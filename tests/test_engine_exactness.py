@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from clustering import get_loss
-from clustering import _kernels as K
+from clustering.engine import _kernels as K
 
 RTOL = 1e-6
 

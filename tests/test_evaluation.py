@@ -14,9 +14,9 @@ import pytest
 from sklearn import metrics as skm
 
 import clustering
-from clustering import features as cf
-from clustering import metrics as cm
-from clustering.methods import get_method
+from clustering.features import transform as cf
+from clustering.engine import metrics as cm
+from clustering.engine.methods import get_method
 from conftest import PLUGIN_NAME, form, pixel_features
 
 K = 5

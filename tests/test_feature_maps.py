@@ -1,4 +1,4 @@
-"""Feature maps (clustering.activations) against forward hooks on the
+"""Feature maps (clustering.features.activations) against forward hooks on the
 torchvision / EfficientNet-Lite modules themselves, on real photographs; the
 documents' display scaling; Heatmap fields through the ``show_feature_maps``
 operator (FiftyOne's machinery, the real database)."""
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import clustering
-import clustering.activations as ca
-import clustering.backbones as bb
+import clustering.features.activations as ca
+import clustering.features.backbones as bb
 from conftest import form
 from test_compute_clusters import _snapshot
 

@@ -23,8 +23,8 @@ from app_harness import (  # noqa: F401 (fixtures)
     type_into,
 )
 
-import clustering.activations as ca
-import clustering.backbones as bb
+import clustering.features.activations as ca
+import clustering.features.backbones as bb
 
 pytestmark = E2E_MARKS
 

@@ -1,4 +1,4 @@
-"""CPU inference graphs (clustering.fusion) and backbone precisions: fused
+"""CPU inference graphs (clustering.features.fusion) and backbone precisions: fused
 convolutions compute what the unfused network computes, bfloat16 stays close to
 float32, and "auto" picks the precision the machine runs fastest."""
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-import clustering.backbones as bb
-from clustering import fusion
+import clustering.features.backbones as bb
+from clustering.features import fusion
 
 pytestmark = pytest.mark.skipif(not fusion.fusion_available(), reason="torch built without oneDNN")
 
@@ -212,7 +212,7 @@ class _DataDependent(nn.Module):
 def test_models_the_fusion_cannot_handle_run_unfused_with_the_same_output(factory, precision, caplog):
     name = "test-unfusable"
     bb.register_model(name, lambda: factory().eval(), dim=4, image_size=32, overwrite=True)
-    with caplog.at_level("WARNING", logger="clustering.fusion"):
+    with caplog.at_level("WARNING", logger="clustering.features.fusion"):
         backbone = bb.get_backbone(name, "cpu", precision)
     assert backbone.fused is False and "unfused" in caplog.text
     reference = factory().eval()

@@ -1,4 +1,4 @@
-"""Cluster identity across runs (clustering.identity): matching by members,
+"""Cluster identity across runs (clustering.runs.identity): matching by members,
 a re-run that keeps its clusters' ids and names, new and vanished clusters,
 and the comparison of two runs; on a real MongoDB."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering.identity import match_clusters
+from clustering.runs.identity import match_clusters
 
 
 def test_matching_finds_permuted_clusters_new_and_vanished():

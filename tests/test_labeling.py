@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering import labeling as cl
+from clustering.naming import labeling as cl
 from openai_stub_server import OpenAIStub, image_urls
 
 KEY = "sk-test-Zq8vY3secretkey"
@@ -322,7 +322,7 @@ def test_operator_dry_run_and_missing_key(clustered, stub, plugin_operator, monk
 
 
 def test_offline_names_are_imagenet_classes(clustered, stub):
-    from clustering.backbones import imagenet_class_names
+    from clustering.features.backbones import imagenet_class_names
 
     summary = clustering.label_clusters(clustered, "c", provider="offline", num_images=4, progress=lambda *a: None)
     assert stub.requests == [] and summary["requests_sent"] == 0

@@ -1,4 +1,4 @@
-"""The pure clustering metrics (clustering.metrics) against scikit-learn and
+"""The pure clustering metrics (clustering.engine.metrics) against scikit-learn and
 hand-computed references. No FiftyOne."""
 
 import itertools
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from clustering import metrics as cm
+from clustering.engine import metrics as cm
 
 
 def blobs(n_per, centers, dim=8, scale=1.0, seed=0):

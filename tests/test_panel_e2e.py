@@ -107,7 +107,7 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
             expect(panel.get_by_role("button", name=str(c), exact=True)).to_be_visible()
             expect(panel.get_by_text(card_size(sizes[c]))).to_have_count(sum(v == sizes[c] for v in sizes.values()))
         thumbnails = panel.locator("img[src*='/media?filepath=']")
-        expect(thumbnails).to_have_count(K * clustering.browse.DEFAULT_NUM_THUMBNAILS)
+        expect(thumbnails).to_have_count(K * clustering.runs.browse.DEFAULT_NUM_THUMBNAILS)
         loaded = "imgs => imgs.every(i => i.complete && i.naturalWidth > 0)"
         poll(page, lambda: thumbnails.evaluate_all(loaded), "the thumbnails to load")
         steps.shot("run-picked")

@@ -1,4 +1,4 @@
-"""Patch embeddings (clustering.patches): object crops of a Detections field
+"""Patch embeddings (clustering.features.patches): object crops of a Detections field
 embedded with the offline EfficientNet-Lite0 on real images, stored on the
 labels, and clustered through a patches view."""
 
@@ -135,7 +135,7 @@ def test_boxes_are_clipped_padded_and_squared_like_fiftyone():
     import fiftyone as fo
     import fiftyone.utils.patches as foup
 
-    from clustering.patches import pixel_box, relative_box
+    from clustering.features.patches import pixel_box, relative_box
 
     rng = np.random.default_rng(0)
     img = np.arange(90 * 150, dtype=np.int64).reshape(90, 150)
@@ -166,7 +166,7 @@ def test_boxes_are_clipped_padded_and_squared_like_fiftyone():
 
 def test_patch_vectors_equal_embeddings_of_the_cropped_images(patches_dataset, composites, tmp_path):
     import clustering
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     ds = patches_dataset
     summary = clustering.compute_embeddings(ds, MODEL, "emb", patches_field="gt", batch_size=3, progress=quiet)
@@ -211,7 +211,7 @@ def test_padding_and_square_crops(patches_dataset, tmp_path, fo):
     """alpha grows a centred box to the whole image; force_square turns a
     quarter-width strip into the left panel."""
     import clustering
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     ds = patches_dataset.limit(2)
     ds.set_values("gt", [_detections(fo, {"centre": [0.25, 0.25, 0.5, 0.5], "strip": [0.0, 0.0, 0.25, 1.0]})] * 2)
@@ -505,7 +505,7 @@ def test_zoo_models_embed_patches_through_fiftyone(patches_dataset, monkeypatch)
     import fiftyone.zoo as foz
 
     import clustering
-    import clustering.backbones as bb
+    import clustering.features.backbones as bb
 
     spec = bb.get_spec(MODEL)
     features, _ = spec.factory()

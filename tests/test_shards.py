@@ -12,7 +12,7 @@ import time
 import pytest
 from bson import ObjectId
 
-from clustering import shards
+from clustering.features import shards
 from conftest import form
 
 MODEL = "efficientnet-lite0"

@@ -1,11 +1,11 @@
-"""Per-cluster stability (clustering.stability): no FiftyOne, no MongoDB."""
+"""Per-cluster stability (clustering.engine.stability): no FiftyOne, no MongoDB."""
 
 import numpy as np
 import pytest
 import torch
 
 from clustering import GeneralizedKMeans
-from clustering.stability import cluster_stability, jaccard_matches, kmeans_stability
+from clustering.engine.stability import cluster_stability, jaccard_matches, kmeans_stability
 
 
 def blobs_and_noise(seed, per_blob=400, noise=300, separation=10.0):

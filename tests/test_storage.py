@@ -1,4 +1,4 @@
-"""Bulk reading and writing (clustering.storage) against FiftyOne's own
+"""Bulk reading and writing (clustering.runs.storage) against FiftyOne's own
 ``values()`` / ``set_values`` / ``set_label_values``, on a real MongoDB: the
 same values, for every kind of embeddings field, views and patches, and
 nothing else touched."""
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from bson import ObjectId
 
-from clustering import _bson_kernels as K
-from clustering import storage
+from clustering.runs import _bson_kernels as K
+from clustering.runs import storage
 
 N = 120
 DIM = 24
@@ -289,7 +289,7 @@ def test_the_zlib_inflater_reads_the_same(vectors_dataset):
 
     code = (
         "import sys, numpy as np, fiftyone as fo\n"
-        "from clustering import _bson_kernels as K, storage\n"
+        "from clustering.runs import _bson_kernels as K, storage\n"
         "ds = fo.load_dataset(sys.argv[1])\n"
         "for field in ('v32', 'v64', 'arr'):\n"
         "    ids, X, _ = storage.read_embeddings(ds, field)\n"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering import browse
-from clustering.model import RunModel
+from clustering.runs import browse
+from clustering.runs.model import RunModel
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "run_stored_by_v1")
 

@@ -1,4 +1,4 @@
-"""Cluster trees (clustering.tree): a two-level tree of blobs in one call, a
+"""Cluster trees (clustering.runs.tree): a two-level tree of blobs in one call, a
 drill-down on one cluster, the tree's path fields, curation at a level, and
 deleting the top run; on a real MongoDB."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering import metrics as cm
+from clustering.engine import metrics as cm
 
 
 @pytest.fixture
@@ -43,6 +43,10 @@ def test_a_two_level_tree_recovers_both_levels(nested, fo):
     tree = clustering.cluster_tree(nested, "t")
     assert len(tree) == 5 and all(len(node["children"]) == 4 for node in tree)
     assert sum(child["size"] for child in tree[0]["children"]) == tree[0]["size"]
+    # every cluster of each level has its stability score (well separated sub-groups: high)
+    scores = [child["stability"] for node in tree for child in node["children"]]
+    assert len(scores) == 20 and min(scores) > 0.8 and max(scores) <= 1.0
+    assert all(node["stability"] > 0.8 for node in tree)
     assert clustering.check_run(nested, "t_l2")["state"] == "consistent"
 
     # curation at a level: siblings merge, cousins do not; the top run keeps its clusters
@@ -81,6 +85,8 @@ def test_drilling_down_one_cluster_leaves_the_run_unchanged(nested):
     assert set(level.sample_ids) == set(nested.match({"t_cluster": 2}).values("id"))
     _, again = clustering.subcluster(nested, "t", 2, k=2)  # replaces them
     _, others = clustering.subcluster(nested, "t", 3, k=3)
+    level = clustering.load_clustering_results(nested, "t_l2")
+    assert set(level.stability) == {str(c) for c in level.cluster_ids()}  # replaced ones dropped, new ones scored
     tree = {node["cluster"]: node for node in clustering.cluster_tree(nested, "t")}
     assert [c["cluster"] for c in tree[2]["children"]] == again and [c["cluster"] for c in tree[3]["children"]] == others
     assert tree[0]["children"] == []

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import clustering._bson_kernels as B
-import clustering._kernels as K
+import clustering.runs._bson_kernels as B
+import clustering.engine._kernels as K
 from conftest import REPO_ROOT
 
 pytestmark = [
@@ -24,8 +24,8 @@ _FIT_AND_COUNT_COMPILES = """
 import json, sys
 import numpy as np
 from numba.core.registry import CPUDispatcher
-import clustering._bson_kernels as B
-import clustering._kernels as K
+import clustering.runs._bson_kernels as B
+import clustering.engine._kernels as K
 from clustering import GeneralizedKMeans
 
 messages = []
@@ -74,8 +74,8 @@ import json
 import numpy as np
 import fiftyone as fo
 from numba.core.registry import CPUDispatcher
-import clustering._bson_kernels as B
-from clustering import storage
+import clustering.runs._bson_kernels as B
+from clustering.runs import storage
 
 ds = fo.Dataset()
 ds.add_samples([fo.Sample(filepath=f"/x/{i}.jpg") for i in range(20)], progress=False)

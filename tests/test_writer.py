@@ -1,4 +1,4 @@
-"""The run writer (``clustering.writer``) across real processes on the test
+"""The run writer (``clustering.runs.writer``) across real processes on the test
 MongoDB: two writers of one run, a stale reader in another process, kill -9
 in the middle of a write, and ``check_run``."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering import writer
+from clustering.runs import writer
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writer_worker.py")
 
@@ -199,7 +199,7 @@ def test_check_run_finds_and_repairs_fields_edited_behind_the_runs_back(blobs):
 def test_interrupted_steps_are_finished_by_one_repair(blobs, monkeypatch):
     """A failure between the results and the fields, as a kill leaves it:
     the journal stays, edits are refused, and one repair finishes the step."""
-    from clustering import storage
+    from clustering.runs import storage
 
     clustering.compute_clusters(blobs, "c", embeddings="emb", reduction="none", k=4)
     original = storage.write_fields

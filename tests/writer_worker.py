@@ -1,5 +1,5 @@
 """One write to a clustering run, in its own process, for the tests and the
-crash benchmark of the run writer (``clustering.writer``).
+crash benchmark of the run writer (``clustering.runs.writer``).
 
     python tests/writer_worker.py '<json>'
 

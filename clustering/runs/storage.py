@@ -8,7 +8,7 @@ samples and for the labels of a patches field alike.
 Reading (:class:`VectorReader`) runs the collection's own pipeline (so a view's
 filters, order and limits apply) with a projection of the id and the one field,
 and decodes the server's replies on several threads straight into one
-preallocated float32 matrix: compiled kernels (:mod:`clustering._bson_kernels`)
+preallocated float32 matrix: compiled kernels (:mod:`clustering.runs._bson_kernels`)
 find the documents in each reply and inflate FiftyOne's zlib-compressed arrays,
 with no Python object per document (a Python decoder, through the field's own
 ``to_python``, takes what they cannot and everything without numba). The
@@ -40,8 +40,8 @@ from datetime import datetime
 import numpy as np
 
 from . import _bson_kernels as K
-from . import features as cf
-from .resources import usable_cpus
+from ..features import transform as cf
+from ..resources import usable_cpus
 
 #: a value in a written column that leaves the stored value as it is
 SKIP = object()

@@ -10,7 +10,7 @@ collection's ids into shards of equal size.
 
 import numpy as np
 
-from . import storage
+from ..runs import storage
 
 
 def shard_specs(samples, num_shards):

@@ -1,9 +1,9 @@
 """Embedding models and what image and patch embeddings share.
 
-Model names (the registered backbones of :mod:`clustering.backbones` and any
+Model names (the registered backbones of :mod:`clustering.features.backbones` and any
 ``zoo:<name>`` FiftyOne zoo model with embeddings), their descriptions and
 validation, loading zoo models, and the bookkeeping both
-:mod:`clustering.embeddings` and :mod:`clustering.patches` do on the field they
+:mod:`clustering.features.embeddings` and :mod:`clustering.features.patches` do on the field they
 write: its name, the model recorded in its ``info`` (to refuse mixing models in
 one field) and why an image could not be read.
 """

@@ -3,7 +3,7 @@
 This module depends only on numpy, torch, torchvision and Pillow, so it runs on
 any box with a GPU and a folder of images::
 
-    from clustering.backbones import embed_files
+    from clustering.features.backbones import embed_files
     X, failed = embed_files(paths, "resnet50", device="cuda")
 
 Registry
@@ -45,7 +45,7 @@ resize so that only 150 KB per image crosses processes), normalizes on the
 device, and runs the model under ``torch.inference_mode`` with BatchNorm folded
 into convolutions and channels-last memory format: on CUDA in half precision
 with pinned memory; on CPU with each convolution fused with its activation and
-residual add into one oneDNN call (:mod:`clustering.fusion`), in bfloat16 on
+residual add into one oneDNN call (:mod:`clustering.features.fusion`), in bfloat16 on
 CPUs with bfloat16 units (AMX or AVX512-BF16; ``precision="auto"``), each
 worker being a single-threaded model replica that keeps its freed memory (no
 page faults per batch). Unreadable, missing or

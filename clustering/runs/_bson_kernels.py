@@ -2,7 +2,7 @@
 objects per document.
 
 A batch is the bytes of consecutive documents ``{_id, s?, v?}`` as returned by
-``aggregate_raw_batches`` (see :mod:`clustering.storage`): ``_id`` the row's id,
+``aggregate_raw_batches`` (see :mod:`clustering.runs.storage`): ``_id`` the row's id,
 ``s`` (patches) the id of the sample holding the label, ``v`` its vector. A
 vector is FiftyOne's zlib-compressed ``numpy.save`` bytes (``VectorField``,
 ``ArrayField``), inflated from the kernel, or a BSON array of numbers
@@ -366,7 +366,7 @@ if AVAILABLE:
 
 def warm_up():
     """Compiles (or loads from the disk cache) the kernels, with the argument
-    types :mod:`clustering.storage` passes, on a tiny batch of every kind of
+    types :mod:`clustering.runs.storage` passes, on a tiny batch of every kind of
     value."""
     if not AVAILABLE:
         return

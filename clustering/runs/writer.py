@@ -38,9 +38,9 @@ from datetime import datetime
 
 import numpy as np
 
-from . import runs as cr
+from . import records as cr
 from . import storage
-from .names import HAND_WRITTEN, make_unique, name_field_of
+from ..naming.names import HAND_WRITTEN, make_unique, name_field_of
 
 logger = logging.getLogger(__name__)
 
@@ -564,7 +564,7 @@ def store_new_run(samples, claim, run_key, ids, sample_ids, out, config, timings
     run. ``inherited``: names, descriptions, naming, edits, tree parents that
     the results start with (a re-run that keeps its clusters' identity, a
     level of a cluster tree). Returns the results."""
-    from .names import default_name_field
+    from ..naming.names import default_name_field
 
     labels = np.asarray(out.labels, dtype=np.int64)
     losses = np.asarray(out.sample_losses, dtype=np.float64)

@@ -37,8 +37,8 @@ def check_finite(X, source="embeddings"):
 
 def check_magnitude(X, source="embeddings"):
     """Raises ``ValueError`` giving the count of rows with values too large
-    for float32 distance arithmetic (see :func:`clustering.kmeans.max_abs_value`)."""
-    from .kmeans import max_abs_value, too_large_message
+    for float32 distance arithmetic (see :func:`clustering.engine.kmeans.max_abs_value`)."""
+    from ..engine.kmeans import max_abs_value, too_large_message
 
     limit = max_abs_value(X.shape[1])
     largest = max(

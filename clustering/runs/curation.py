@@ -5,7 +5,7 @@ Every action keeps the run consistent, as if it had been computed that way:
 its fields (``{run_key}_cluster``, ``_loss``, ``_rep`` and ``_name``), its
 results (labels, per-sample losses, centers, sizes, representatives,
 objective, names) and its config (``k``, ``num_clustered``) change together;
-only the values that change are written (through :mod:`clustering.storage`),
+only the values that change are written (through :mod:`clustering.runs.storage`),
 and nothing outside the run's own fields changes (but for :func:`to_labels`,
 which writes the label field it is given, and :func:`tag_cluster`, which
 tags samples). Bad input raises ``ValueError`` naming the problem before
@@ -28,7 +28,7 @@ Every action is recorded in ``results.edits``: a list of
 ``{"id", "action", "params", "outcome", "timestamp"}`` (UTC, ISO 8601).
 
 Each action runs under the run's claim on its latest stored state and stores
-its changes as one recoverable step (:mod:`clustering.writer`): another
+its changes as one recoverable step (:mod:`clustering.runs.writer`): another
 process's edit is never lost, and an edit refused because another writer is
 at work says so.
 """
@@ -37,14 +37,14 @@ import time
 
 import numpy as np
 
-from . import features as cf
-from . import runs as cr
+from ..features import transform as cf
+from . import records as cr
 from . import writer
-from .api import patches_field_of
+from .compute import patches_field_of
 from .model import RunModel
 from .tree import refuse_if_parent
-from .names import HAND_WRITTEN, default_name_field
-from .methods import get_method
+from ..naming.names import HAND_WRITTEN, default_name_field
+from ..engine.methods import get_method
 
 # clusters listed by name in an error message
 _MAX_LISTED = 30
@@ -301,7 +301,7 @@ def _now():
 
 
 class _Edit(writer.RunEdit):
-    """A claimed run state (:class:`clustering.writer.RunEdit`) with what
+    """A claimed run state (:class:`clustering.runs.writer.RunEdit`) with what
     curation reads: cluster ids checked, the run's loss, and its features."""
 
     def cluster(self, value):

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import features as cf
-from . import resources
-from . import runs as cr
+from ..features import transform as cf
+from .. import resources
+from . import records as cr
 from . import storage
 from . import identity
 from . import writer
-from .methods import get_method
+from ..engine.methods import get_method
 from .model import RunModel
-from .progress import progress_or_bar, scaled
+from ..progress import progress_or_bar, scaled
 
 DEFAULT_NUM_REPRESENTATIVES = 5
 
@@ -95,7 +95,7 @@ def _check_k(method, k, n):
 
 class _ArraySource:
     """An ``(n, d)`` embeddings array aligned with ``samples``, read like a
-    field (:class:`clustering.storage.VectorReader`). Its rows are the caller's:
+    field (:class:`clustering.runs.storage.VectorReader`). Its rows are the caller's:
     they are never modified in place."""
 
     in_place = False
@@ -127,7 +127,7 @@ class _ArraySource:
 
 def _features_source(samples, embeddings, model, progress):
     """Where the features come from, and its description for the run config:
-    an :class:`_ArraySource` or a :class:`clustering.storage.VectorReader` of
+    an :class:`_ArraySource` or a :class:`clustering.runs.storage.VectorReader` of
     the embeddings field (computed first with ``model`` for the samples that
     lack it)."""
     if embeddings is not None and not isinstance(embeddings, str):
@@ -136,8 +136,8 @@ def _features_source(samples, embeddings, model, progress):
         raise ValueError("Provide embeddings (a vector field name or an array) or a model")
 
     if model is not None:
-        from .embeddings import ensure_embeddings
-        from .models import default_embeddings_field
+        from ..features.embeddings import ensure_embeddings
+        from ..features.models import default_embeddings_field
 
         embeddings = embeddings or default_embeddings_field(model)
         patches_field = patches_field_of(samples)
@@ -154,7 +154,7 @@ def _features_source(samples, embeddings, model, progress):
 
 
 def read_features(samples, embeddings, progress=None):
-    """``(vectors, description)``: the :class:`clustering.storage.Vectors` of
+    """``(vectors, description)``: the :class:`clustering.runs.storage.Vectors` of
     every row of ``embeddings`` (a field of ``samples`` or an array aligned
     with them) and the source's description for a run config."""
     source, description = _features_source(samples, embeddings, None, None)
@@ -266,18 +266,18 @@ def compute_clusters(
             ``kmeans``, ``minibatch_kmeans``)
         overwrite: replace an existing run with this key
         keep_identity: when replacing a run, match the new clusters to its
-            clusters by their members (:mod:`clustering.identity`): a matched
+            clusters by their members (:mod:`clustering.runs.identity`): a matched
             cluster keeps its id, name and description and the run keeps its
             ``edits``, with a ``recompute`` record listing the matched, new
             and vanished clusters; False starts from nothing
-        stability: a trust score per cluster (:mod:`clustering.stability`:
+        stability: a trust score per cluster (:mod:`clustering.engine.stability`:
             its Jaccard similarity to its best match across refits on random
             subsamples of at most 10,000 samples, 20 refits of up to 3
             restarts), stored in ``results.stability`` with the run's
             size-weighted mean in ``results.stability_score``; ``"auto"``:
             for the nearest-center methods (generalized k-means, k-means,
             mini-batch k-means), where it costs at most about the fit
-        levels: a cluster tree in one call (:mod:`clustering.tree`): the
+        levels: a cluster tree in one call (:mod:`clustering.runs.tree`): the
             number of clusters at each level, top-down (``[10, 4]``: 10
             clusters, each split into 4 sub-clusters, stored as run
             ``<run_key>_l2``), with ``"auto"`` for a level whose clusters each
@@ -336,6 +336,8 @@ def compute_clusters(
         if streamed:
             plan["fit_objective"] = done.fit_objective
         out = done.out
+        tree_features = (done.ids, done.features) if below and done.features is not None else None
+        done.features = None
         formed = _formed_clusters(run_key, out.labels, done.k)
         scores = {} if done.stability is None else {
             c: float(s) for c, s in enumerate(done.stability.scores) if np.isfinite(s)
@@ -371,7 +373,7 @@ def compute_clusters(
         if below:
             from .tree import compute_levels
 
-            compute_levels(samples, run_key, below, progress=scaled(whole, 0.6, 1.0))
+            compute_levels(samples, run_key, below, progress=scaled(whole, 0.6, 1.0), features=tree_features)
             whole(1.0, "done")
     return results
 
@@ -399,7 +401,7 @@ def _check_levels(method, k, levels, samples):
 
 def _inherit_identity(samples, run_key, ids, out):
     """Matches the new fit's clusters to those of the run it replaces
-    (:func:`clustering.identity.carry_over`) and gives them their ids (in
+    (:func:`clustering.runs.identity.carry_over`) and gives them their ids (in
     place in ``out``); returns what the new results inherit, or None when
     there is no completed run to replace."""
     dataset = samples._root_dataset
@@ -440,7 +442,8 @@ class _Clustered:
     """What a fit gives the run's writer: the clustered rows' ids (and their
     samples' ids, for patches), the ids without embeddings, the method's
     output over every clustered row, k, the rows and objective of the fit, and
-    the ids of the rows a UMAP was fitted on."""
+    the ids of the rows a UMAP was fitted on; the fitted features, when every
+    row was fitted (a tree's levels below start from them)."""
 
     ids: np.ndarray
     sample_ids: np.ndarray
@@ -450,7 +453,8 @@ class _Clustered:
     num_fit: int
     fit_objective: float
     umap_fit_ids: list = None
-    stability: object = None  # a clustering.stability.ClusterStability of the fit's labels
+    stability: object = None  # a clustering.engine.stability.ClusterStability of the fit's labels
+    features: np.ndarray = None
 
 
 def _fit_all(source, method, k, params, transform, progress, timings, scored):
@@ -470,27 +474,16 @@ def _fit_all(source, method, k, params, transform, progress, timings, scored):
     stability = _stability(method, k, out, X, params, scaled(progress, 0.6, 0.75), timings) if scored else None
     return _Clustered(
         vectors.ids, vectors.sample_ids, vectors.missing_ids, out, k, len(X), out.objective,
-        _fit_ids(vectors.ids, transform), stability,
+        _fit_ids(vectors.ids, transform), stability, X,
     )
 
 
 def _stability(method, k, out, X, params, progress, timings):
-    """Each cluster's stability (:func:`clustering.stability.cluster_stability`):
-    refits from scratch with the method, k and the fit's loss parameter, on
-    subsamples of ``X``, at most 3 restarts each."""
-    from .stability import REFIT_RESTARTS, cluster_stability
+    """Each cluster's stability (:func:`clustering.engine.stability.method_stability`)."""
+    from ..engine.stability import method_stability
 
     t0 = time.perf_counter()
-    refit = dict(params, **{n: out.params[n] for n in ("loss_param",) if n in out.params})
-    if "n_init" in refit:
-        refit["n_init"] = min(int(refit["n_init"]), REFIT_RESTARTS)
-    seeds = np.random.default_rng(params.get("random_state"))
-
-    def fit(X_sub):
-        seeded = dict(refit, random_state=int(seeds.integers(2**31 - 1))) if "random_state" in refit else refit
-        return method.fit(X_sub, k, seeded).labels
-
-    result = cluster_stability(X, out.labels, fit, random_state=int(seeds.integers(2**31 - 1)), progress=progress)
+    result = method_stability(method, X, out.labels, k, params, out.params, progress=progress)
     timings["stability_s"] = time.perf_counter() - t0
     return result
 
@@ -591,7 +584,7 @@ def get_run_info(samples, run_key):
 
 def _summary(samples, run_key):
     """Clusters (size, name, representative), objective and counts of a run,
-    from its read model (:func:`clustering.browse.run_overview`)."""
+    from its read model (:func:`clustering.runs.browse.run_overview`)."""
     from .browse import run_overview
 
     overview = run_overview(samples._root_dataset, run_key, num_thumbnails=1)

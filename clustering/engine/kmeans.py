@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from . import _kernels as K
+from .kernel_cache import ensure_ready
 from .losses import OUTLIER_DISTANCES, get_loss
 
 __all__ = ["GeneralizedKMeans", "NotFittedError"]
@@ -915,10 +916,8 @@ class GeneralizedKMeans:
         report = _Progress(progress, n_init)
         report(0, 0.0, "starting")
         if device.type == "cpu":
-            from .warmup import ensure_ready
-
             dtype_name = str(X.dtype).removeprefix("torch.")
-            ensure_ready(loss.name, dtype_name, progress=lambda message: report(0, 0.0, message))
+            ensure_ready(loss.name, dtype_name, compile_kernels, progress=lambda message: report(0, 0.0, message))
         prune = self.prune
         if prune == "auto":
             prune = loss.geometry == "coordinatewise" or (
@@ -1029,3 +1028,30 @@ class GeneralizedKMeans:
         starts = np.searchsorted(sorted_labels, np.arange(k), side="left")
         ends = np.searchsorted(sorted_labels, np.arange(k), side="right")
         return [order[s:min(e, s + n)].astype(np.int64) for s, e in zip(starts, ends)]
+
+
+# the engine's regimes that use different kernels: d up to _LANES_MAX_D puts
+# samples on the vector lanes; euclidean pruning starts at 64 clusters
+_SMALL_D, _LARGE_D = 8, K._LANES_MAX_D + 8
+_FEW_CLUSTERS, _MANY_CLUSTERS = 3, 64
+
+
+def _tiny_fits(loss, dtype):
+    """The (n, d, k) problems whose fits compile every kernel ``loss`` uses."""
+    ks = [_FEW_CLUSTERS]
+    if get_loss(loss).geometry in ("euclidean", "cosine"):
+        ks.append(_MANY_CLUSTERS)
+    return [(4 * _MANY_CLUSTERS, d, k) for d in (_SMALL_D, _LARGE_D) for k in ks]
+
+
+def compile_kernels(loss, dtype):
+    """Fits tiny problems with ``loss`` in ``dtype`` on the CPU on every code
+    path that uses a kernel: numba compiles them (or loads them from its cache)."""
+    rng = np.random.default_rng(0)
+    for n, d, k in _tiny_fits(loss, dtype):
+        X = rng.normal(size=(n, d)).astype(dtype)
+        X[: n // 2] += 3.0
+        km = GeneralizedKMeans(k, loss=loss, n_init=1, max_iter=3, device="cpu", random_state=0,
+                               dtype=dtype).fit(X)
+        km.predict(X[:8])
+        km.transform(X[:8])

@@ -1,20 +1,20 @@
 """FiftyOne-facing embeddings: compute a vector field for a dataset or view.
 
-Built-in backbones (:mod:`clustering.backbones`, e.g. the offline default
+Built-in backbones (:mod:`clustering.features.backbones`, e.g. the offline default
 ``efficientnet-lite0``, ``vgg16``, ``resnet50``) run through this plugin's batched
 pipeline; ``zoo:<name>`` runs any FiftyOne Model Zoo model with embeddings
 (``zoo:clip-vit-base32-torch``, ``zoo:dinov2-vits14-torch``, ...) through
 FiftyOne's own ``compute_embeddings`` (downloaded on first use).
 
 Results are written batch by batch, by sample id, on the root dataset (through
-:mod:`clustering.storage`), so a view's excluded fields, filtered labels or
+:mod:`clustering.runs.storage`), so a view's excluded fields, filtered labels or
 other stages never affect what is saved. Only two fields are written: the vector field and, on samples whose image
 could not be embedded, ``{embeddings_field}_error`` (a string; cleared when a
 later run succeeds). With ``patches_field``, the crops of a ``Detections`` field
-are embedded instead and stored on the labels (:mod:`clustering.patches`).
+are embedded instead and stored on the labels (:mod:`clustering.features.patches`).
 
 To embed on several machines, the ``compute_embeddings`` operator splits a
-delegated run into shards (:mod:`clustering.shards`).
+delegated run into shards (:mod:`clustering.features.shards`).
 """
 
 import logging
@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from . import backbones as bb
-from . import storage
+from ..runs import storage
 from .models import (  # noqa: F401 (model names stay importable from here)
     DEFAULT_MODEL,
     MAX_REPORTED_FAILURES,
@@ -81,7 +81,7 @@ def _existing_dim(samples, field):
 
 class _Writer:
     """Writes vectors and failure markers by sample id on the root dataset
-    (through :class:`clustering.storage.BatchWriter`, one write per
+    (through :class:`clustering.runs.storage.BatchWriter`, one write per
     ``flush_every`` samples); tracks counts."""
 
     def __init__(self, dataset, field, error_field, had_errors, error_exists, flush_every=256):
@@ -142,7 +142,7 @@ def compute_embeddings(
     """Computes image embeddings for ``samples`` and stores them in
     ``embeddings_field``, or, with ``patches_field``, embeddings of the object
     crops of that ``Detections`` field stored on each label (see
-    :func:`clustering.patches.compute_patch_embeddings`).
+    :func:`clustering.features.patches.compute_patch_embeddings`).
 
     Args:
         samples: a FiftyOne image dataset or view (only its samples are
@@ -179,7 +179,7 @@ def compute_embeddings(
     """
     import fiftyone.core.media as fom
 
-    from .progress import progress_or_bar
+    from ..progress import progress_or_bar
 
     if patches_field is not None:
         from .patches import compute_patch_embeddings

@@ -18,9 +18,9 @@ import numpy as np
 
 import fiftyone.core.aggregations as foa
 
-from . import metrics as cm
-from . import plots
-from . import runs as cr
+from ..engine import metrics as cm
+from .. import plots
+from . import records as cr
 from . import writer
 from .evaluation import VISUALIZATION_METHODS, _gt_path, gt_fields, media_url
 
@@ -138,7 +138,7 @@ def run_overview(samples, run_key, gt_field=None, num_thumbnails=DEFAULT_NUM_THU
         clusters, samples clustered, noise, objective = sum of the losses),
         ``clusters`` (per cluster, by id: ``cluster``, ``name``, ``path`` (in
         a level of a cluster tree, e.g. ``"7/2"``; else None), ``stability``
-        (its score, :mod:`clustering.stability`; None when not scored), ``size``,
+        (its score, :mod:`clustering.engine.stability`; None when not scored), ``size``,
         ``compactness`` (mean loss to the center), ``thumbnails`` and, with
         ``gt_field``, ``majority_class`` and ``purity``), ``noise`` (HDBSCAN's
         -1: ``{"size": n}`` or None), ``evaluation`` (None without
@@ -261,7 +261,7 @@ def run_keys(samples):
 
 
 def ground_truth_fields(samples):
-    """The fields a run can be scored against (:func:`clustering.evaluation.gt_fields`)
+    """The fields a run can be scored against (:func:`clustering.runs.evaluation.gt_fields`)
     but the clustering runs' own fields (compare runs with :func:`clustering.compare_runs`)."""
     dataset = samples._root_dataset
     own = {getattr(dataset.get_run_info(key).config, k, None) for key in run_keys(dataset) for k in cr.FIELD_KEYS}
@@ -296,7 +296,7 @@ def pair_view(samples, run_key_a, cluster_a, run_key_b, cluster_b):
     table), by loss to their center in run a."""
     from fiftyone import ViewField as F
 
-    from .api import load_run_view
+    from .compute import load_run_view
 
     config_b = cr.get_clustering_run_config(samples._root_dataset, run_key_b)
     label_b = cr.view_path(config_b, "label_field")

@@ -2,7 +2,7 @@
 
 Every function returns a plain JSON-serializable dict (so results pass through
 operators unchanged); :mod:`clustering.plots` turns them into Plotly figures.
-The math lives in :mod:`clustering.metrics`.
+The math lives in :mod:`clustering.engine.metrics`.
 
 * :func:`choose_k`: sweep k (on a collection or on an array alone): elbow,
   silhouette, Davies-Bouldin, Calinski-Harabasz, stability and gap statistic,
@@ -18,22 +18,22 @@ from urllib.parse import quote
 
 import numpy as np
 
-from . import features as cf
-from . import metrics as cm
-from . import selection as sel
+from ..features import transform as cf
+from ..engine import metrics as cm
+from ..engine import selection as sel
 from . import storage
-from .losses import get_loss
-from .selection import _float
-from .methods import get_method
-from .progress import progress_or_bar, scaled
+from ..engine.losses import get_loss
+from ..engine.selection import _float
+from ..engine.methods import get_method
+from ..progress import progress_or_bar, scaled
 
 DEFAULT_SAMPLE_SIZE = 2000
 VISUALIZATION_METHODS = ("umap", "tsne", "pca")
 
 
 def _results(samples, run_key):
-    from . import runs as cr
-    from .api import load_clustering_results
+    from . import records as cr
+    from .compute import load_clustering_results
 
     results = load_clustering_results(samples._root_dataset, run_key)
     cr.require_sample_run(results.config, run_key, "judging and mapping")
@@ -67,7 +67,7 @@ def _silhouette_metric(loss, metric):
 
 def run_features(samples, run_key, embeddings=None):
     """The feature matrix a run clustered (its embeddings, normalized / reduced
-    as the run did, :class:`clustering.model.RunModel`), for the run's
+    as the run did, :class:`clustering.runs.model.RunModel`), for the run's
     samples that are in ``samples``.
 
     Args:
@@ -171,11 +171,11 @@ def choose_k(
     **method_params,
 ):
     """Clusters the features for every k in ``[k_min, k_max]``, scores each k by
-    six criteria and recommends one (:func:`clustering.selection.recommend_k`).
+    six criteria and recommends one (:func:`clustering.engine.selection.recommend_k`).
 
     Per k: the objective (sum of per-sample losses, for the elbow), the mean
     silhouette, the Davies-Bouldin and Calinski-Harabasz indices, the stability
-    under subsampling and the gap statistic (see :mod:`clustering.selection`).
+    under subsampling and the gap statistic (see :mod:`clustering.engine.selection`).
     The silhouette is exact for ``n <= sample_size``; otherwise it is the mean
     over the same random ``sample_size`` points for every k, each scored against
     all ``n`` points. For losses with a data-driven parameter (Huber delta,
@@ -227,7 +227,7 @@ def choose_k(
         if samples is None:
             X, missing, source = _array_features(embeddings)
         else:
-            from .api import read_features  # FiftyOne only where there is a collection
+            from .compute import read_features  # FiftyOne only where there is a collection
 
             vectors, source = read_features(samples, embeddings)
             X, missing = vectors.X, vectors.missing_ids
@@ -407,7 +407,7 @@ def compare_runs(samples, run_key_a, run_key_b):
         optimal Hungarian matching), ``changed_ids`` (samples whose matched
         cluster differs between the runs), ``num_changed``, ``agreement``, the
         counts of samples only in one run / noise, and the clusters' identity
-        (:func:`clustering.identity.match_clusters`): ``matches`` (pairs with
+        (:func:`clustering.runs.identity.match_clusters`): ``matches`` (pairs with
         their Jaccard similarity and shared samples), ``vanished`` (clusters of
         run a without a match) and ``new`` (of run b)
     """
@@ -558,7 +558,7 @@ def silhouette_analysis(samples, run_key, sample_size=DEFAULT_SAMPLE_SIZE, metri
 def plot_silhouette(samples, run_key, **kwargs):
     """:func:`silhouette_analysis` plus ``figure``: the per-cluster silhouette
     ("knife") plot as a Plotly figure dict (``plotly.graph_objects.Figure(d["figure"])``)."""
-    from . import plots
+    from .. import plots
 
     analysis = silhouette_analysis(samples, run_key, **kwargs)
     analysis["figure"] = plots.silhouette_knife_figure(analysis)
@@ -569,10 +569,12 @@ def plot_silhouette(samples, run_key, **kwargs):
 # 2-d map
 
 
-def _visualize(samples, run_key, method="umap", brain_key=None, num_dims=2, features="embeddings", overwrite=False, random_state=51, progress=None, **kwargs):
+def run_visualization(samples, run_key, method="umap", brain_key=None, num_dims=2, features="embeddings", overwrite=False, random_state=51, progress=None, **kwargs):
+    """:func:`visualize_run`'s summary and the FiftyOne Brain visualization
+    results themselves (the points, for a chart)."""
     import fiftyone.brain as fob
 
-    from . import runs as cr
+    from . import records as cr
 
     if method not in VISUALIZATION_METHODS:
         raise ValueError(f"Unknown method '{method}'; choose one of {VISUALIZATION_METHODS}")
@@ -694,7 +696,7 @@ def visualize_run(samples, run_key, method="umap", brain_key=None, num_dims=2, f
         ``num_points``, ``how_to`` and, for PCA, ``explained_variance_ratio``
         (per component) and ``explained_variance_total``
     """
-    out, _ = _visualize(samples, run_key, method=method, brain_key=brain_key, num_dims=num_dims, features=features, overwrite=overwrite, random_state=random_state, progress=progress, **kwargs)
+    out, _ = run_visualization(samples, run_key, method=method, brain_key=brain_key, num_dims=num_dims, features=features, overwrite=overwrite, random_state=random_state, progress=progress, **kwargs)
     return out
 
 

@@ -24,16 +24,19 @@ import time
 
 import numpy as np
 
-from . import runs as cr
+from . import records as cr
 from . import storage
 from . import writer
-from .methods import ClusteringOutput, get_method
+from ..engine.methods import ClusteringOutput, get_method
+from ..engine.stability import MAX_SAMPLES, method_stability
 from .model import RunModel
 
 #: the range of k that ``k=None`` ("auto") sweeps for a cluster's sub-clusters
 AUTO_K_RANGE = (2, 8)
 #: members per sub-cluster below which a cluster is not split further by "auto"
 MIN_MEMBERS_PER_CHILD = 10
+#: the smallest subsample of a cluster's stability refits in a level
+MIN_STABILITY_SAMPLES = 1000
 
 
 def level_key(run_key, config):
@@ -58,12 +61,16 @@ def _paths(dataset, results):
     return {c: str(c) for c in results.cluster_ids()}
 
 
-def _fit_children(dataset, parent, model, cluster, k, features=None):
-    """``(member ids, labels (0..m-1), centers, losses)`` of ``cluster``'s
-    sub-clusters, with the run's method, parameters and loss
-    (:meth:`clustering.model.RunModel.refit`); ``k=None``: the k that
+def _fit_children(dataset, parent, model, cluster, k, features=None, siblings=1):
+    """``(member ids, labels (0..m-1), centers, losses, stability scores or
+    None)`` of ``cluster``'s sub-clusters, with the run's method, parameters
+    and loss (:meth:`clustering.runs.model.RunModel.refit`), scored for
+    stability when the run was; ``k=None``: the k that
     :func:`clustering.choose_k` recommends for its members. ``features``: the
-    run's features of all its samples, when already read."""
+    run's features of all its samples, when already read. ``siblings``: the
+    clusters sub-clustered together; their stability refits share one run's
+    budget of subsampled rows (so a level costs about what the run's scores
+    cost), at least ``MIN_STABILITY_SAMPLES`` each."""
     from .evaluation import choose_k
 
     rows = np.flatnonzero(np.asarray(parent.labels) == cluster)
@@ -78,13 +85,22 @@ def _fit_children(dataset, parent, model, cluster, k, features=None):
         k = sweep["recommended_k"]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= len(X):
         raise ValueError(f"k must be an integer between 2 and the {len(X)} members of cluster {cluster}; got {k!r}")
-    return (members, *model.refit(X, k))
+    local, centers, losses = model.refit(X, k)
+    scores = None
+    if parent.stability and len(centers) > 1:
+        method = get_method(model.method)
+        params = method.resolve_params(dict(model.method_params))
+        budget = max(MIN_STABILITY_SAMPLES, MAX_SAMPLES // max(1, siblings))
+        scores = method_stability(method, X, local, len(centers), params, max_samples=budget).scores
+    return members, local, centers, losses, scores
 
 
-def compute_levels(samples, run_key, levels, progress=None):
+def compute_levels(samples, run_key, levels, progress=None, features=None):
     """The levels below run ``run_key``: for each ``k`` of ``levels`` (an int,
     or None to choose each cluster's k), every cluster of the level above
-    sub-clustered; returns the levels' results, top-down."""
+    sub-clustered; returns the levels' results, top-down. ``features``:
+    ``(row ids, their features)`` of the run, when the caller has them (the
+    fit that just stored the run); read once per level otherwise."""
     dataset = samples._root_dataset
     out = []
     parent_key = run_key
@@ -93,14 +109,26 @@ def compute_levels(samples, run_key, levels, progress=None):
         parent = writer.latest_results(dataset, parent_key)
         clusters = parent.cluster_ids()
         model = RunModel.of(parent)
-        features = model.run_features(dataset, parent.sample_ids, "compute_clusters")  # one read for every cluster
-        fits = {c: _fit_children(dataset, parent, model, c, k, features) for c in clusters}
+        features = _features_in_order(dataset, model, parent.sample_ids, features)
+        fits = {c: _fit_children(dataset, parent, model, c, k, features, siblings=len(clusters)) for c in clusters}
         if report is not None:
             report(1.0, f"level {parent.config.level + 1}: {len(clusters)} clusters sub-clustered")
         results = _store_level(dataset, parent_key, parent, fits, overwrite=True)
         out.append(results)
+        rows = np.concatenate([np.flatnonzero(np.asarray(parent.labels) == c) for c in clusters])
+        features = (storage.id_array(parent.sample_ids)[rows], features[rows])
         parent_key = results.key
     return out
+
+
+def _features_in_order(dataset, model, ids, known):
+    """The run's features of rows ``ids``, in that order: from ``known``
+    (``(ids, features)``) when it holds exactly those rows, else read."""
+    if known is not None:
+        known_ids, X = known
+        if len(known_ids) == len(ids) and np.array_equal(storage.id_array(known_ids), storage.id_array(ids)):
+            return X
+    return model.run_features(dataset, ids, "compute_clusters")
 
 
 def _store_level(dataset, parent_key, parent, fits, overwrite):
@@ -110,10 +138,13 @@ def _store_level(dataset, parent_key, parent, fits, overwrite):
     key = level_key(parent_key, parent.config)
     paths = _paths(dataset, parent)
     ids, labels, losses, centers, parents = [], [], [], [], {}
-    for p, (members, local, C, member_losses) in fits.items():
+    stability = {}
+    for p, (members, local, C, member_losses, scores) in fits.items():
         first = len(centers)
         for j in range(len(C)):
             parents[str(first + j)] = int(p)
+            if scores is not None and np.isfinite(scores[j]):
+                stability[str(first + j)] = float(scores[j])
         ids += members
         labels.append(local + first)
         losses.append(member_losses)
@@ -129,7 +160,7 @@ def _store_level(dataset, parent_key, parent, fits, overwrite):
         return writer.store_new_run(
             dataset, claim, key, storage.id_array(ids), None, out, config, timings={}, t_start=t_start,
             transform_state={k: getattr(parent, k, None) for k in ("pca_mean", "pca_components", "umap_fit_ids")},
-            inherited={"parents": parents, "parent_paths": {str(p): paths[p] for p in fits}}, overwrite=True,
+            inherited={"parents": parents, "parent_paths": {str(p): paths[p] for p in fits}, "stability": stability}, overwrite=True,
         )
 
 
@@ -167,17 +198,20 @@ def subcluster(samples, run_key, cluster, k=None):
     cr.require_sample_run(parent.config, run_key, "subcluster")
     if cluster not in parent.cluster_ids():
         raise ValueError(f"Cluster {cluster!r} of run '{run_key}' does not exist; its clusters are {parent.cluster_ids()}")
-    members, local, C, losses = _fit_children(dataset, parent, RunModel.of(parent), int(cluster), k)
+    fit = _fit_children(dataset, parent, RunModel.of(parent), int(cluster), k)
+    members, local, C, losses, scores = fit
     key = level_key(run_key, parent.config)
     if key not in dataset.list_runs():
-        results = _store_level(dataset, run_key, parent, {int(cluster): (members, local, C, losses)}, overwrite=False)
+        results = _store_level(dataset, run_key, parent, {int(cluster): fit}, overwrite=False)
         return key, results.cluster_ids()
     with writer.RunEdit(dataset, key, "subcluster") as edit:
         for old in [int(c) for c, p in edit.parents.items() if p == int(cluster)]:
             edit.retire(old)
         new = edit.new_clusters(C)
-        for c in new:
+        for j, c in enumerate(new):
             edit.parents[str(c)] = int(cluster)
+            if scores is not None and np.isfinite(scores[j]):
+                edit.stability[str(c)] = float(scores[j])
         edit.parent_paths[str(int(cluster))] = _paths(dataset, parent)[int(cluster)]
         row = {i: n for n, i in enumerate(edit.ids)}
         inside = [row[i] for i in members if i in row]
@@ -194,12 +228,14 @@ def subcluster(samples, run_key, cluster, k=None):
 
 def cluster_tree(samples, run_key):
     """The tree below run ``run_key`` as nested nodes: ``{"run_key",
-    "cluster", "path", "name", "size", "children"}``, top-down."""
+    "cluster", "path", "name", "size", "stability", "children"}``, top-down
+    (``stability`` None where the run has no score for the cluster)."""
     dataset = samples._root_dataset
 
     def nodes(key, parent=None):
         results = writer.latest_results(dataset, key)
         names = results.names or {}
+        stability = getattr(results, "stability", None) or {}
         paths = _paths(dataset, results)
         parents = {int(c): p for c, p in (getattr(results, "parents", None) or {}).items()}
         below = cr.child_runs(dataset, key)
@@ -209,7 +245,8 @@ def cluster_tree(samples, run_key):
                 continue
             node = {
                 "run_key": key, "cluster": c, "path": paths.get(c), "name": names.get(str(c)),
-                "size": int(results.cluster_sizes[c]), "children": [],
+                "size": int(results.cluster_sizes[c]),
+                "stability": stability.get(str(c)), "children": [],
             }
             for child in below:
                 node["children"] += nodes(child, c)

@@ -164,3 +164,23 @@ def kmeans_stability(estimator, X, n_resamples=N_RESAMPLES, sample_fraction=SAMP
 
     return cluster_stability(X, estimator.labels_, fit, n_resamples, sample_fraction, max_samples,
                              random_state=seeds.integers(2**31 - 1), progress=progress)
+
+
+def method_stability(method, X, labels, k, params, fitted_params=None, max_samples=MAX_SAMPLES, progress=None):
+    """:func:`cluster_stability` of a fit of a registered clustering ``method``
+    (:mod:`clustering.engine.methods`) on ``X``: each refit runs the method
+    from scratch with ``params``, the fit's own data-driven parameters
+    (``fitted_params``, e.g. its ``loss_param``), at most ``REFIT_RESTARTS``
+    restarts and a new seed drawn from ``params["random_state"]``, on
+    subsamples of at most ``max_samples`` rows."""
+    refit = dict(params, **{n: v for n, v in (fitted_params or {}).items() if n == "loss_param"})
+    if "n_init" in refit:
+        refit["n_init"] = min(int(refit["n_init"]), REFIT_RESTARTS)
+    seeds = np.random.default_rng(params.get("random_state"))
+
+    def fit(X_sub):
+        seeded = dict(refit, random_state=int(seeds.integers(2**31 - 1))) if "random_state" in refit else refit
+        return method.fit(X_sub, k, seeded).labels
+
+    return cluster_stability(X, labels, fit, max_samples=max_samples, random_state=int(seeds.integers(2**31 - 1)),
+                             progress=progress)

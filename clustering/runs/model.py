@@ -7,7 +7,7 @@ features and assign through it. It holds
 
 - the feature transform (the run's embeddings field, or the samples of a
   patches field, then its normalization / reduction,
-  :class:`clustering.features.FeatureTransform`);
+  :class:`clustering.features.transform.FeatureTransform`);
 - its clusters' centers (NaN rows for the ids a merge or split retired) and
   its loss with its parameter (squared for the scikit-learn methods).
 
@@ -20,9 +20,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import features as cf
+from ..features import transform as cf
 from . import storage
-from .losses import get_loss
+from ..engine.losses import get_loss
 
 
 #: UMAPs fitted again for stored runs, by dataset, run and fit (the last few)
@@ -55,7 +55,7 @@ class RunModel:
         transform = cf.FeatureTransform.from_state(
             config, getattr(results, "pca_mean", None), getattr(results, "pca_components", None)
         )
-        from .methods import get_method
+        from ..engine.methods import get_method
 
         defaults = get_method(config.method).defaults if config.method else {}
         params = {n: getattr(config, n) for n in defaults if getattr(config, n, None) is not None}
@@ -83,7 +83,7 @@ class RunModel:
 
     def _estimator(self):
         if self._predictor is None:
-            from .kmeans import GeneralizedKMeans
+            from ..engine.kmeans import GeneralizedKMeans
 
             self._predictor = GeneralizedKMeans.from_centers(
                 self.centers[self.live], self.loss.name, self.loss_param
@@ -121,7 +121,7 @@ class RunModel:
         ``X`` (the run's features): the run's method with its parameters,
         centers recomputed under the run's loss; ``labels`` are ``0..m-1``
         (m <= k when the method formed fewer)."""
-        from .methods import get_method
+        from ..engine.methods import get_method
 
         method = get_method(self.method)
         out = method.fit(X, int(k), method.resolve_params(dict(self.method_params)))

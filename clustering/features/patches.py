@@ -5,7 +5,7 @@ Each image is decoded once (large JPEGs at a reduced DCT scale when every box
 stays at least the model's input size), all its boxes are cropped and resized
 in worker processes, and the crops run through the model in batches. Vectors are
 written batch by batch with label-level updates (by sample and label id) on the
-root dataset (through :mod:`clustering.storage`), so a view's excluded fields, filtered labels or other stages never
+root dataset (through :mod:`clustering.runs.storage`), so a view's excluded fields, filtered labels or other stages never
 affect what is saved; only the ``{patches_field}.detections.{embeddings_field}``
 attribute is written. ``zoo:`` models run through FiftyOne's
 ``compute_patch_embeddings``.
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from . import backbones as bb
-from . import models, storage
+from . import models
+from ..runs import storage
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -290,7 +291,7 @@ def validate_patches_field(samples, patches_field):
 
 class _LabelWriter:
     """Writes vectors on labels (by sample and label id) on the root dataset
-    (through :class:`clustering.storage.BatchWriter`, one write per
+    (through :class:`clustering.runs.storage.BatchWriter`, one write per
     ``flush_every`` patches); counts them."""
 
     def __init__(self, dataset, path, patches_field, flush_every=1024):
@@ -332,7 +333,7 @@ def compute_patch_embeddings(
     """Embeds the boxes of ``patches_field`` and stores each vector on its
     label, in ``{patches_field}.detections.{embeddings_field}``.
 
-    Arguments are those of :func:`clustering.embeddings.compute_embeddings`
+    Arguments are those of :func:`clustering.features.embeddings.compute_embeddings`
     plus ``force_square`` and ``alpha`` (box padding, ``> -1``). Only the
     labels in ``samples`` are embedded (a filtered view embeds its labels).
 
@@ -349,7 +350,7 @@ def compute_patch_embeddings(
     import fiftyone.core.media as fom
     from fiftyone import ViewField as F
 
-    from .progress import progress_or_bar
+    from ..progress import progress_or_bar
 
     t0 = time.perf_counter()
     kind, name = models.validate_model(model)

@@ -1,7 +1,7 @@
 """Feature maps: what a backbone's layers compute for an image (no App code).
 
 :func:`feature_maps` runs one image through a registered backbone
-(:mod:`clustering.backbones`) and returns the activations of chosen layers, as
+(:mod:`clustering.features.backbones`) and returns the activations of chosen layers, as
 the source documents 000/001 do before clustering: they hook VGG16's
 ``.features`` at layers 1, 2, 3, 8, 15, 22 and 29, and plot 8 channels of
 each, standardized (:func:`normalize_channel`) in the viridis colormap
@@ -11,7 +11,7 @@ image.
 
 Where this differs from the documents, on purpose:
 
-* The preprocessing is the plugin's embeddings' (:func:`~clustering.backbones.load_image`:
+* The preprocessing is the plugin's embeddings' (:func:`~clustering.features.backbones.load_image`:
   the whole image resized to ``image_size`` x ``image_size`` with antialiased
   bilinear, no crop, then the model's normalization), not the documents' resize
   256 + center crop 224, so the maps are those of the features that were
@@ -21,7 +21,7 @@ Where this differs from the documents, on purpose:
 * Each hooked output is copied. VGG16's ReLUs work in place, so in the
   documents' code layer 2 (a convolution) shows layer 3's ReLU output; here it
   shows the convolution's own, signed output.
-* The network is the registry's factory (:class:`~clustering.backbones.ModelSpec`)
+* The network is the registry's factory (:class:`~clustering.features.backbones.ModelSpec`)
   in float32, unfused: the embeddings pipeline's fused CPU graph replaces the
   modules that hooks attach to. The maps are those of hooks on the torchvision
   module itself (EfficientNet-Lite0: with BatchNorm folded into the
@@ -490,8 +490,8 @@ def compute_feature_heatmaps(samples, field=None, model=DOCUMENTS_MODEL, layer=N
     import fiftyone as fo
     import fiftyone.core.media as fom
 
-    from .progress import progress_or_bar
-    from .storage import write_fields
+    from ..progress import progress_or_bar
+    from ..runs.storage import write_fields
 
     t0 = time.perf_counter()
     if samples.media_type != fom.IMAGE:

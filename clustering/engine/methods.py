@@ -48,7 +48,7 @@ class ClusteringMethod:
     :class:`MethodParam` of those shown in the App's forms, in order) and
     ``can_assign`` (whether its clusters are nearest-center clusters, so
     that samples outside a fit are assigned to the center of smallest loss by
-    :class:`clustering.model.RunModel`). A method registered with
+    :class:`clustering.runs.model.RunModel`). A method registered with
     :func:`register_method` gets its form from ``form``."""
 
     name = None

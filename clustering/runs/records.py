@@ -1,11 +1,15 @@
-"""Clustering runs stored as FiftyOne custom runs.
+"""The run records, stored as FiftyOne custom runs: a run's config
+(:class:`ClusteringRunConfig`, and one subclass per built-in method) records
+every parameter actually used (for a run on a patches view, ``patches_field``
+and output fields that are label attributes such as
+``ground_truth.detections.objs_cluster``); its results
+(:class:`ClusteringResults`) hold centers, labels, losses, representatives,
+names, stability and timings, with arrays stored as compact numpy bytes.
+Deleting or renaming the run through FiftyOne (``dataset.delete_run`` /
+``rename_run``) also deletes or renames its sample fields.
 
-A run's config (:class:`ClusteringRunConfig`) records every parameter actually
-used (for a run on a patches view, ``patches_field`` and output fields that are
-label attributes such as ``ground_truth.detections.objs_cluster``); its results (:class:`ClusteringResults`) hold centers, labels, losses,
-representatives and timings, with arrays stored as compact numpy bytes. Deleting
-or renaming the run through FiftyOne (``dataset.delete_run``/``rename_run``)
-also deletes or renames its sample fields.
+Runs stored before the subpackages name these classes
+``clustering.runs.<Class>``: the package resolves those names to this module.
 """
 
 import fiftyone.core.runs as fors
@@ -90,7 +94,7 @@ class ClusteringRunConfig(fors.RunConfig):
         "rep_field": None,
         "name_field": None,
         "evaluated_gt_field": None,
-        # a level of a cluster tree (clustering.tree): the run one level up,
+        # a level of a cluster tree (clustering.runs.tree): the run one level up,
         # the tree's top run, this level (1 = top) and its path field
         "parent_run": None,
         "root_run": None,
@@ -168,7 +172,7 @@ def _method_classes(method):
 
 
 def _builtin_configs():
-    from .methods import available_methods, get_method
+    from ..engine.methods import available_methods, get_method
 
     configs = {}
     for name in available_methods():
@@ -199,7 +203,7 @@ class ClusteringResults(fors.RunResults):
     ``representatives`` ({cluster id (str): [sample ids, best first]}),
     ``timings`` (seconds per stage), ``names`` ({cluster id (str): name}),
     ``pca_mean`` and ``pca_components`` (a PCA reduction, to map new samples;
-    None otherwise), and after curation (:mod:`clustering.curation`)
+    None otherwise), and after curation (:mod:`clustering.runs.curation`)
     ``edits`` (the actions applied, oldest first). ``centers`` and
     ``cluster_sizes`` are indexed by cluster id: an id retired by a merge or a
     split keeps a NaN center row and size 0.

@@ -11,7 +11,7 @@ Two providers:
     where the endpoint accepts it, as plain JSON text otherwise (parsed
     tolerantly: code fences, extra prose).
 -   ``"offline"``: no network; each cluster is named after the ImageNet classes
-    that the offline default model (:func:`clustering.backbones.predict_classes`)
+    that the offline default model (:func:`clustering.features.backbones.predict_classes`)
     predicts most often for its representatives.
 
 Names are stored in the run's results (``results.names``, plus
@@ -47,10 +47,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from . import runs as cr
-from . import writer
+from ..runs import records as cr
+from ..runs import writer
 from .names import name_field_of
-from .progress import progress_or_bar
+from ..progress import progress_or_bar
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ class _OpenAINamer:
 
 def _offline_names(selected, paths, progress):
     """Names from the ImageNet classes predicted for each cluster's images."""
-    from .backbones import DEFAULT_MODEL as OFFLINE_MODEL, predict_classes
+    from ..features.backbones import DEFAULT_MODEL as OFFLINE_MODEL, predict_classes
 
     order = [(c, sid) for c, sids in selected.items() for sid in sids if sid in paths]
     preds = predict_classes([paths[sid] for _, sid in order], top_k=OFFLINE_TOP_K, progress=progress)
