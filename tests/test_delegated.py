@@ -1,5 +1,5 @@
-"""A clustering run queued for delegation and executed by `fiftyone delegated launch`
-in another process."""
+"""A clustering run (a two-level tree) queued for delegation and executed by
+`fiftyone delegated launch` in another process."""
 
 import os
 import signal
@@ -15,7 +15,8 @@ def test_delegated_run_is_executed_by_the_launcher(pixel_dataset, plugin_operato
     pixel_dataset.persistent = True  # the launcher process must find it
     try:
         queued = plugin_operator("compute_clusters")(
-            pixel_dataset, run_key="bg", embeddings="pixels", reduction="none", k=4, loss="correntropy", delegate=True
+            pixel_dataset, run_key="bg", embeddings="pixels", reduction="none", levels=[4, 2], loss="correntropy",
+            delegate=True,
         )
         assert queued.delegated
         assert "bg" not in pixel_dataset.list_runs()  # nothing ran yet
@@ -48,5 +49,11 @@ def test_delegated_run_is_executed_by_the_launcher(pixel_dataset, plugin_operato
         assert config.loss == "correntropy" and config.loss_param > 0
         labels = np.array(pixel_dataset.values("bg_cluster"))
         assert set(labels) == {0, 1, 2, 3}
+        # the level below: each cluster in 2, same loss, its path naming its parent
+        level = pixel_dataset.get_run_info("bg_l2").config
+        assert level.parent_run == "bg" and level.loss == "correntropy"
+        paths = pixel_dataset.values("bg_l2_path")
+        assert all(p.split("/")[0] == str(c) for p, c in zip(paths, labels))
+        assert len(set(paths)) == 8
     finally:
         pixel_dataset.persistent = False
