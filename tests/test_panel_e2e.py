@@ -244,7 +244,9 @@ def test_clusters_panel_drills_down_and_back_up(pixel_dataset, page, app_url, ar
 
         def stored():
             dataset.reload()
-            return level in dataset.list_runs() and dataset.count(f"{level}_cluster") == sizes[parent]
+            # the writer registers the run before its fields: wait until it is done
+            return level in dataset.list_runs() and clustering.check_run(dataset, level)["state"] == "consistent" \
+                and dataset.count(f"{level}_cluster") == sizes[parent]
 
         wait_for_db(page, stored, f"the sub-clusters of cluster {parent}", artifacts)
         page.get_by_role("button", name="Close", exact=True).click()
