@@ -608,3 +608,30 @@ def test_every_cluster_gets_a_stability_score_and_noise_scores_lowest(fo):
     assert clustering.compute_clusters(dataset, "h", embeddings="emb", method="hdbscan", reduction="none",
                                        progress=False).stability == {}  # "auto": nearest-center methods only
     dataset.delete()
+
+
+def test_the_form_offers_stability_and_identity_and_the_summary_shows_stability(pixel_dataset, plugin_operator):
+    from operators.clusters import summarize
+
+    f = form("compute_clusters", pixel_dataset, {"embeddings": "pixels"})
+    assert f["stability"]["default"] is True and "keep_identity" not in f
+    assert form("compute_clusters", pixel_dataset, {"embeddings": "pixels", "method": "hdbscan"})["stability"]["default"] is False
+    op = plugin_operator("compute_clusters")
+    scored = op(pixel_dataset, run_key="s", embeddings="pixels", reduction="none", k=4, n_init=2)
+    _, values = summarize(scored)
+    assert f"stability {scored.stability_score:.2f} (size-weighted)" in values["summary"]
+    assert "| cluster | size | stability | representative |" in values["summary"]
+    # overwriting: the form offers to keep identity; both options reach compute_clusters
+    f = form("compute_clusters", pixel_dataset, {"embeddings": "pixels", "run_key": "s", "overwrite": True})
+    assert f["keep_identity"]["default"] is True
+    for c in scored.cluster_ids():
+        clustering.set_cluster_name(pixel_dataset, "s", c, f"name {c}")
+    kept = op(pixel_dataset, run_key="s", embeddings="pixels", reduction="none", k=4, n_init=2, overwrite=True,
+              random_state=7)
+    assert sum(bool(n) for n in kept.names.values()) >= 3  # matched clusters keep their names
+    assert set(kept.stability) == {str(c) for c in kept.cluster_ids()}
+    again = op(pixel_dataset, run_key="s", embeddings="pixels", reduction="none", k=4, n_init=2, overwrite=True,
+               stability=False, keep_identity=False)
+    assert again.stability == {} and not any((again.names or {}).values())
+    _, values = summarize(again)
+    assert "stability" not in values["summary"]
