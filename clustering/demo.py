@@ -38,13 +38,15 @@ def report(dataset, run_key):
     param = f", {config.loss_param:.4g}" if config.loss_param else ""
     print(f"\n== {run_key}: loss {config.loss}{param}, k={config.k}, "
           f"objective {results.objective:.5g}, {results.timings['total_s']:.1f} s")
-    print(f"   {'cluster':>7} {'size':>5}  {'majority class':<22} representative")
+    stability = results.stability or {}
+    print(f"   {'cluster':>7} {'size':>5} {'stability':>9}  {'majority class':<22} representative")
     for c in results.cluster_ids():
         members = [t for t, l in zip(truth, labels) if l == c]
         cls, count = Counter(members).most_common(1)[0]
         rep_path, rep_truth = by_id[results.representatives[str(c)][0]]
-        print(f"   {c:>7} {len(members):>5}  {cls + f' ({count}/{len(members)})':<22} "
-              f"{os.path.basename(rep_path)} ({rep_truth})")
+        score = stability.get(str(c))
+        print(f"   {c:>7} {len(members):>5} {'n/a' if score is None else format(score, '.2f'):>9}  "
+              f"{cls + f' ({count}/{len(members)})':<22} {os.path.basename(rep_path)} ({rep_truth})")
     score = nmi(truth, labels)
     print(f"   NMI vs ground_truth: {score:.3f}")
     return score
