@@ -22,16 +22,14 @@ run (target: at most 2x) and the NMI of each level against the truth
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-from common import start_mongod, table  # noqa: E402  (bench/common.py)
+from common import own_database, table  # noqa: E402  (bench/common.py)
 
 
 def build(fo, n, dim, top, sub, seed=0):
@@ -58,13 +56,7 @@ def main():
     parser.add_argument("--reduction", default="auto", help="compute_clusters' reduction (default: the plugin's)")
     args = parser.parse_args()
 
-    work = tempfile.mkdtemp(prefix="imgclust-bench-tree-")
-    mongod, uri = start_mongod(os.path.join(work, "db"))
-    os.environ.update(
-        FIFTYONE_DATABASE_URI=uri, FIFTYONE_DATABASE_VALIDATION="false", FIFTYONE_DO_NOT_TRACK="true",
-        FIFTYONE_SHOW_PROGRESS_BARS="false",
-    )
-    try:
+    with own_database("imgclust-bench-tree-"):
         import fiftyone as fo
 
         import clustering
@@ -108,13 +100,6 @@ def main():
         )
         print(f"\ntarget: tree at most 2x the flat run ({'met' if tree <= 2 * flat else 'MISSED'}); "
               f"NMI at least 0.95 at both levels ({'met' if min(nmi_top, nmi_sub) >= 0.95 else 'MISSED'})")
-    finally:
-        import fiftyone.core.odm.database as food
-
-        food._disconnect()
-        mongod.terminate()  # stop mongod before its files go
-        mongod.wait(60)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

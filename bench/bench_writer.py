@@ -27,18 +27,16 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-from common import start_mongod, table  # noqa: E402  (bench/common.py)
+from common import own_database, table  # noqa: E402  (bench/common.py)
 
 WORKER = os.path.join(REPO_ROOT, "tests", "writer_worker.py")
 DATASET = "bench-writer"
@@ -203,13 +201,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    work = tempfile.mkdtemp(prefix="imgclust-bench-writer-")
-    mongod, uri = start_mongod(os.path.join(work, "db"))
-    os.environ.update(
-        FIFTYONE_DATABASE_URI=uri, FIFTYONE_DATABASE_VALIDATION="false", FIFTYONE_DO_NOT_TRACK="true",
-        FIFTYONE_SHOW_PROGRESS_BARS="false",
-    )
-    try:
+    with own_database("imgclust-bench-writer-"):
         import fiftyone as fo
 
         import clustering
@@ -218,13 +210,6 @@ def main():
         ok = two_writers(clustering, dataset, args.trials)
         ok &= kills(clustering, dataset, args.kills, random.Random(args.seed))
         print("\nall guarantees held" if ok else "\nA GUARANTEE FAILED")
-    finally:
-        import fiftyone.core.odm.database as food
-
-        food._disconnect()
-        mongod.terminate()  # stop mongod before its files go
-        mongod.wait(60)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

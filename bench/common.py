@@ -1,9 +1,12 @@
 """Helpers shared by the benchmark scripts (run as ``python bench/<script>.py``)."""
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -44,3 +47,25 @@ def start_mongod(db_dir):
             time.sleep(0.2)
     process.terminate()
     raise RuntimeError("mongod did not start within 120 s")
+
+
+@contextlib.contextmanager
+def own_database(prefix):
+    """A throwaway mongod of this benchmark's own (``FIFTYONE_DATABASE_URI``
+    set, progress bars off), stopped and deleted on exit."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    mongod, uri = start_mongod(os.path.join(work, "db"))
+    os.environ.update(
+        FIFTYONE_DATABASE_URI=uri, FIFTYONE_DATABASE_VALIDATION="false", FIFTYONE_DO_NOT_TRACK="true",
+        FIFTYONE_SHOW_PROGRESS_BARS="false",
+    )
+    try:
+        yield uri
+    finally:
+        if "fiftyone" in sys.modules:
+            import fiftyone.core.odm.database as food
+
+            food._disconnect()
+        mongod.terminate()  # stop mongod before its files go
+        mongod.wait(60)
+        shutil.rmtree(work, ignore_errors=True)

@@ -81,6 +81,21 @@ def card_checkbox(panel, cluster):
     return panel.get_by_role("button", name=str(cluster), exact=True).locator("xpath=preceding::input[@type='checkbox'][1]")
 
 
+def open_clusters_panel(page, app_url, dataset, ready):
+    """The dataset's page with the Clusters panel opened ("+" -> Clusters),
+    once the panel shows ``ready`` (a regex); returns the panel."""
+    page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
+    sync_api.expect(page.locator("[data-cy=entry-counts]")).to_have_text(
+        re.compile(rf"^\s*{len(dataset)}\s+samples\s*$"), timeout=60_000
+    )
+    grid_settled(page)
+    page.locator("[data-cy=new-panel-btn]").first.click()
+    page.get_by_text("Clusters", exact=True).click()
+    panel = page.locator("[data-cy=panel-content-clusters_panel]")
+    sync_api.expect(panel.get_by_text(re.compile(ready))).to_be_visible(timeout=60_000)
+    return panel
+
+
 def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artifacts, fo):
     dataset = pixel_dataset
     clustering.compute_clusters(dataset, RUN_KEY, embeddings="pixels", reduction="none", k=K, n_init=2, progress=quiet)
@@ -90,13 +105,7 @@ def test_clusters_panel_browse_merge_promote(pixel_dataset, page, app_url, artif
     expect = sync_api.expect
     with steps.recording(dataset):
         # 1. the dataset page, then "+" -> Clusters
-        page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
-        expect(page.locator("[data-cy=entry-counts]")).to_have_text(re.compile(rf"^\s*{n}\s+samples\s*$"), timeout=60_000)
-        grid_settled(page)
-        page.locator("[data-cy=new-panel-btn]").first.click()
-        page.get_by_text("Clusters", exact=True).click()
-        panel = page.locator("[data-cy=panel-content-clusters_panel]")
-        expect(panel.get_by_text(re.compile(r"samples clustered"))).to_be_visible(timeout=60_000)
+        panel = open_clusters_panel(page, app_url, dataset, r"samples clustered")
         steps.shot("panel-opened")
 
         # 2. pick the run: the header and one card per cluster, with thumbnails
@@ -224,13 +233,7 @@ def test_clusters_panel_drills_down_and_back_up(pixel_dataset, page, app_url, ar
     steps = Steps(page, artifacts)
     expect = sync_api.expect
     with steps.recording(dataset):
-        page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load", timeout=60_000)
-        expect(page.locator("[data-cy=entry-counts]")).to_have_text(re.compile(rf"^\s*{n}\s+samples\s*$"), timeout=60_000)
-        grid_settled(page)
-        page.locator("[data-cy=new-panel-btn]").first.click()
-        page.get_by_text("Clusters", exact=True).click()
-        panel = page.locator("[data-cy=panel-content-clusters_panel]")
-        expect(panel.get_by_text(re.compile(rf"k = {K} · {K} clusters"))).to_be_visible(timeout=60_000)
+        panel = open_clusters_panel(page, app_url, dataset, rf"k = {K} · {K} clusters")
 
         # select the largest cluster, "Sub-cluster", 2 sub-clusters
         panel.get_by_role("button", name=str(parent), exact=True).click()
