@@ -255,7 +255,8 @@ class FeatureTransform:
 
     def state(self):
         """Arrays needed to re-apply the transform later (stored with a run)."""
-        return {"pca_mean": self.pca_mean_, "pca_components": self.pca_components_}
+        coords = None if self._umap is None else np.asarray(self._umap.embedding_, dtype=np.float32)
+        return {"pca_mean": self.pca_mean_, "pca_components": self.pca_components_, "umap_fit_coords": coords}
 
     @classmethod
     def from_state(cls, config, pca_mean=None, pca_components=None):

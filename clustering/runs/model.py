@@ -46,6 +46,7 @@ class RunModel:
         self.input_dim = input_dim
         self.run_key = run_key
         self.umap_fit_ids = None  # the rows a UMAP reduction was fitted on
+        self.umap_fit_coords = None  # and their coordinates (stored by runs since the UMAP default)
         self._predictor = None
 
     @classmethod
@@ -66,6 +67,7 @@ class RunModel:
             config.input_dim, results.key, config.method, params,
         )
         model.umap_fit_ids = getattr(results, "umap_fit_ids", None)
+        model.umap_fit_coords = getattr(results, "umap_fit_coords", None)
         return model
 
     @classmethod
@@ -204,12 +206,17 @@ class RunModel:
         X = self._raw(samples, ids, action)
         if self.transform.reduction != "umap":
             return ids, self.transform.transform(X)
-        coords = self._fit_umap_again(samples._root_dataset, action)
+        if self.umap_fit_coords is not None:  # stored: the UMAP is fitted again only to map other rows
+            coords = dict(zip(self.umap_fit_ids, np.asarray(self.umap_fit_coords, dtype=np.float32)))
+        else:
+            coords = self._fit_umap_again(samples._root_dataset, action)
         out = np.empty((len(ids), self.transform.n_components), dtype=np.float32)
         fitted = np.array([i in coords for i in ids], dtype=bool)
         if fitted.any():
             out[fitted] = np.stack([coords[i] for i, f in zip(ids, fitted) if f])
         if (~fitted).any():
+            if self.transform._umap is None:
+                self._fit_umap_again(samples._root_dataset, action)
             out[~fitted] = self.transform.transform(X[~fitted])
         return ids, out
 

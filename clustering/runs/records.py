@@ -191,7 +191,10 @@ def config_class(method):
     return _CONFIGS.get(method, ClusteringRunConfig)
 
 
-_ARRAYS = ("labels", "centers", "sample_losses", "cluster_sizes", "objective_history", "pca_mean", "pca_components")
+_ARRAYS = (
+    "labels", "centers", "sample_losses", "cluster_sizes", "objective_history", "pca_mean", "pca_components",
+    "umap_fit_coords",
+)
 
 
 class ClusteringResults(fors.RunResults):
@@ -203,7 +206,8 @@ class ClusteringResults(fors.RunResults):
     ``representatives`` ({cluster id (str): [sample ids, best first]}),
     ``timings`` (seconds per stage), ``names`` ({cluster id (str): name}),
     ``pca_mean`` and ``pca_components`` (a PCA reduction, to map new samples;
-    None otherwise), and after curation (:mod:`clustering.runs.curation`)
+    None otherwise), ``umap_fit_ids`` and ``umap_fit_coords`` (a UMAP
+    reduction: the rows it was fitted on and their coordinates), and after curation (:mod:`clustering.runs.curation`)
     ``edits`` (the actions applied, oldest first). ``centers`` and
     ``cluster_sizes`` are indexed by cluster id: an id retired by a merge or a
     split keeps a NaN center row and size 0.

@@ -159,7 +159,7 @@ def _store_level(dataset, parent_key, parent, fits, overwrite):
             raise ValueError(f"A run with key '{key}' already exists; pass overwrite=True")
         return writer.store_new_run(
             dataset, claim, key, storage.id_array(ids), None, out, config, timings={}, t_start=t_start,
-            transform_state={k: getattr(parent, k, None) for k in ("pca_mean", "pca_components", "umap_fit_ids")},
+            transform_state={k: getattr(parent, k, None) for k in ("pca_mean", "pca_components", "umap_fit_ids", "umap_fit_coords")},
             inherited={"parents": parents, "parent_paths": {str(p): paths[p] for p in fits}, "stability": stability}, overwrite=True,
         )
 
